@@ -1,0 +1,123 @@
+"""The Embedder contract every backend satisfies, and the one post-processing path.
+
+Local models, the TEI client and the server all hand their raw pooled vectors to
+`postprocess`, so Matryoshka truncation and L2 normalisation happen in exactly one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from embedkit.errors import InputError
+
+__all__ = ["Embedder", "EmbedderBase", "validate_texts", "check_dimensions", "postprocess"]
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What app code, the ingest pipeline and integrations may rely on."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def max_input_tokens(self) -> int: ...
+
+    @property
+    def tasks(self) -> list[str]: ...
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        task: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool = True,
+        truncate: bool = True,
+    ) -> np.ndarray: ...
+
+    def embed_query(self, text: str, *, dimensions: int | None = None, normalize: bool = True) -> np.ndarray: ...
+
+    def embed_documents(
+        self, texts: Sequence[str], *, dimensions: int | None = None, normalize: bool = True
+    ) -> np.ndarray: ...
+
+
+def validate_texts(texts: Sequence[str]) -> list[str]:
+    """Return `texts` as a list, or raise InputError naming the first bad entry.
+
+    An empty list and empty strings are errors; whitespace-only text is valid and is embedded.
+    """
+    if isinstance(texts, str):
+        raise InputError("texts must be a list of strings, not a single str; wrap it as [text]")
+    if not isinstance(texts, Sequence):
+        raise InputError(f"texts must be a list of strings, got {type(texts).__name__}")
+    if len(texts) == 0:
+        raise InputError("texts is empty: pass at least one string")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"texts[{index}] is {type(text).__name__}, expected str")
+        if text == "":
+            raise InputError(f"texts[{index}] is an empty string")
+    return list(texts)
+
+
+def check_dimensions(dimensions: int | None, full_dimension: int, allowed: Sequence[int] | None) -> None:
+    """Raise InputError unless `dimensions` is a Matryoshka size this model can give."""
+    if dimensions is None:
+        return
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int):
+        raise InputError(f"dimensions must be an int, got {type(dimensions).__name__}")
+    if not 1 <= dimensions <= full_dimension:
+        raise InputError(f"dimensions={dimensions} is out of range: this model gives 1..{full_dimension} dimensions")
+    if allowed and dimensions not in allowed:
+        sizes = ", ".join(str(size) for size in allowed)
+        raise InputError(f"dimensions={dimensions} is not one of this model's Matryoshka sizes: {sizes}")
+
+
+def postprocess(vectors: np.ndarray, *, dimensions: int | None = None, normalize: bool = True) -> np.ndarray:
+    """Truncate to `dimensions` (Matryoshka), then L2-normalise if asked; float32, C-contiguous."""
+    out = np.asarray(vectors, dtype=np.float32)
+    if dimensions is not None:
+        out = out[:, :dimensions]
+    if normalize:
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        # the same epsilon as torch.nn.functional.normalize, which sentence-transformers uses
+        out = out / np.maximum(norms, 1e-12)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+class EmbedderBase:
+    """Shared shortcuts on top of `embed`; backends implement `embed` and the properties."""
+
+    query_task: str = "query"
+    document_task: str = "document"
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        task: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool = True,
+        truncate: bool = True,
+    ) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed_query(self, text: str, *, dimensions: int | None = None, normalize: bool = True) -> np.ndarray:
+        """Embed one search query with the model's query task; returns a 1-D float32 vector."""
+        if not isinstance(text, str):
+            raise InputError(f"query must be a str, got {type(text).__name__}")
+        return self.embed([text], task=self.query_task, dimensions=dimensions, normalize=normalize)[0]
+
+    def embed_documents(
+        self, texts: Sequence[str], *, dimensions: int | None = None, normalize: bool = True
+    ) -> np.ndarray:
+        """Embed passages to be searched with the model's document task."""
+        return self.embed(texts, task=self.document_task, dimensions=dimensions, normalize=normalize)

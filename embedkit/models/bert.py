@@ -1,0 +1,134 @@
+"""BERT encoder (all-MiniLM-L6-v2, bge, e5, ...) in plain PyTorch.
+
+Post-LayerNorm transformer with learned absolute position and token-type embeddings, as in
+Devlin et al. 2018 and transformers' `BertModel`, whose published tensor names it loads:
+`embeddings.{word,position,token_type}_embeddings`, `encoder.layer.N.attention.self.{query,key,value}`, ...
+The pooler and any MLM head in the checkpoint are not part of an embedding model and are ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from embedkit.errors import ModelLoadError
+from embedkit.models.layers import activation, attention
+from embedkit.models.loading import TensorLayout
+
+__all__ = ["BertConfig", "Bert", "LAYOUT"]
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ModelLoadError(
+                f"config.json: hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
+
+
+# Published name (after the prefix) -> attribute path in `Bert`.
+LAYOUT = TensorLayout(
+    anchor="embeddings.word_embeddings.weight",
+    prefixes=("", "bert.", "model."),
+    ignore=(r"embeddings\.position_ids", r"pooler\..*", r"cls\..*"),
+    renames=(
+        (r"^embeddings\.LayerNorm\.", "embeddings.norm."),
+        (r"^encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.", r"layers.\1.attn.\2."),
+        (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.attn.out."),
+        (r"^encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"layers.\1.attn_norm."),
+        (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.mlp.up."),
+        (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.mlp.down."),
+        (r"^encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"layers.\1.mlp_norm."),
+    ),
+)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        # single-segment inputs: token type 0 everywhere, as sentence-transformers feeds them
+        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+        x = x + self.token_type_embeddings.weight[0]
+        return self.norm(x)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.n_head = config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, H = x.shape
+        q, k, v = (proj(x).view(B, T, self.n_head, -1).transpose(1, 2) for proj in (self.query, self.key, self.value))
+        y = attention(q, k, v, mask)  # [B, nh, T, d]
+        return self.out(y.transpose(1, 2).reshape(B, T, H))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.up(x)))
+
+
+class Layer(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.attn = SelfAttention(config)
+        self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = FeedForward(config)
+        self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.attn_norm(x + self.attn(x, mask))  # post-norm, as published
+        return self.mlp_norm(x + self.mlp(x))
+
+
+class Bert(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_position_embeddings
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids [B, T], attention_mask [B, T] bool, right-padded -> token states [B, T, H]."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        x = self.embeddings(input_ids, positions)
+        mask = attention_mask[:, None, None, :]  # [B, 1, 1, T]: every query sees the real keys
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x

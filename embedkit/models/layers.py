@@ -1,0 +1,42 @@
+"""Maths shared by the model files: activations and the attention call.
+
+The attention backend is chosen here, once, for every family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from embedkit.errors import ModelLoadError
+
+__all__ = ["activation", "attention"]
+
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,  # the exact (erf) form, as transformers' "gelu"
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation function a config names in `hidden_act`."""
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise ModelLoadError(
+            f"hidden_act={name!r} is not supported; supported: {', '.join(sorted(_ACTIVATIONS))}"
+        ) from None
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """q, k, v [B, nh, T, d]; mask [B, 1, 1 or T, T] bool (True = may attend) -> [B, nh, T, d]."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

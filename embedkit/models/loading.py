@@ -1,0 +1,108 @@
+"""Putting a checkpoint's tensors into a family's module, by name, strictly.
+
+Each family file declares the prefixes its checkpoints use, the tensors to ignore and the renames
+from published names to its attribute names; this module applies them and refuses any missing,
+unexpected or mis-shaped tensor, naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from embedkit.errors import ModelLoadError
+
+__all__ = ["TensorLayout", "assign_weights", "config_from_dict"]
+
+ConfigT = TypeVar("ConfigT")
+
+
+def config_from_dict(cls: type[ConfigT], raw: dict[str, Any], source: str) -> ConfigT:
+    """Build a family's config dataclass from config.json, naming any missing required field."""
+    known = dataclasses.fields(cls)  # type: ignore[arg-type]
+    absent = [f.name for f in known if f.default is dataclasses.MISSING and raw.get(f.name) is None]
+    if absent:
+        raise ModelLoadError(f"{source}: missing required field(s): {', '.join(absent)}")
+    return cls(**{f.name: raw[f.name] for f in known if raw.get(f.name) is not None})
+
+
+@dataclass(frozen=True)
+class TensorLayout:
+    """How one family's published tensor names map onto its module.
+
+    `anchor` is a tensor every checkpoint of the family has; the prefix (from `prefixes`) under
+    which it is found is stripped from every name.
+    """
+
+    anchor: str
+    prefixes: Sequence[str] = ("",)
+    ignore: Sequence[str] = ()  # regexes on names after prefix stripping
+    renames: Sequence[tuple[str, str]] = ()  # (regex, replacement), first match wins
+
+    def find_prefix(self, names: Sequence[str]) -> str | None:
+        present = set(names)
+        for prefix in self.prefixes:
+            if prefix + self.anchor in present:
+                return prefix
+        return None
+
+    def rename(self, name: str) -> str | None:
+        """Our attribute path for a published name without its prefix; None when ignored."""
+        if any(re.fullmatch(pattern, name) for pattern in self.ignore):
+            return None
+        for pattern, replacement in self.renames:
+            renamed, count = re.subn(pattern, replacement, name)
+            if count:
+                return renamed
+        return name
+
+
+def assign_weights(
+    model: nn.Module, state: dict[str, torch.Tensor], layout: TensorLayout, source: str
+) -> nn.Module:
+    """Load `state` into `model` (built on the meta device) by name; errors name the tensor and `source`."""
+    prefix = layout.find_prefix(list(state))
+    if prefix is None:
+        raise ModelLoadError(
+            f"{source}: tensor {layout.anchor!r} not found under any of the prefixes "
+            f"{[p or '(none)' for p in layout.prefixes]}; is this checkpoint of the detected family?"
+        )
+    mapped: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    unexpected: list[str] = []
+    for name, tensor in state.items():
+        if not name.startswith(prefix):
+            if layout.rename(name) is not None:
+                unexpected.append(name)
+            continue
+        ours = layout.rename(name[len(prefix):])
+        if ours is None:
+            continue
+        mapped[ours] = tensor
+        origin[ours] = name
+    expected = model.state_dict()
+    unexpected += [origin[key] for key in mapped if key not in expected]
+    missing = [prefix + key for key in expected if key not in mapped]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors: {', '.join(sorted(missing)[:10])}" + (" ..." if len(missing) > 10 else ""))
+        if unexpected:
+            parts.append(
+                f"unexpected tensors: {', '.join(sorted(unexpected)[:10])}" + (" ..." if len(unexpected) > 10 else "")
+            )
+        raise ModelLoadError(f"{source}: checkpoint does not match the model; " + "; ".join(parts))
+    for key, target in expected.items():
+        if tuple(mapped[key].shape) != tuple(target.shape):
+            raise ModelLoadError(
+                f"{source}: tensor {origin[key]!r} has shape {tuple(mapped[key].shape)}, "
+                f"the config implies {tuple(target.shape)}"
+            )
+    model.load_state_dict(mapped, strict=True, assign=True)
+    return model

@@ -1,0 +1,72 @@
+"""Pooling token states into one vector per text, once for every family.
+
+Modes and their order follow sentence-transformers' Pooling module: several enabled modes are
+concatenated in the order the config lists them. Works under left or right padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from embedkit.errors import ModelLoadError
+
+__all__ = ["POOLING_MODES", "pool", "check_modes"]
+
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+
+
+def check_modes(modes: Sequence[str], source: str) -> tuple[str, ...]:
+    """Validate pooling mode names read from `source`."""
+    if not modes:
+        raise ModelLoadError(f"{source}: no pooling mode is enabled")
+    unknown = [mode for mode in modes if mode not in POOLING_MODES]
+    if unknown:
+        raise ModelLoadError(f"{source}: unknown pooling mode(s) {unknown}; known: {', '.join(POOLING_MODES)}")
+    return tuple(modes)
+
+
+def _exclude_prompt(mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
+    # first real token of each row: 0 under right padding, the pad count under left padding
+    first = mask.to(torch.int32).argmax(dim=1, keepdim=True)
+    positions = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
+    return mask & (positions >= first + prompt_length)
+
+
+def pool(
+    hidden: torch.Tensor, mask: torch.Tensor, modes: Sequence[str], *, prompt_length: int = 0
+) -> torch.Tensor:
+    """hidden [B, T, H], mask [B, T] bool (True = real token) -> [B, H * len(modes)] float32.
+
+    `prompt_length` > 0 drops that many leading tokens of each text from pooling (the
+    sentence-transformers `include_prompt: false` setting).
+    """
+    hidden = hidden.float()
+    last_index = mask.shape[1] - 1 - mask.flip(1).to(torch.int32).argmax(dim=1)  # [B]
+    if prompt_length:
+        mask = _exclude_prompt(mask, prompt_length)
+    weights = mask.unsqueeze(-1).float()  # [B, T, 1]
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    counts = weights.sum(dim=1).clamp(min=1e-9)  # [B, 1]
+    outputs = []
+    for mode in modes:
+        if mode == "cls":
+            outputs.append(hidden[rows, mask.to(torch.int32).argmax(dim=1)])
+        elif mode == "max":
+            outputs.append(hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(dim=1).values)
+        elif mode == "mean":
+            outputs.append((hidden * weights).sum(dim=1) / counts)
+        elif mode == "mean_sqrt_len_tokens":
+            outputs.append((hidden * weights).sum(dim=1) / counts.sqrt())
+        elif mode == "weightedmean":
+            # position weights 1, 2, ... counted from each row's first real token
+            first = mask.to(torch.int32).argmax(dim=1, keepdim=True)
+            ranks = torch.arange(1, mask.shape[1] + 1, device=hidden.device).unsqueeze(0) - first
+            positional = weights * ranks.unsqueeze(-1).float()
+            outputs.append((hidden * positional).sum(dim=1) / positional.sum(dim=1).clamp(min=1e-9))
+        elif mode == "lasttoken":
+            outputs.append(hidden[rows, last_index])
+        else:
+            raise ValueError(f"unknown pooling mode {mode!r}")
+    return torch.cat(outputs, dim=-1)

