@@ -1,0 +1,125 @@
+"""`embedkit ingest` and `embedkit search`: the main job from a shell, offline by default."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from embedkit.errors import EmbedkitError, InputError, StoreError
+
+__all__ = ["main"]
+
+DEFAULT_QDRANT_PATH = "./qdrant"
+
+
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--collection", required=True, help="Qdrant collection name")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--qdrant-path",
+        default=os.environ.get("EMBEDKIT_QDRANT_PATH", DEFAULT_QDRANT_PATH),
+        help="embedded local Qdrant store directory (default: $EMBEDKIT_QDRANT_PATH or ./qdrant)",
+    )
+    where.add_argument("--qdrant-url", help="Qdrant server URL, e.g. http://localhost:6333 (key: $QDRANT_API_KEY)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedkit", description="Embed text into Qdrant and search it.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what embedkit decides")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ingest = commands.add_parser("ingest", help="chunk, embed and upsert .md/.txt files (idempotent)")
+    ingest.add_argument("paths", nargs="+", help="files or directories to ingest")
+    ingest.add_argument("--model", help="model directory or hub id (default: all-MiniLM-L6-v2)")
+    ingest.add_argument("--pattern", action="append", help="glob for files in directories (default: *.md, *.txt)")
+    ingest.add_argument("--reembed", action="store_true", help="allow replacing vectors made by another embedder")
+    ingest.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="bad documents: stop or skip")
+    ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_store_options(ingest)
+
+    search = commands.add_parser("search", help="rank the collection's chunks against a query")
+    search.add_argument("query")
+    search.add_argument("-k", type=int, default=5, help="number of results (default 5)")
+    search.add_argument("--model", help="override the model recorded in the collection")
+    search.add_argument("--json", action="store_true", help="print results as JSON lines")
+    _add_store_options(search)
+    return parser
+
+
+def _sink(args: argparse.Namespace):  # noqa: ANN202 - QdrantSink, imported lazily
+    from embedkit.sinks.qdrant import QdrantSink
+
+    if args.qdrant_url:
+        return QdrantSink(args.collection, url=args.qdrant_url, api_key=os.environ.get("QDRANT_API_KEY"))
+    return QdrantSink(args.collection, path=args.qdrant_path)
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from itertools import chain
+
+    from embedkit.ingest import DEFAULT_PATTERNS, ingest, load_directory
+    from embedkit.runtime import load
+
+    patterns = args.pattern or DEFAULT_PATTERNS
+    for path in args.paths:
+        if not os.path.exists(path):
+            raise InputError(f"no such file or directory: {path}")
+    embedder = load(args.model)
+    sink = _sink(args)
+    docs = chain.from_iterable(load_directory(path, patterns) for path in args.paths)
+    try:
+        report = ingest(docs, embedder, sink, reembed=args.reembed, on_error=args.on_error, progress=not args.quiet and None)
+        print(f"{args.collection}: {report.summary()}; {sink.count()} points in the collection")
+    finally:
+        sink.close()
+    for doc_id, reason in report.skipped:
+        print(f"skipped {doc_id}: {reason}", file=sys.stderr)
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from embedkit.runtime import load
+
+    if args.k < 1:
+        raise InputError(f"-k must be at least 1, got {args.k}")
+    sink = _sink(args)
+    try:
+        if not sink.exists():
+            raise StoreError(
+                f"collection {args.collection!r} does not exist; run `embedkit ingest ... --collection {args.collection}`"
+            )
+        recorded = sink.recorded_fingerprint() or {}
+        embedder = load(args.model or recorded.get("model_id"))
+        vector = embedder.embed_query(args.query, dimensions=recorded.get("dimensions"))
+        hits = sink.search(vector, args.k)
+    finally:
+        sink.close()
+    for rank, hit in enumerate(hits, 1):
+        payload = hit.payload
+        if args.json:
+            print(json.dumps({"rank": rank, "score": hit.score, "id": hit.id, **payload}, ensure_ascii=False))
+            continue
+        snippet = " ".join(str(payload.get("page_content", "")).split())[:160]
+        print(f"{rank}. {hit.score:.4f}  {payload.get('doc_id')} [chunk {payload.get('chunk_index')}]\n   {snippet}")
+    if not hits:
+        print("no results", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `embedkit` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _ingest(args) if args.command == "ingest" else _search(args)
+    except EmbedkitError as exc:
+        print(f"embedkit {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Qdrant sink over qdrant-client: a server (`url=`), the embedded local store (`path=`) or memory.
+
+A local path can be opened by only one client at a time, so one client is shared per path
+within a process.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from embedkit.errors import InputError, StoreError
+from embedkit.sinks.base import Point, SearchHit
+
+__all__ = ["QdrantSink", "FINGERPRINT_KEY"]
+
+FINGERPRINT_KEY = "embedkit"  # collection metadata key holding the embedder fingerprint
+# fields that decide whether stored vectors are comparable with new ones (model_id is only a label)
+_COMPARED = ("weights_digest", "dimension", "task", "dimensions", "normalize")
+
+_local_clients: dict[str, QdrantClient] = {}
+_local_lock = threading.Lock()
+
+
+def _local_client(path: str) -> QdrantClient:
+    key = str(Path(path).resolve())
+    with _local_lock:
+        if key not in _local_clients:
+            _local_clients[key] = QdrantClient(path=key)
+        return _local_clients[key]
+
+
+def _doc_filter(doc_id: str, *extra: models.Condition) -> models.Filter:
+    return models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id)), *extra])
+
+
+class QdrantSink:
+    """One Qdrant collection written by embedkit (cosine distance, one unnamed vector)."""
+
+    def __init__(
+        self,
+        collection: str,
+        *,
+        path: str | Path | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        location: str | None = None,
+        client: QdrantClient | None = None,
+        batch_size: int = 256,
+    ) -> None:
+        given = [name for name, value in (("path", path), ("url", url), ("location", location), ("client", client)) if value]
+        if len(given) != 1:
+            raise InputError(f"QdrantSink needs exactly one of path, url, location or client; got {given or 'none'}")
+        if not collection or not isinstance(collection, str):
+            raise InputError("collection must be a non-empty string")
+        self.collection = collection
+        self.batch_size = batch_size
+        if client is not None:
+            self._client = client
+        elif path is not None:
+            self._client = _local_client(str(path))
+        elif location is not None:
+            self._client = QdrantClient(location=location)
+        else:
+            self._client = QdrantClient(url=url, api_key=api_key)
+        # the embedded store ignores payload indexes (and warns); only a server gets them
+        self._is_local = type(getattr(self._client, "_client", None)).__name__ == "QdrantLocal"
+        self._where = str(path or url or location or "client")
+        self._owns_client = client is None
+        self._local_key = str(Path(path).resolve()) if path is not None else None
+
+    def close(self) -> None:
+        """Close the client if this sink opened it (a shared local-path client is closed for all)."""
+        if not self._owns_client:
+            return
+        if self._local_key is not None:
+            with _local_lock:
+                _local_clients.pop(self._local_key, None)
+        self._client.close()
+
+    def __repr__(self) -> str:
+        return f"QdrantSink(collection={self.collection!r}, at={self._where!r})"
+
+    @property
+    def client(self) -> QdrantClient:
+        return self._client
+
+    def exists(self) -> bool:
+        return self._client.collection_exists(self.collection)
+
+    def recorded_fingerprint(self) -> dict[str, Any] | None:
+        if not self.exists():
+            return None
+        metadata = self._client.get_collection(self.collection).config.metadata or {}
+        return metadata.get(FINGERPRINT_KEY)
+
+    def prepare(self, dimension: int, fingerprint: dict[str, Any], *, reembed: bool = False) -> None:
+        if not self.exists():
+            self._client.create_collection(
+                self.collection,
+                vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
+                metadata={FINGERPRINT_KEY: fingerprint},
+            )
+            if not self._is_local:
+                self._client.create_payload_index(self.collection, "doc_id", models.PayloadSchemaType.KEYWORD)
+            return
+        params = self._client.get_collection(self.collection).config.params.vectors
+        if not isinstance(params, models.VectorParams):
+            raise StoreError(f"collection {self.collection!r} uses named vectors; embedkit writes one unnamed vector")
+        if params.size != dimension or params.distance != models.Distance.COSINE:
+            raise StoreError(
+                f"collection {self.collection!r} holds {params.size}-d vectors with {params.distance.value} distance; "
+                f"this embedder gives {dimension}-d vectors for cosine distance. Use another collection."
+            )
+        recorded = self.recorded_fingerprint()
+        if recorded is not None and not reembed:
+            differing = [key for key in _COMPARED if recorded.get(key) != fingerprint.get(key)]
+            if differing:
+                raise StoreError(
+                    f"collection {self.collection!r} was written by embedder {recorded.get('model_id')!r} "
+                    f"({', '.join(f'{k}={recorded.get(k)!r}' for k in differing)}); this one is "
+                    f"{fingerprint.get('model_id')!r} ({', '.join(f'{k}={fingerprint.get(k)!r}' for k in differing)}). "
+                    "Re-embed everything with reembed=True (--reembed) or use another collection."
+                )
+        if recorded != fingerprint:
+            self._client.update_collection(self.collection, metadata={FINGERPRINT_KEY: fingerprint})
+
+    def count_complete(self, doc_id: str, content_hash: str) -> int:
+        condition = models.FieldCondition(key="content_hash", match=models.MatchValue(value=content_hash))
+        return self._client.count(self.collection, count_filter=_doc_filter(doc_id, condition), exact=True).count
+
+    def upsert(self, points: Sequence[Point]) -> None:
+        for start in range(0, len(points), self.batch_size):
+            batch = points[start:start + self.batch_size]
+            structs = [models.PointStruct(id=p.id, vector=[float(x) for x in p.vector], payload=p.payload) for p in batch]
+            try:
+                self._client.upsert(self.collection, points=structs, wait=True)
+            except (UnexpectedResponse, ResponseHandlingException) as exc:
+                raise StoreError(f"upsert into {self.collection!r} failed: {exc}") from exc
+
+    def delete_surplus(self, doc_id: str, keep: int) -> int:
+        surplus = _doc_filter(doc_id, models.FieldCondition(key="chunk_index", range=models.Range(gte=keep)))
+        count = self._client.count(self.collection, count_filter=surplus, exact=True).count
+        if count:
+            self._client.delete(self.collection, points_selector=models.FilterSelector(filter=surplus), wait=True)
+        return count
+
+    def mark_complete(self, doc_id: str, content_hash: str) -> None:
+        self._client.set_payload(self.collection, payload={"content_hash": content_hash}, points=_doc_filter(doc_id), wait=True)
+
+    def count(self) -> int:
+        return self._client.count(self.collection, exact=True).count
+
+    def search(self, vector: Sequence[float], k: int) -> list[SearchHit]:
+        if not self.exists():
+            raise StoreError(f"collection {self.collection!r} does not exist at {self._where}")
+        response = self._client.query_points(
+            self.collection, query=[float(x) for x in vector], limit=k, with_payload=True
+        )
+        return [SearchHit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
