@@ -1,6 +1,13 @@
-"""embedkit: text -> vectors -> a searchable Qdrant collection, locally or through TEI."""
+"""embedkit: text -> vectors -> a searchable Qdrant collection, locally or through TEI.
 
-from embedkit.embedder import Embedder
+Heavy parts (torch, transformers) load on first use, so `import embedkit` and `embedkit.errors`
+stay cheap for clients, the CLI and the LangChain integration.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from embedkit.errors import (
     EmbedkitError,
     InputError,
@@ -10,7 +17,10 @@ from embedkit.errors import (
     StoreError,
     UnknownTaskError,
 )
-from embedkit.runtime import LocalEmbedder, load
+
+if TYPE_CHECKING:
+    from embedkit.embedder import Embedder
+    from embedkit.runtime import LocalEmbedder, load
 
 __version__ = "0.1.0"
 
@@ -26,3 +36,17 @@ __all__ = [
     "UnknownTaskError",
     "load",
 ]
+
+_LAZY = {"Embedder": "embedkit.embedder", "LocalEmbedder": "embedkit.runtime", "load": "embedkit.runtime"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'embedkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

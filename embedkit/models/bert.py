@@ -47,13 +47,15 @@ LAYOUT = TensorLayout(
     prefixes=("", "bert.", "model."),
     ignore=(r"embeddings\.position_ids", r"pooler\..*", r"cls\..*"),
     renames=(
-        (r"^embeddings\.LayerNorm\.", "embeddings.norm."),
-        (r"^encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.", r"layers.\1.attn.\2."),
-        (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.attn.out."),
-        (r"^encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"layers.\1.attn_norm."),
-        (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.mlp.up."),
-        (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.mlp.down."),
-        (r"^encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"layers.\1.mlp_norm."),
+        ("embeddings.LayerNorm.", "embeddings.norm."),
+        ("encoder.layer.{n}.attention.self.query.", "layers.{n}.attn.query."),
+        ("encoder.layer.{n}.attention.self.key.", "layers.{n}.attn.key."),
+        ("encoder.layer.{n}.attention.self.value.", "layers.{n}.attn.value."),
+        ("encoder.layer.{n}.attention.output.dense.", "layers.{n}.attn.out."),
+        ("encoder.layer.{n}.attention.output.LayerNorm.", "layers.{n}.attn_norm."),
+        ("encoder.layer.{n}.intermediate.dense.", "layers.{n}.mlp.up."),
+        ("encoder.layer.{n}.output.dense.", "layers.{n}.mlp.down."),
+        ("encoder.layer.{n}.output.LayerNorm.", "layers.{n}.mlp_norm."),
     ),
 )
 

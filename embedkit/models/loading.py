@@ -32,18 +32,32 @@ def config_from_dict(cls: type[ConfigT], raw: dict[str, Any], source: str) -> Co
     return cls(**{f.name: raw[f.name] for f in known if raw.get(f.name) is not None})
 
 
+def _template_regex(template: str) -> re.Pattern[str]:
+    # "encoder.layer.{n}.output." -> ^encoder\.layer\.(?P<n>\d+)\.output\.
+    return re.compile("^" + re.escape(template).replace(r"\{n\}", r"(?P<n>\d+)"))
+
+
+def _swap_prefix(name: str, pattern: re.Pattern[str], template: str) -> str | None:
+    match = pattern.match(name)
+    if match is None:
+        return None
+    replacement = template.format(**match.groupdict())
+    return replacement + name[match.end():]
+
+
 @dataclass(frozen=True)
 class TensorLayout:
     """How one family's published tensor names map onto its module.
 
     `anchor` is a tensor every checkpoint of the family has; the prefix (from `prefixes`) under
-    which it is found is stripped from every name.
+    which it is found is stripped from every name. `renames` are (published, ours) name prefixes,
+    `{n}` standing for a layer number; the first match wins, in either direction.
     """
 
     anchor: str
     prefixes: Sequence[str] = ("",)
     ignore: Sequence[str] = ()  # regexes on names after prefix stripping
-    renames: Sequence[tuple[str, str]] = ()  # (regex, replacement), first match wins
+    renames: Sequence[tuple[str, str]] = ()
 
     def find_prefix(self, names: Sequence[str]) -> str | None:
         present = set(names)
@@ -56,11 +70,19 @@ class TensorLayout:
         """Our attribute path for a published name without its prefix; None when ignored."""
         if any(re.fullmatch(pattern, name) for pattern in self.ignore):
             return None
-        for pattern, replacement in self.renames:
-            renamed, count = re.subn(pattern, replacement, name)
-            if count:
+        for published, ours in self.renames:
+            renamed = _swap_prefix(name, _template_regex(published), ours)
+            if renamed is not None:
                 return renamed
         return name
+
+    def published(self, ours_name: str) -> str:
+        """The checkpoint's name (without prefix) for one of our attribute paths."""
+        for published, ours in self.renames:
+            original = _swap_prefix(ours_name, _template_regex(ours), published)
+            if original is not None:
+                return original
+        return ours_name
 
 
 def assign_weights(
@@ -88,7 +110,7 @@ def assign_weights(
         origin[ours] = name
     expected = model.state_dict()
     unexpected += [origin[key] for key in mapped if key not in expected]
-    missing = [prefix + key for key in expected if key not in mapped]
+    missing = [prefix + layout.published(key) for key in expected if key not in mapped]
     if missing or unexpected:
         parts = []
         if missing:
