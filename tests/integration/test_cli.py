@@ -1,0 +1,53 @@
+"""The README's main job through the real `embedkit` command, in a fresh working directory."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("embedkit")
+    assert exe, "the embedkit console script is installed with the package"
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_ingest_twice_then_search(tmp_path: Path, example_docs: Path) -> None:
+    first = run(tmp_path, "ingest", str(example_docs), "--collection", "kb", "--quiet")
+    assert first.returncode == 0, first.stderr
+    second = run(tmp_path, "ingest", str(example_docs), "--collection", "kb", "--quiet")
+    assert second.returncode == 0, second.stderr
+    count = first.stdout.split(";")[-1].split()[0]
+    assert int(count) > 20 and second.stdout.split(";")[-1].split()[0] == count
+    assert "(0 embedded, 20 unchanged" in second.stdout
+    assert (tmp_path / "qdrant").is_dir()
+
+    found = run(tmp_path, "search", "how do I reset my password", "--collection", "kb", "-k", "3")
+    assert found.returncode == 0, found.stderr
+    lines = found.stdout.splitlines()
+    assert lines[0].startswith("1. ") and "password-reset.md" in lines[0]
+    assert "Traceback" not in found.stderr + first.stderr + second.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("ingest", "/nonexistent/docs", "--collection", "kb"), "no such file or directory: /nonexistent/docs"),
+        (("search", "anything", "--collection", "absent"), "collection 'absent' does not exist"),
+        (("ingest", ".", "--collection", "kb", "--model", "/nonexistent/model"), "no such model directory"),
+    ],
+)
+def test_errors_are_one_clear_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    result = run(tmp_path, *args)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_directory_without_config_is_named(tmp_path: Path, example_docs: Path) -> None:
+    result = run(tmp_path, "ingest", str(example_docs), "--collection", "kb", "--model", str(tmp_path))
+    assert result.returncode == 1
+    assert f"{tmp_path} has no config.json" in result.stderr
