@@ -79,7 +79,7 @@ class Chunker:
                 total += counts[last]
             # the sum is an estimate (tokens may merge across a joint); check the real count
             while last > first:
-                exact = self._counter.count_tokens([text[spans[first][0]:spans[last][1]]])[0]
+                exact = self._counter.count_tokens([text[spans[first][0] : spans[last][1]]])[0]
                 if exact <= self.budget:
                     total = exact
                     break

@@ -72,7 +72,9 @@ def _ingest(args: argparse.Namespace) -> int:
     sink = _sink(args)
     docs = chain.from_iterable(load_directory(path, patterns) for path in args.paths)
     try:
-        report = ingest(docs, embedder, sink, reembed=args.reembed, on_error=args.on_error, progress=not args.quiet and None)
+        report = ingest(
+            docs, embedder, sink, reembed=args.reembed, on_error=args.on_error, progress=False if args.quiet else None
+        )
         print(f"{args.collection}: {report.summary()}; {sink.count()} points in the collection")
     finally:
         sink.close()
@@ -89,9 +91,8 @@ def _search(args: argparse.Namespace) -> int:
     sink = _sink(args)
     try:
         if not sink.exists():
-            raise StoreError(
-                f"collection {args.collection!r} does not exist; run `embedkit ingest ... --collection {args.collection}`"
-            )
+            hint = f"run `embedkit ingest ... --collection {args.collection}`"
+            raise StoreError(f"collection {args.collection!r} does not exist; {hint}")
         recorded = sink.recorded_fingerprint() or {}
         embedder = load(args.model or recorded.get("model_id"))
         vector = embedder.embed_query(args.query, dimensions=recorded.get("dimensions"))
@@ -113,7 +114,9 @@ def _search(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `embedkit` command; returns the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return _ingest(args) if args.command == "ingest" else _search(args)
     except EmbedkitError as exc:

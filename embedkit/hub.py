@@ -33,7 +33,10 @@ def _check_dir(path: Path) -> Path:
 
 
 def resolve_model_dir(
-    model: str | os.PathLike[str] | None, *, revision: str | None = None, cache_dir: str | os.PathLike[str] | None = None
+    model: str | os.PathLike[str] | None,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[Path, str]:
     """Return (local directory, model id) for `model`; None means the default model.
 

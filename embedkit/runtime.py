@@ -194,7 +194,10 @@ class LocalEmbedder(EmbedderBase):
             shown = ", ".join(str(i) for i in cut[:10]) + (" ..." if len(cut) > 10 else "")
             log.warning(
                 "%d of %d texts were truncated to %d tokens (indices %s)",
-                len(cut), len(inputs), self._max_seq_length, shown,
+                len(cut),
+                len(inputs),
+                self._max_seq_length,
+                shown,
             )
         return encodings
 
@@ -258,8 +261,14 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if dtype not in names:
         raise InputError(f"dtype={dtype!r} is not supported; use one of {', '.join(names)}")
     return names[dtype]

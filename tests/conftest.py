@@ -67,8 +67,12 @@ def write_tiny_bert(
     from transformers import BertConfig, BertForMaskedLM, BertModel
 
     settings = dict(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
     settings.update(overrides)
     torch.manual_seed(seed)

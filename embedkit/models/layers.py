@@ -35,8 +35,6 @@ def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         ) from None
 
 
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
-) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """q, k, v [B, nh, T, d]; mask [B, 1, 1 or T, T] bool (True = may attend) -> [B, nh, T, d]."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

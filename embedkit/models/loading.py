@@ -42,7 +42,7 @@ def _swap_prefix(name: str, pattern: re.Pattern[str], template: str) -> str | No
     if match is None:
         return None
     replacement = template.format(**match.groupdict())
-    return replacement + name[match.end():]
+    return replacement + name[match.end() :]
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,7 @@ class TensorLayout:
         return ours_name
 
 
-def assign_weights(
-    model: nn.Module, state: dict[str, torch.Tensor], layout: TensorLayout, source: str
-) -> nn.Module:
+def assign_weights(model: nn.Module, state: dict[str, torch.Tensor], layout: TensorLayout, source: str) -> nn.Module:
     """Load `state` into `model` (built on the meta device) by name; errors name the tensor and `source`."""
     prefix = layout.find_prefix(list(state))
     if prefix is None:
@@ -103,7 +101,7 @@ def assign_weights(
             if layout.rename(name) is not None:
                 unexpected.append(name)
             continue
-        ours = layout.rename(name[len(prefix):])
+        ours = layout.rename(name[len(prefix) :])
         if ours is None:
             continue
         mapped[ours] = tensor

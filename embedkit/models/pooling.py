@@ -34,9 +34,7 @@ def _exclude_prompt(mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
     return mask & (positions >= first + prompt_length)
 
 
-def pool(
-    hidden: torch.Tensor, mask: torch.Tensor, modes: Sequence[str], *, prompt_length: int = 0
-) -> torch.Tensor:
+def pool(hidden: torch.Tensor, mask: torch.Tensor, modes: Sequence[str], *, prompt_length: int = 0) -> torch.Tensor:
     """hidden [B, T, H], mask [B, T] bool (True = real token) -> [B, H * len(modes)] float32.
 
     `prompt_length` > 0 drops that many leading tokens of each text from pooling (the

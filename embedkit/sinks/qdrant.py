@@ -53,7 +53,9 @@ class QdrantSink:
         client: QdrantClient | None = None,
         batch_size: int = 256,
     ) -> None:
-        given = [name for name, value in (("path", path), ("url", url), ("location", location), ("client", client)) if value]
+        given = [
+            name for name, value in (("path", path), ("url", url), ("location", location), ("client", client)) if value
+        ]
         if len(given) != 1:
             raise InputError(f"QdrantSink needs exactly one of path, url, location or client; got {given or 'none'}")
         if not collection or not isinstance(collection, str):
@@ -136,8 +138,10 @@ class QdrantSink:
 
     def upsert(self, points: Sequence[Point]) -> None:
         for start in range(0, len(points), self.batch_size):
-            batch = points[start:start + self.batch_size]
-            structs = [models.PointStruct(id=p.id, vector=[float(x) for x in p.vector], payload=p.payload) for p in batch]
+            batch = points[start : start + self.batch_size]
+            structs = [
+                models.PointStruct(id=p.id, vector=[float(x) for x in p.vector], payload=p.payload) for p in batch
+            ]
             try:
                 self._client.upsert(self.collection, points=structs, wait=True)
             except (UnexpectedResponse, ResponseHandlingException) as exc:
@@ -151,7 +155,9 @@ class QdrantSink:
         return count
 
     def mark_complete(self, doc_id: str, content_hash: str) -> None:
-        self._client.set_payload(self.collection, payload={"content_hash": content_hash}, points=_doc_filter(doc_id), wait=True)
+        self._client.set_payload(
+            self.collection, payload={"content_hash": content_hash}, points=_doc_filter(doc_id), wait=True
+        )
 
     def count(self) -> int:
         return self._client.count(self.collection, exact=True).count

@@ -52,7 +52,7 @@ def test_payload_and_ids_are_deterministic(minilm, sink: QdrantSink, example_doc
     records = sink.client.retrieve("kb", ids=[point_id("honeybees.md", 0)], with_payload=True)
     payload = records[0].payload
     assert payload["doc_id"] == "honeybees.md" and payload["chunk_index"] == 0
-    assert source[payload["start"]:payload["end"]] == payload["page_content"]
+    assert source[payload["start"] : payload["end"]] == payload["page_content"]
     assert payload["metadata"] == {"source": "honeybees.md"} and len(payload["content_hash"]) == 64
 
 
@@ -61,7 +61,9 @@ def test_changed_document_replaces_its_chunks_and_deletes_surplus(minilm, sink: 
     ingest([Document("doc", long_text), Document("other", "Unrelated text.")], minilm, sink, progress=False)
     before = sink.count()
     assert before > 3
-    report = ingest([Document("doc", "Now it is short."), Document("other", "Unrelated text.")], minilm, sink, progress=False)
+    report = ingest(
+        [Document("doc", "Now it is short."), Document("other", "Unrelated text.")], minilm, sink, progress=False
+    )
     assert report.embedded == 1 and report.unchanged == 1 and report.deleted == before - 2
     assert sink.count() == 2
     hit = sink.search(minilm.embed_query("short"), k=1)[0]
@@ -102,7 +104,12 @@ def test_bad_documents_raise_or_are_skipped(minilm, sink: QdrantSink, tmp_path: 
     assert report.embedded == 1
     assert sorted(doc_id for doc_id, _ in report.skipped) == ["binary.txt", "empty.md"]
     with pytest.raises(InputError, match=r"duplicate doc id 'x' at positions 0 and 2"):
-        ingest([{"id": "x", "text": "one"}, {"id": "y", "text": "two"}, {"id": "x", "text": "three"}], minilm, sink, progress=False)
+        ingest(
+            [{"id": "x", "text": "one"}, {"id": "y", "text": "two"}, {"id": "x", "text": "three"}],
+            minilm,
+            sink,
+            progress=False,
+        )
     with pytest.raises(InputError, match=r"docs\[0\] has no 'id' field"):
         ingest([{"text": "no id"}], minilm, sink, progress=False)
     with pytest.raises(InputError, match=r"docs\[0\] is int"):

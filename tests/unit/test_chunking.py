@@ -17,10 +17,10 @@ def _check(chunker: Chunker, minilm, text: str) -> list:  # noqa: ANN001
     chunks = chunker.split(text)
     for index, chunk in enumerate(chunks):
         assert chunk.index == index
-        assert text[chunk.start:chunk.end] == chunk.text
+        assert text[chunk.start : chunk.end] == chunk.text
         assert chunk.token_count == minilm.count_tokens([chunk.text])[0] <= chunker.budget
     # nothing but whitespace is dropped between chunks
-    covered = "".join(text[c.start:c.end] for c in chunks)
+    covered = "".join(text[c.start : c.end] for c in chunks)
     assert covered.replace(" ", "").replace("\n", "") == text.replace(" ", "").replace("\n", "")
     return chunks
 

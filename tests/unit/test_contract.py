@@ -61,7 +61,9 @@ def test_tasks_map_aliases_and_list_valid_names() -> None:
     assert e5.prefix("query") == "query: "
     assert e5.prefix("document") == "passage: "
     assert e5.prefix(None) == ""
-    with pytest.raises(UnknownTaskError, match=r"unknown task 'summarize'; valid tasks for this model: 'query', 'document', 'passage'"):
+    with pytest.raises(
+        UnknownTaskError, match=r"unknown task 'summarize'; valid tasks for this model: 'query', 'document', 'passage'"
+    ):
         e5.prefix("summarize")
     symmetric = TaskTable()
     assert symmetric.prefix("query") == symmetric.prefix("document") == ""

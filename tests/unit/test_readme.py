@@ -25,3 +25,17 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     test_command = _code_blocks()[1][1].strip()
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     assert test_command in ci.splitlines()
+
+
+def test_python_quickstart_runs(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    import shutil
+
+    quickstart = next(code for lang, code in _code_blocks() if lang == "python")
+    shutil.copytree(REPO / "examples" / "docs", tmp_path / "examples" / "docs")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(quickstart, "README.md", "exec"), namespace)
+    namespace["sink"].close()
+    output = capsys.readouterr().out
+    assert "20 docs (20 embedded" in output
+    assert (tmp_path / "qdrant").is_dir()
