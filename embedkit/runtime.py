@@ -20,7 +20,7 @@ from torch import nn
 from embedkit.embedder import EmbedderBase, check_dimensions, postprocess, validate_texts
 from embedkit.errors import InputError, ModelLoadError
 from embedkit.hub import resolve_model_dir
-from embedkit.models.loading import assign_weights, config_from_dict
+from embedkit.models.loading import assign_weights
 from embedkit.models.pooling import pool
 from embedkit.models.registry import Family, detect_family
 from embedkit.models.st_files import PipelineFiles, read_json, read_pipeline_files
@@ -328,15 +328,19 @@ def load(
     config = read_json(model_dir / "config.json")
     if not isinstance(config, dict):
         raise ModelLoadError(f"{model_dir / 'config.json'}: expected a JSON object")
-    family = detect_family(config, set(tensor_shapes(model_dir)), str(model_dir))
+    tensor_names = set(tensor_shapes(model_dir))
+    detection = detect_family(config, tensor_names, str(model_dir))
+    family = detection.family
+    log.info("%s: %s family (%s)", model_dir, family.name, "; ".join(detection.reasons))
     pipeline = read_pipeline_files(model_dir)
     if pipeline.pooling_modes is None:
         log.info("%s: no pooling config; using the %s default %s", model_dir, family.name, family.default_pooling)
-    family_config = config_from_dict(family.config_cls, config, str(model_dir / "config.json"))
     with torch.device("meta"):
-        module = family.model_cls(family_config)
+        module, layout = family.load().build(config, tensor_names, str(model_dir))
     state = load_state_dict(model_dir, allow_pickle=allow_pickle)
-    assign_weights(module, state, family.layout, str(model_dir))
+    if not tensor_names:  # pickled weights: the registry could not look at tensor names before
+        detect_family(config, set(state), str(model_dir))
+    assign_weights(module, state, layout, str(model_dir))
     module = module.to(device=torch_device, dtype=torch_dtype).eval()
     return LocalEmbedder(
         model=module,

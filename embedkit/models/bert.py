@@ -15,9 +15,9 @@ from torch import nn
 
 from embedkit.errors import ModelLoadError
 from embedkit.models.layers import activation, attention
-from embedkit.models.loading import TensorLayout
+from embedkit.models.loading import TensorLayout, config_from_dict
 
-__all__ = ["BertConfig", "Bert", "LAYOUT"]
+__all__ = ["BertConfig", "Bert", "LAYOUT", "build"]
 
 
 @dataclass(frozen=True)
@@ -134,3 +134,12 @@ class Bert(nn.Module):
         for layer in self.layers:
             x = layer(x, mask)
         return x
+
+
+def build(config: dict, tensor_names: set[str], source: str) -> tuple[Bert, TensorLayout]:
+    """The model (on whatever device is current) and tensor layout for a BERT checkpoint."""
+    if config.get("position_embedding_type", "absolute") != "absolute":
+        raise ModelLoadError(
+            f"{source}: position_embedding_type={config['position_embedding_type']!r} is not supported for BERT"
+        )
+    return Bert(config_from_dict(BertConfig, config, f"{source}/config.json")), LAYOUT

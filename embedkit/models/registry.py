@@ -1,22 +1,27 @@
 """config.json features + tensor names -> model family: the only architecture decision.
 
-Never reads `_name_or_path`: a fine-tuned or re-uploaded checkpoint keeps its architecture
-whatever its name says.
+Two independent readings are reconciled: what config.json claims (model_type, architectures,
+position_embedding_type, feed_forward_type, auto_map targets) and what the safetensors header
+holds (tensor name patterns). They must agree; a checkpoint whose config and tensors disagree is
+an error naming both. `_name_or_path` is never read: a fine-tuned or re-uploaded checkpoint keeps
+its architecture whatever its name says (TEI <= 1.6 chose JinaBERT by that string and broke).
+
+Each family file exposes `build(config: dict, tensor_names: set[str], source: str)
+-> (nn.Module, TensorLayout)`; it is imported only when a checkpoint of that family is loaded.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
-from torch import nn
-
 from embedkit.errors import ModelLoadError
-from embedkit.models import bert
-from embedkit.models.loading import TensorLayout
 
-__all__ = ["Family", "FAMILIES", "detect_family"]
+__all__ = ["Family", "FAMILIES", "Detection", "detect_family"]
 
 log = logging.getLogger(__name__)
 
@@ -24,42 +29,127 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Family:
     name: str
-    config_cls: type
-    model_cls: type[nn.Module]
-    layout: TensorLayout
-    default_pooling: tuple[str, ...]
+    module: str  # the family file, imported on first use
+    default_pooling: tuple[str, ...]  # when the checkpoint has no sentence-transformers pooling config
+    implemented: bool = True
+
+    def load(self) -> ModuleType:
+        if not self.implemented:
+            raise ModelLoadError(f"the {self.name} family is recognised but not implemented yet")
+        return importlib.import_module(self.module)
 
 
 FAMILIES: dict[str, Family] = {
-    "bert": Family("bert", bert.BertConfig, bert.Bert, bert.LAYOUT, ("mean",)),
+    "bert": Family("bert", "embedkit.models.bert", ("mean",)),
+    "xlm_roberta": Family("xlm_roberta", "embedkit.models.xlm_roberta", ("mean",)),
+    "jina_bert": Family("jina_bert", "embedkit.models.jina_bert", ("mean",)),
+    "gte": Family("gte", "embedkit.models.gte", ("cls",)),
+    "jina_v3": Family("jina_v3", "embedkit.models.jina_v3", ("mean",), implemented=False),
+    "qwen": Family("qwen", "embedkit.models.qwen", ("lasttoken",), implemented=False),
 }
 
 
-def _has(names: set[str], layout: TensorLayout, suffix: str) -> bool:
-    return any(prefix + suffix in names for prefix in layout.prefixes)
+@dataclass(frozen=True)
+class Detection:
+    family: Family
+    reasons: tuple[str, ...]  # what in config.json and the tensors decided it
 
 
-def _is_bert(config: dict[str, Any], names: set[str]) -> bool:
-    claims = config.get("model_type") == "bert" or any(
-        str(arch).startswith("Bert") for arch in config.get("architectures") or []
-    )
-    absolute = config.get("position_embedding_type", "absolute") == "absolute"
-    return claims and absolute
+# -- what config.json claims ----------------------------------------------------------------------
 
 
-def detect_family(config: dict[str, Any], tensor_names: set[str], source: str) -> Family:
-    """The family that implements this checkpoint, or ModelLoadError saying what was seen."""
-    if _is_bert(config, tensor_names):
-        family = FAMILIES["bert"]
-        if tensor_names and not _has(tensor_names, family.layout, "encoder.layer.0.attention.self.query.weight"):
+def _auto_map_targets(config: dict[str, Any]) -> str:
+    auto_map = config.get("auto_map") or {}
+    return " ".join(str(v) for v in auto_map.values()) if isinstance(auto_map, dict) else ""
+
+
+def _architectures(config: dict[str, Any]) -> list[str]:
+    value = config.get("architectures") or []
+    return [str(a) for a in value] if isinstance(value, list) else []
+
+
+# (family, test, why) in priority order; the first match is the config's claim
+_CONFIG_RULES: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
+    ("jina_v3", lambda c: bool(c.get("lora_adaptations")), "lora_adaptations is set (jina-embeddings-v3)"),
+    ("jina_v3", lambda c: "XLMRobertaLoRA" in _auto_map_targets(c), "auto_map targets XLMRobertaLoRA"),
+    ("jina_v3", lambda c: c.get("position_embedding_type") == "rotary", "position_embedding_type is 'rotary'"),
+    ("gte", lambda c: c.get("model_type") in ("new", "gte"), "model_type is 'new'/'gte'"),
+    ("gte", lambda c: any(a.startswith(("New", "Gte")) for a in _architectures(c)), "architectures name New*/Gte*"),
+    ("gte", lambda c: "new-impl" in _auto_map_targets(c), "auto_map targets Alibaba-NLP/new-impl"),
+    ("jina_bert", lambda c: c.get("position_embedding_type") == "alibi", "position_embedding_type is 'alibi'"),
+    ("jina_bert", lambda c: c.get("feed_forward_type") in ("geglu", "reglu"), "feed_forward_type is a GLU"),
+    ("jina_bert", lambda c: "jina-bert" in _auto_map_targets(c), "auto_map targets jinaai/jina-bert-*"),
+    ("jina_bert", lambda c: any(a.startswith("JinaBert") for a in _architectures(c)), "architectures name JinaBert*"),
+    ("qwen", lambda c: c.get("model_type") in ("qwen2", "qwen3"), "model_type is qwen2/qwen3"),
+    (
+        "xlm_roberta",
+        lambda c: (
+            c.get("model_type") in ("xlm-roberta", "roberta", "camembert")
+            or any(a.startswith(("XLMRoberta", "Roberta", "Camembert")) for a in _architectures(c))
+        ),
+        "model_type/architectures name (XLM-)RoBERTa",
+    ),
+    (
+        "bert",
+        lambda c: c.get("model_type") == "bert" or any(a.startswith("Bert") for a in _architectures(c)),
+        "model_type/architectures name BERT",
+    ),
+]
+
+# -- what the tensors hold ------------------------------------------------------------------------
+
+# a name suffix present only in checkpoints of these families
+_TENSOR_SIGNS: list[tuple[frozenset[str], str]] = [
+    (frozenset({"jina_v3"}), "encoder.layers.0.mixer.Wqkv.bias"),
+    (frozenset({"gte"}), "encoder.layer.0.attention.qkv_proj.weight"),
+    (frozenset({"gte"}), "encoder.layer.0.attention.q_proj.weight"),
+    (frozenset({"jina_bert"}), "encoder.layer.0.mlp.gated_layers.weight"),
+    (frozenset({"jina_bert"}), "encoder.layer.0.mlp.up_gated_layer.weight"),
+    (frozenset({"qwen"}), "layers.0.self_attn.q_proj.weight"),
+    (frozenset({"bert", "xlm_roberta"}), "encoder.layer.0.intermediate.dense.weight"),
+]
+
+
+def _tensor_claim(names: set[str]) -> tuple[frozenset[str], str] | None:
+    for families, suffix in _TENSOR_SIGNS:
+        if any(name == suffix or name.endswith("." + suffix) for name in names):
+            return families, suffix
+    return None
+
+
+def _describe(config: dict[str, Any]) -> str:
+    keys = ("model_type", "architectures", "position_embedding_type", "feed_forward_type")
+    return ", ".join(f"{key}={config.get(key)!r}" for key in keys)
+
+
+def detect_family(config: dict[str, Any], tensor_names: set[str], source: str) -> Detection:
+    """The family that implements this checkpoint, with the reasons; ModelLoadError otherwise."""
+    claim = next(((family, why) for family, test, why in _CONFIG_RULES if test(config)), None)
+    seen = _tensor_claim(tensor_names) if tensor_names else None
+    if claim and seen:
+        family, why = claim
+        families, suffix = seen
+        if family not in families:
+            tensor_side = " or ".join(sorted(families))
             raise ModelLoadError(
-                f"{source}: config.json says BERT but the weights lack BERT's tensor names "
-                f"(e.g. encoder.layer.0.attention.self.query.weight)"
+                f"{source}: config.json says {family} ({why}) but the weights hold {tensor_side} tensors "
+                f"(e.g. {suffix}). Fix config.json to describe the weights (for JinaBERT: "
+                "position_embedding_type 'alibi' and feed_forward_type 'geglu'), or point at the right weights."
             )
-        return family
+        return Detection(FAMILIES[family], (f"config.json: {why}", f"tensors: {suffix}"))
+    if claim:
+        family, why = claim
+        reasons = (f"config.json: {why}", "tensors: not inspected (no safetensors header)")
+        return Detection(FAMILIES[family], reasons)
+    if seen and len(seen[0]) == 1:
+        (family,) = seen[0]
+        log.warning(
+            "%s: config.json names no known architecture (%s); tensors say %s", source, _describe(config), family
+        )
+        return Detection(FAMILIES[family], ("config.json: no known architecture fields", f"tensors: {seen[1]}"))
+    implemented = ", ".join(name for name, family in FAMILIES.items() if family.implemented)
     raise ModelLoadError(
-        f"{source}: unsupported architecture (model_type={config.get('model_type')!r}, "
-        f"architectures={config.get('architectures')!r}, "
-        f"position_embedding_type={config.get('position_embedding_type')!r}); "
-        f"built-in families: {', '.join(FAMILIES)}"
+        f"{source}: unsupported architecture ({_describe(config)}"
+        + (f"; tensors look like {' or '.join(sorted(seen[0]))}" if seen else "")
+        + f"); built-in families: {implemented}"
     )
