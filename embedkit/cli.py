@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--model", help="override the model recorded in the collection")
     search.add_argument("--json", action="store_true", help="print results as JSON lines")
     _add_store_options(search)
+
+    models = commands.add_parser("models", help="inspect model checkpoints")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    inspect = model_commands.add_parser("inspect", help="detected family, sizes, pooling, prompts, and why")
+    inspect.add_argument("model", help="model directory or hub id")
+    inspect.add_argument("--json", action="store_true", help="print as JSON")
     return parser
 
 
@@ -111,6 +117,27 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from embedkit.runtime import load
+
+    info = load(args.model, device="cpu").describe()
+    if args.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return 0
+    width = max(len(key) for key in info)
+    for key, value in info.items():
+        if key == "tasks":
+            print(f"{key:<{width}}  " + ", ".join(f"{task}={prefix!r}" for task, prefix in value.items()))
+        elif key == "detected_by":
+            print(f"{key:<{width}}  " + "; ".join(value))
+        else:
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+_COMMANDS = {"ingest": _ingest, "search": _search, "models": _inspect}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `embedkit` command; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -118,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        return _ingest(args) if args.command == "ingest" else _search(args)
+        return _COMMANDS[args.command](args)
     except EmbedkitError as exc:
         print(f"embedkit {args.command}: error: {exc}", file=sys.stderr)
         return 1

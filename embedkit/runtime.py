@@ -67,6 +67,7 @@ class LocalEmbedder(EmbedderBase):
         model: nn.Module,
         tokenizer: Tokenizer,
         family: Family,
+        detection_reasons: Sequence[str] = (),
         pipeline: PipelineFiles,
         model_id: str,
         model_dir: Path,
@@ -78,6 +79,7 @@ class LocalEmbedder(EmbedderBase):
     ) -> None:
         self._model = model
         self._family = family
+        self._detection_reasons = tuple(detection_reasons)
         self._pipeline = pipeline
         self._model_id = model_id
         self._model_dir = model_dir
@@ -133,6 +135,23 @@ class LocalEmbedder(EmbedderBase):
     @property
     def device(self) -> torch.device:
         return self._device
+
+    def describe(self) -> dict[str, object]:
+        """What was loaded and why: family and the evidence for it, sizes, pooling, prompts."""
+        return {
+            "model_id": self._model_id,
+            "path": str(self._model_dir),
+            "family": self._family.name,
+            "detected_by": list(self._detection_reasons),
+            "dimension": self._dimension,
+            "matryoshka_dimensions": self._matryoshka,
+            "max_input_tokens": self._max_seq_length,
+            "pooling": list(self._pooling),
+            "tasks": {task: self._task_table.prefix(task) for task in self.tasks},
+            "default_prompt_name": self._pipeline.default_prompt_name,
+            "device": str(self._device),
+            "dtype": str(next(self._model.parameters()).dtype).removeprefix("torch."),
+        }
 
     @cached_property
     def weights_digest(self) -> str:
@@ -346,6 +365,7 @@ def load(
         model=module,
         tokenizer=_load_tokenizer(model_dir),
         family=family,
+        detection_reasons=detection.reasons,
         pipeline=pipeline,
         model_id=model_id,
         model_dir=model_dir,

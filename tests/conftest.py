@@ -81,6 +81,21 @@ def write_tiny_bert(
     target.mkdir(parents=True, exist_ok=True)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(target, safe_serialization=True, **kwargs)
+    return write_st_files(
+        target, source_tokenizer, hidden_size=settings["hidden_size"], pooling=pooling, prompts=prompts
+    )
+
+
+def write_st_files(
+    target: Path,
+    source_tokenizer: Path,
+    *,
+    hidden_size: int,
+    pooling: str = "mean",
+    max_seq_length: int = 64,
+    prompts: dict[str, str] | None = None,
+) -> Path:
+    """Tokenizer files copied from `source_tokenizer` and the sentence-transformers files."""
     for name in TOKENIZER_FILES:
         shutil.copy(source_tokenizer / name, target / name)
     (target / "1_Pooling").mkdir(exist_ok=True)
@@ -90,9 +105,11 @@ def write_tiny_bert(
     ]
     (target / "modules.json").write_text(json.dumps(modules))
     (target / "1_Pooling" / "config.json").write_text(
-        json.dumps({"word_embedding_dimension": settings["hidden_size"], "pooling_mode": pooling})
+        json.dumps({"word_embedding_dimension": hidden_size, "pooling_mode": pooling})
     )
-    (target / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    (target / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
+    )
     if prompts is not None:
         (target / "config_sentence_transformers.json").write_text(json.dumps({"prompts": prompts}))
     return target

@@ -126,10 +126,13 @@ class Bert(nn.Module):
     def max_positions(self) -> int:
         return self.config.max_position_embeddings
 
+    def position_ids(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T] learned-position indices: 0, 1, 2, ... for BERT."""
+        return torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids [B, T], attention_mask [B, T] bool, right-padded -> token states [B, T, H]."""
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-        x = self.embeddings(input_ids, positions)
+        x = self.embeddings(input_ids, self.position_ids(attention_mask))
         mask = attention_mask[:, None, None, :]  # [B, 1, 1, T]: every query sees the real keys
         for layer in self.layers:
             x = layer(x, mask)

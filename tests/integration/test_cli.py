@@ -51,3 +51,17 @@ def test_directory_without_config_is_named(tmp_path: Path, example_docs: Path) -
     result = run(tmp_path, "ingest", str(example_docs), "--collection", "kb", "--model", str(tmp_path))
     assert result.returncode == 1
     assert f"{tmp_path} has no config.json" in result.stderr
+
+
+def test_models_inspect_says_family_and_why(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    import json
+
+    result = run(tmp_path, "models", "inspect", str(tiny_bert_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["family"] == "bert" and info["dimension"] == 32 and info["max_input_tokens"] == 64
+    assert info["pooling"] == ["mean"] and info["tasks"] == {"query": "", "document": ""}
+    assert any("config.json" in reason for reason in info["detected_by"])
+    assert any("tensors" in reason for reason in info["detected_by"])
+    text = run(tmp_path, "models", "inspect", str(tiny_bert_dir))
+    assert text.returncode == 0 and "family" in text.stdout and "bert" in text.stdout

@@ -1,0 +1,42 @@
+"""XLM-RoBERTa encoder (multilingual-e5, bge-m3 dense, paraphrase-multilingual-*) in plain PyTorch.
+
+The same post-LN transformer and tensor names as BERT (Conneau et al. 2019; transformers'
+`XLMRobertaModel`), with one difference that matters: learned positions are offset by the padding
+index, so the first real token sits at position `pad_token_id + 1` and a 514-row table serves
+512 tokens. Checkpoints saved from a head class carry a `roberta.` prefix and an `lm_head`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from embedkit.models.bert import LAYOUT as BERT_LAYOUT
+from embedkit.models.bert import Bert, BertConfig
+from embedkit.models.loading import TensorLayout, config_from_dict
+
+__all__ = ["XLMRoberta", "LAYOUT", "build"]
+
+LAYOUT = replace(
+    BERT_LAYOUT,
+    prefixes=("", "roberta.", "model."),
+    ignore=(*BERT_LAYOUT.ignore, r"lm_head\..*"),
+)
+
+
+class XLMRoberta(Bert):
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_position_embeddings - self.config.pad_token_id - 1
+
+    def position_ids(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T]: pad + 1, pad + 2, ... over real tokens (right padding), pad index on padding."""
+        mask = attention_mask.to(torch.long)
+        return torch.cumsum(mask, dim=1) * mask + self.config.pad_token_id
+
+
+def build(config: dict, tensor_names: set[str], source: str) -> tuple[XLMRoberta, TensorLayout]:
+    """The model and tensor layout for an XLM-RoBERTa checkpoint."""
+    settings = {"pad_token_id": 1, "type_vocab_size": 1, "layer_norm_eps": 1e-5, **config}
+    return XLMRoberta(config_from_dict(BertConfig, settings, f"{source}/config.json")), LAYOUT
