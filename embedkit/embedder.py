@@ -6,7 +6,7 @@ Local models, the TEI client and the server all hand their raw pooled vectors to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -94,21 +94,12 @@ def postprocess(vectors: np.ndarray, *, dimensions: int | None = None, normalize
 
 
 class EmbedderBase:
-    """Shared shortcuts on top of `embed`; backends implement `embed` and the properties."""
+    """Shared shortcuts on top of `embed`; backends implement `embed` (see Embedder) and the properties."""
+
+    embed: Callable[..., np.ndarray]
 
     query_task: str = "query"
     document_task: str = "document"
-
-    def embed(
-        self,
-        texts: Sequence[str],
-        *,
-        task: str | None = None,
-        dimensions: int | None = None,
-        normalize: bool = True,
-        truncate: bool = True,
-    ) -> np.ndarray:
-        raise NotImplementedError
 
     def embed_query(self, text: str, *, dimensions: int | None = None, normalize: bool = True) -> np.ndarray:
         """Embed one search query with the model's query task; returns a 1-D float32 vector."""

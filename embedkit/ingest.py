@@ -171,9 +171,10 @@ def ingest(
     show = sys.stderr.isatty() if progress is None else progress
 
     def flush() -> None:
+        if not pending:
+            return
         texts = [chunk.text for item in pending for chunk in item.chunks]
-        if texts:
-            vectors = embedder.embed(texts, task=task, dimensions=dimensions, normalize=normalize)
+        vectors = embedder.embed(texts, task=task, dimensions=dimensions, normalize=normalize)
         cursor = 0
         for item in pending:
             doc, count = item.doc, len(item.chunks)
