@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -298,7 +299,11 @@ def _load_tokenizer(model_dir: Path) -> Tokenizer:
 
     try:
         # the transformers tokenizer, as sentence-transformers uses it, then its fast backend
-        hf_tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+        with warnings.catch_warnings():
+            # transformers reads config.json on the way and warns about fields it has renamed since
+            # (GTE's `rope_scaling`); they are the model's business, not the tokenizer's
+            warnings.simplefilter("ignore", FutureWarning)
+            hf_tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"{model_dir}: cannot load the tokenizer ({exc})") from exc
     backend = getattr(hf_tokenizer, "backend_tokenizer", None)
@@ -311,10 +316,12 @@ def _max_seq_length(pipeline: PipelineFiles, config: dict, model: nn.Module, mod
     positions = int(getattr(model, "max_positions", 0) or config.get("max_position_embeddings") or 512)
     if pipeline.max_seq_length is not None:
         if pipeline.max_seq_length > positions:
-            raise ModelLoadError(
-                f"{model_dir / 'sentence_bert_config.json'}: max_seq_length {pipeline.max_seq_length} "
-                f"exceeds the model's {positions} positions"
-            )
+            where = f"{model_dir / 'sentence_bert_config.json'}: max_seq_length {pipeline.max_seq_length}"
+            # a learned position table has no row past its end; RoPE and ALiBi compute any position,
+            # so there the published max_seq_length wins, as in sentence-transformers
+            if getattr(model, "learned_positions", True):
+                raise ModelLoadError(f"{where} exceeds the model's {positions} positions")
+            log.warning("%s is past config.json's max_position_embeddings %d; using it", where, positions)
         return int(pipeline.max_seq_length)
     tokenizer_config = model_dir / "tokenizer_config.json"
     limit = positions

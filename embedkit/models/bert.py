@@ -15,7 +15,7 @@ from torch import nn
 
 from embedkit.errors import ModelLoadError
 from embedkit.models.layers import activation, attention
-from embedkit.models.loading import TensorLayout, config_from_dict
+from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
 
 __all__ = ["BertConfig", "Bert", "LAYOUT", "build"]
 
@@ -34,11 +34,7 @@ class BertConfig:
     pad_token_id: int = 0
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ModelLoadError(
-                f"config.json: hidden_size {self.hidden_size} is not divisible by "
-                f"num_attention_heads {self.num_attention_heads}"
-            )
+        check_heads(self.hidden_size, self.num_attention_heads)
 
 
 # Published name (after the prefix) -> attribute path in `Bert`.
@@ -116,6 +112,8 @@ class Layer(nn.Module):
 
 
 class Bert(nn.Module):
+    learned_positions = True  # a position table: inputs past its end have no position
+
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.config = config

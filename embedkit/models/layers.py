@@ -36,5 +36,9 @@ def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """q, k, v [B, nh, T, d]; mask [B, 1, 1 or T, T] bool (True = may attend) -> [B, nh, T, d]."""
+    """q, k, v [B, nh, T, d] -> [B, nh, T, d].
+
+    mask is either bool [B, 1, 1 or T, T] (True = may attend) or a float additive bias that
+    broadcasts to [B, nh, T, T] (JinaBERT's per-head ALiBi, with -inf on padded keys).
+    """
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

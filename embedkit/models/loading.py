@@ -18,7 +18,7 @@ from torch import nn
 
 from embedkit.errors import ModelLoadError
 
-__all__ = ["TensorLayout", "assign_weights", "config_from_dict"]
+__all__ = ["TensorLayout", "assign_weights", "check_heads", "config_from_dict"]
 
 ConfigT = TypeVar("ConfigT")
 
@@ -30,6 +30,14 @@ def config_from_dict(cls: type[ConfigT], raw: dict[str, Any], source: str) -> Co
     if absent:
         raise ModelLoadError(f"{source}: missing required field(s): {', '.join(absent)}")
     return cls(**{f.name: raw[f.name] for f in known if raw.get(f.name) is not None})
+
+
+def check_heads(hidden_size: int, num_attention_heads: int) -> None:
+    """Attention splits the hidden size evenly into heads; a config where it cannot is refused."""
+    if hidden_size % num_attention_heads:
+        raise ModelLoadError(
+            f"config.json: hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}"
+        )
 
 
 def _template_regex(template: str) -> re.Pattern[str]:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 
 def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("embedkit")
-    assert exe, "the embedkit console script is installed with the package"
+    # the script pip installed beside this interpreter, whether or not its venv is on PATH
+    exe = shutil.which("embedkit", path=str(Path(sys.executable).parent))
+    assert exe, f"the embedkit console script is installed beside {sys.executable}"
     return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 

@@ -155,3 +155,12 @@ def test_hub_id_resolves_from_local_cache(tmp_path: Path, tiny_bert_dir: Path) -
     np.testing.assert_allclose(embedder.embed(TEXTS), embedkit.load(tiny_bert_dir).embed(TEXTS), atol=1e-6)
     with pytest.raises(ModelNotFoundError, match="acme/absent.*could not be fetched"):
         embedkit.load("acme/absent", cache_dir=cache)
+
+
+def test_max_seq_length_past_the_position_table_is_refused(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    # a learned position table has no row 512; RoPE/ALiBi families accept it (see test_gte)
+    broken = Path(shutil.copytree(tiny_bert_dir, tmp_path / "long"))
+    positions = json.loads((broken / "config.json").read_text())["max_position_embeddings"]
+    (broken / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": positions + 1}))
+    with pytest.raises(ModelLoadError, match=rf"sentence_bert_config\.json: max_seq_length {positions + 1} exceeds"):
+        embedkit.load(broken)

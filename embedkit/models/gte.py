@@ -1,0 +1,275 @@
+"""GTE v1.5 / gte-multilingual ("NewModel", remote code `Alibaba-NLP/new-impl`) in plain PyTorch.
+
+A post-LayerNorm BERT-like encoder without absolute positions: rotary embeddings (GPT-NeoX
+`rotate_half` style) on q and k, a fused `qkv_proj`, and a gated MLP. It loads the published tensor
+names (`encoder.layer.N.attention.qkv_proj`, `attn_ln`, `mlp.up_gate_proj`, ..., without prefix or
+under `new.` when saved from a `NewFor*` head class).
+
+Sources: new-impl `modeling.py` (NewEmbeddings, RotaryEmbedding, NTKScalingRotaryEmbedding,
+NewAttention, NewGatedMLP, NewLayer, NewModel), checked against the golden vectors in
+shared/fixtures/gte-v1.5; transformers' native `gte` port (which chunks `up_gate_proj` into
+[up | gate] and expresses NTK as linear scaling); TEI `backends/candle/src/models/gte.rs`.
+
+RoPE: `NTKScalingRotaryEmbedding` rebuilds its cache in its constructor for
+`max_position_embeddings * factor` positions, so with rope_scaling {"type": "ntk", "factor": f} the
+scaled frequencies are used for every length:
+    inv_freq_i = 1 / (theta * f) ** (2i / d) / f ** (2 / d)
+(`mixed_b` set: inv_freq_i = 1 / theta ** (2i / d) / exp(a * (i + 1) ** b), a = ln(f) / (d / 2) ** b).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from embedkit.errors import ModelLoadError
+from embedkit.models.layers import activation, attention
+from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
+
+__all__ = ["GteConfig", "Gte", "LAYOUT", "build"]
+
+ROPE_TYPES = ("default", "ntk", "linear")
+
+
+@dataclass(frozen=True)
+class GteConfig:
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 2048  # new-impl NewConfig defaults from here on
+    type_vocab_size: int = 1  # 0 in gte-base-en-v1.5: no token-type table at all
+    layer_norm_type: str = "layer_norm"
+    layer_norm_eps: float = 1e-12
+    position_embedding_type: str = "rope"
+    pack_qkv: bool = True
+    logn_attention_scale: bool = False
+    logn_attention_clip1: bool = False
+    # RoPE, normalised by `rope_settings` from `rope_theta`/`rope_scaling` or `rope_parameters`
+    rope_theta: float = 10000.0
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_mixed_b: float | None = None
+
+    def __post_init__(self) -> None:
+        check_heads(self.hidden_size, self.num_attention_heads)
+        if self.position_embedding_type != "rope":
+            raise ModelLoadError(
+                f"config.json: position_embedding_type={self.position_embedding_type!r} is not supported for GTE "
+                "(only 'rope', as every published checkpoint)"
+            )
+        if self.layer_norm_type not in ("layer_norm", "rms_norm"):
+            raise ModelLoadError(f"config.json: layer_norm_type={self.layer_norm_type!r} is not supported")
+        if self.rope_type not in ROPE_TYPES:
+            raise ModelLoadError(
+                f"config.json: RoPE scaling type {self.rope_type!r} is not supported "
+                f"(supported: {', '.join(ROPE_TYPES)})"
+            )
+        if self.rope_type != "default" and not self.rope_factor >= 1.0:
+            raise ModelLoadError(f"config.json: RoPE scaling factor {self.rope_factor} must be >= 1")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+def rope_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """rope_theta / rope_type / rope_factor / rope_mixed_b from either config form.
+
+    Published: `rope_theta` plus `rope_scaling` {"type": "ntk", "factor": f}. transformers 5:
+    `rope_parameters` {"rope_theta": t, "rope_type": ..., "factor": ...} ("linear" in its native port).
+    """
+    parameters = config.get("rope_parameters") or {}
+    scaling = config.get("rope_scaling") or {}
+    if not scaling and parameters.get("rope_type", parameters.get("type", "default")) != "default":
+        scaling = parameters
+    settings: dict[str, Any] = {}
+    theta = config.get("rope_theta", parameters.get("rope_theta"))
+    if theta is not None:
+        settings["rope_theta"] = float(theta)
+    if scaling:
+        settings["rope_type"] = scaling.get("type", scaling.get("rope_type"))
+        settings["rope_factor"] = float(scaling.get("factor", 1.0))
+        settings["rope_mixed_b"] = scaling.get("mixed_b")
+    return settings
+
+
+def rope_inv_freq(config: GteConfig, device: torch.device) -> torch.Tensor:
+    """[d/2] fp32 inverse frequencies, as new-impl's (NTKScaling)RotaryEmbedding ends up using them."""
+    d, theta, factor = config.head_dim, config.rope_theta, config.rope_factor
+    exponent = torch.arange(0, d, 2, device=device).float() / d  # 2i / d
+    if config.rope_type == "ntk" and config.rope_mixed_b is None:
+        return 1.0 / ((theta * factor) ** exponent) / factor ** (2 / d)  # fixed NTK, eq. (6) of kexue.fm/9706
+    inv_freq = 1.0 / (theta**exponent)
+    if config.rope_type == "ntk":  # mixed NTK, eqs. (10)-(13)
+        a = torch.tensor(factor, device=device).log() / (d / 2) ** config.rope_mixed_b
+        return inv_freq / (a * torch.arange(1, d // 2 + 1, device=device).float() ** config.rope_mixed_b).exp()
+    if config.rope_type == "linear":
+        return inv_freq / factor
+    return inv_freq
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+# Published name (after the prefix) -> attribute path in `Gte`.
+LAYOUT = TensorLayout(
+    anchor="embeddings.word_embeddings.weight",
+    prefixes=("new.", ""),  # `new.` first, as TEI
+    ignore=(r"embeddings\.position_ids", r"pooler\..*", r"classifier\..*", r"lm_head\..*"),
+    renames=(
+        ("embeddings.LayerNorm.", "embeddings.norm."),
+        ("encoder.layer.{n}.attention.qkv_proj.", "layers.{n}.attn.qkv."),
+        ("encoder.layer.{n}.attention.q_proj.", "layers.{n}.attn.q."),
+        ("encoder.layer.{n}.attention.k_proj.", "layers.{n}.attn.k."),
+        ("encoder.layer.{n}.attention.v_proj.", "layers.{n}.attn.v."),
+        ("encoder.layer.{n}.attention.o_proj.", "layers.{n}.attn.out."),
+        ("encoder.layer.{n}.attn_ln.", "layers.{n}.attn_norm."),
+        ("encoder.layer.{n}.mlp.up_gate_proj.", "layers.{n}.mlp.up_gate."),
+        ("encoder.layer.{n}.mlp.down_proj.", "layers.{n}.mlp.down."),
+        ("encoder.layer.{n}.mlp_ln.", "layers.{n}.mlp_norm."),
+    ),
+)
+
+
+class RMSNorm(nn.Module):
+    """new-impl's RMSNorm (T5 style): normalise in fp32, weight only."""
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def norm(config: GteConfig) -> nn.Module:
+    if config.layer_norm_type == "rms_norm":
+        return RMSNorm(config.hidden_size, config.layer_norm_eps)
+    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: GteConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.token_type_embeddings = (
+            nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
+        )
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # LayerNorm whatever layer_norm_type
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.word_embeddings(input_ids)  # [B, T, H]; no absolute positions
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings.weight[0]  # single segment: token type 0 everywhere
+        return self.norm(x)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: GteConfig) -> None:
+        super().__init__()
+        H = config.hidden_size
+        self.n_head = config.num_attention_heads
+        self.pack_qkv = config.pack_qkv
+        if self.pack_qkv:
+            self.qkv = nn.Linear(H, 3 * H)
+        else:
+            self.q, self.k, self.v = nn.Linear(H, H), nn.Linear(H, H), nn.Linear(H, H)
+        self.out = nn.Linear(H, H)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, q_scale: torch.Tensor | None
+    ) -> torch.Tensor:
+        B, T, H = x.shape
+        qkv = self.qkv(x).split(H, dim=-1) if self.pack_qkv else (self.q(x), self.k(x), self.v(x))  # [q | k | v]
+        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in qkv)  # [B, nh, T, d]
+        q = q * cos + rotate_half(q) * sin  # cos, sin [T, d]
+        k = k * cos + rotate_half(k) * sin
+        if q_scale is not None:
+            q = q * q_scale  # logn attention scale [B, 1, 1, 1]
+        y = attention(q, k, v, mask)  # [B, nh, T, d]
+        return self.out(y.transpose(1, 2).reshape(B, T, H))
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, config: GteConfig) -> None:
+        super().__init__()
+        self.up_gate = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up, gate = self.up_gate(x).chunk(2, dim=-1)  # first half up, second half gate: [B, T, I] each
+        return self.down(self.act(gate) * up)
+
+
+class Layer(nn.Module):
+    def __init__(self, config: GteConfig) -> None:
+        super().__init__()
+        self.attn = SelfAttention(config)
+        self.attn_norm = norm(config)
+        self.mlp = GatedMLP(config)
+        self.mlp_norm = norm(config)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, q_scale: torch.Tensor | None
+    ) -> torch.Tensor:
+        x = self.attn_norm(x + self.attn(x, mask, cos, sin, q_scale))  # post-norm, as published
+        return self.mlp_norm(x + self.mlp(x))
+
+
+class Gte(nn.Module):
+    learned_positions = False  # RoPE: any position can be computed
+
+    def __init__(self, config: GteConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_position_embeddings
+
+    def rope(self, T: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, d] for positions 0..T-1, computed in fp32 (no buffers: the model is built on meta)."""
+        freqs = torch.arange(T, device=device).float()[:, None] * rope_inv_freq(self.config, device)  # [T, d/2]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [T, d]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def logn_scale(self, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        """[B, 1, 1, 1] log_{max_positions}(length) query scale when logn_attention_scale is set."""
+        if not self.config.logn_attention_scale:
+            return None
+        scale = attention_mask.sum(1).float().log() / math.log(self.config.max_position_embeddings)
+        if self.config.logn_attention_clip1:
+            scale = scale.clamp(min=1.0)
+        return scale[:, None, None, None]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids [B, T], attention_mask [B, T] bool, right-padded -> token states [B, T, H]."""
+        x = self.embeddings(input_ids)
+        cos, sin = self.rope(input_ids.shape[1], x.device, x.dtype)
+        q_scale = self.logn_scale(attention_mask)
+        q_scale = None if q_scale is None else q_scale.to(x.dtype)
+        mask = attention_mask[:, None, None, :]  # [B, 1, 1, T]: every query sees the real keys
+        for layer in self.layers:
+            x = layer(x, mask, cos, sin, q_scale)
+        return x
+
+
+def build(config: dict, tensor_names: set[str], source: str) -> tuple[Gte, TensorLayout]:
+    """The model (on whatever device is current) and tensor layout for a GTE ("new") checkpoint."""
+    settings = {**config, **rope_settings(config)}
+    return Gte(config_from_dict(GteConfig, settings, f"{source}/config.json")), LAYOUT
