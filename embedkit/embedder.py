@@ -36,7 +36,7 @@ class Embedder(Protocol):
         self,
         texts: Sequence[str],
         *,
-        task: str | None = None,
+        task: str | Sequence[str | None] | None = None,  # one task, or one per text
         dimensions: int | None = None,
         normalize: bool = True,
         truncate: bool = True,

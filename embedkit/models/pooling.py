@@ -27,22 +27,26 @@ def check_modes(modes: Sequence[str], source: str) -> tuple[str, ...]:
     return tuple(modes)
 
 
-def _exclude_prompt(mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
+def _exclude_prompt(mask: torch.Tensor, prompt_length: int | torch.Tensor) -> torch.Tensor:
     # first real token of each row: 0 under right padding, the pad count under left padding
     first = mask.to(torch.int32).argmax(dim=1, keepdim=True)
     positions = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
+    if isinstance(prompt_length, torch.Tensor):
+        prompt_length = prompt_length.to(mask.device).view(-1, 1)
     return mask & (positions >= first + prompt_length)
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor, modes: Sequence[str], *, prompt_length: int = 0) -> torch.Tensor:
+def pool(
+    hidden: torch.Tensor, mask: torch.Tensor, modes: Sequence[str], *, prompt_length: int | torch.Tensor = 0
+) -> torch.Tensor:
     """hidden [B, T, H], mask [B, T] bool (True = real token) -> [B, H * len(modes)] float32.
 
-    `prompt_length` > 0 drops that many leading tokens of each text from pooling (the
-    sentence-transformers `include_prompt: false` setting).
+    `prompt_length` (one int, or [B] per row) drops that many leading tokens of each text from
+    pooling (the sentence-transformers `include_prompt: false` setting).
     """
     hidden = hidden.float()
     last_index = mask.shape[1] - 1 - mask.flip(1).to(torch.int32).argmax(dim=1)  # [B]
-    if prompt_length:
+    if isinstance(prompt_length, torch.Tensor) or prompt_length:
         mask = _exclude_prompt(mask, prompt_length)
     weights = mask.unsqueeze(-1).float()  # [B, T, 1]
     rows = torch.arange(hidden.shape[0], device=hidden.device)

@@ -3,8 +3,9 @@
 Two independent readings are reconciled: what config.json claims (model_type, architectures,
 position_embedding_type, feed_forward_type, auto_map targets) and what the safetensors header
 holds (tensor name patterns). They must agree; a checkpoint whose config and tensors disagree is
-an error naming both. `_name_or_path` is never read: a fine-tuned or re-uploaded checkpoint keeps
-its architecture whatever its name says (TEI <= 1.6 chose JinaBERT by that string and broke).
+an error naming both. The name a checkpoint records for itself is never read: a fine-tuned or
+re-uploaded checkpoint keeps its architecture whatever its name says (TEI <= 1.6 chose JinaBERT by
+that string and broke).
 
 Each family file exposes `build(config: dict, tensor_names: set[str], source: str)
 -> (nn.Module, TensorLayout)`; it is imported only when a checkpoint of that family is loaded.
