@@ -6,14 +6,14 @@ Local models, the TEI client and the server all hand their raw pooled vectors to
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from embedkit.errors import InputError
 
-__all__ = ["Embedder", "EmbedderBase", "validate_texts", "check_dimensions", "postprocess"]
+__all__ = ["Embedder", "EmbedderBase", "validate_texts", "iter_windows", "check_dimensions", "postprocess"]
 
 
 @runtime_checkable
@@ -66,6 +66,30 @@ def validate_texts(texts: Sequence[str]) -> list[str]:
         if text == "":
             raise InputError(f"texts[{index}] is an empty string")
     return list(texts)
+
+
+def iter_windows(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Consecutive lists of up to `size` texts drawn lazily from any iterable (a generator over
+    millions of texts included), each text checked as `validate_texts` does, with its index counted
+    over the whole stream. An empty stream yields nothing."""
+    if isinstance(texts, str):
+        raise InputError("texts must be an iterable of strings, not a single str; wrap it as [text]")
+    if not isinstance(texts, Iterable):
+        raise InputError(f"texts must be an iterable of strings, got {type(texts).__name__}")
+    if size < 1:
+        raise InputError(f"window size must be >= 1, got {size}")
+    window: list[str] = []
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"texts[{index}] is {type(text).__name__}, expected str")
+        if text == "":
+            raise InputError(f"texts[{index}] is an empty string")
+        window.append(text)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
 
 
 def check_dimensions(dimensions: int | None, full_dimension: int, allowed: Sequence[int] | None) -> None:

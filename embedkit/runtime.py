@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -18,7 +18,7 @@ import torch
 from tokenizers import Encoding, Tokenizer
 from torch import nn
 
-from embedkit.embedder import EmbedderBase, check_dimensions, postprocess, validate_texts
+from embedkit.embedder import EmbedderBase, check_dimensions, iter_windows, postprocess, validate_texts
 from embedkit.errors import InputError, ModelLoadError
 from embedkit.hub import resolve_model_dir
 from embedkit.models.loading import assign_weights
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_TOKENS = 16384  # padded tokens per forward pass; bounds activation memory
 DEFAULT_MAX_BATCH_SIZE = 256
+DEFAULT_STREAM_WINDOW = 4096  # texts per embed_iter window: long enough to sort well, short enough to hold
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,28 @@ class LocalEmbedder(EmbedderBase):
         encodings = self._encode(inputs, truncate=truncate)
         vectors = self._run(encodings, plan.adapter_ids, plan.prompt_lengths)
         return postprocess(vectors, dimensions=dimensions, normalize=normalize)
+
+    def embed_iter(
+        self,
+        texts: Iterable[str],
+        *,
+        task: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool = True,
+        truncate: bool = True,
+        window: int = DEFAULT_STREAM_WINDOW,
+    ) -> Iterator[np.ndarray]:
+        """Embed a stream (any iterable, e.g. a generator over millions of texts) in constant memory.
+
+        Texts are drawn `window` at a time, embedded as `embed` does (sorted and packed by token
+        budget inside the window), and yielded as one float32 array per window, in input order;
+        the caller's loop decides what stays in memory.
+        """
+        if task is not None and not isinstance(task, str):
+            raise InputError("embed_iter takes one task name for the whole stream (or None)")
+        check_dimensions(dimensions, self._dimension, self._matryoshka)
+        for part in iter_windows(texts, window):
+            yield self.embed(part, task=task, dimensions=dimensions, normalize=normalize, truncate=truncate)
 
     # -- tasks ----------------------------------------------------------------------------------
 
