@@ -45,7 +45,7 @@ FAMILIES: dict[str, Family] = {
     "xlm_roberta": Family("xlm_roberta", "embedkit.models.xlm_roberta", ("mean",)),
     "jina_bert": Family("jina_bert", "embedkit.models.jina_bert", ("mean",)),
     "gte": Family("gte", "embedkit.models.gte", ("cls",)),
-    "jina_v3": Family("jina_v3", "embedkit.models.jina_v3", ("mean",), implemented=False),
+    "jina_v3": Family("jina_v3", "embedkit.models.jina_v3", ("mean",)),
     "qwen": Family("qwen", "embedkit.models.qwen", ("lasttoken",), implemented=False),
 }
 
@@ -74,6 +74,7 @@ _CONFIG_RULES: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
     ("jina_v3", lambda c: bool(c.get("lora_adaptations")), "lora_adaptations is set (jina-embeddings-v3)"),
     ("jina_v3", lambda c: "XLMRobertaLoRA" in _auto_map_targets(c), "auto_map targets XLMRobertaLoRA"),
     ("jina_v3", lambda c: c.get("position_embedding_type") == "rotary", "position_embedding_type is 'rotary'"),
+    ("jina_v3", lambda c: c.get("model_type") == "jina_embeddings_v3", "model_type is 'jina_embeddings_v3'"),
     ("gte", lambda c: c.get("model_type") in ("new", "gte"), "model_type is 'new'/'gte'"),
     ("gte", lambda c: any(a.startswith(("New", "Gte")) for a in _architectures(c)), "architectures name New*/Gte*"),
     ("gte", lambda c: "new-impl" in _auto_map_targets(c), "auto_map targets Alibaba-NLP/new-impl"),
