@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from embedkit.errors import ModelLoadError
-from embedkit.models.layers import activation, attention
+from embedkit.models.layers import RMSNorm, activation, attention, rotate_half
 from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
 
 __all__ = ["GteConfig", "Gte", "LAYOUT", "build"]
@@ -115,11 +115,6 @@ def rope_inv_freq(config: GteConfig, device: torch.device) -> torch.Tensor:
     return inv_freq
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 # Published name (after the prefix) -> attribute path in `Gte`.
 LAYOUT = TensorLayout(
     anchor="embeddings.word_embeddings.weight",
@@ -138,20 +133,6 @@ LAYOUT = TensorLayout(
         ("encoder.layer.{n}.mlp_ln.", "layers.{n}.mlp_norm."),
     ),
 )
-
-
-class RMSNorm(nn.Module):
-    """new-impl's RMSNorm (T5 style): normalise in fp32, weight only."""
-
-    def __init__(self, hidden_size: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(hidden_size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
 
 
 def norm(config: GteConfig) -> nn.Module:

@@ -43,8 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedkit.errors import ModelLoadError
-from embedkit.models.gte import rotate_half
-from embedkit.models.layers import activation, attention
+from embedkit.models.layers import activation, attention, rotate_half
 from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
 
 __all__ = ["JinaV3Config", "JinaV3", "LORA_LAYOUT", "PLAIN_LAYOUT", "build", "task_instructions", "default_prompts"]

@@ -1,4 +1,4 @@
-"""Maths shared by the model files: activations and the attention call.
+"""Maths shared by the model files: activations, RMSNorm, rotary helpers and the attention call.
 
 The attention backend is chosen here, once, for every family.
 """
@@ -9,10 +9,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from embedkit.errors import ModelLoadError
 
-__all__ = ["activation", "attention"]
+__all__ = ["RMSNorm", "activation", "attention", "rotate_half"]
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # the exact (erf) form, as transformers' "gelu"
@@ -42,3 +43,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     broadcasts to [B, nh, T, T] (JinaBERT's per-head ALiBi, with -inf on padded keys).
     """
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm (T5 style, as new-impl and Qwen): normalise in fp32, weight only."""
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """GPT-NeoX rotary layout: the halves of the head dim are the pairs, (x1, x2) -> (-x2, x1)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)

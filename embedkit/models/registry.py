@@ -32,11 +32,8 @@ class Family:
     name: str
     module: str  # the family file, imported on first use
     default_pooling: tuple[str, ...]  # when the checkpoint has no sentence-transformers pooling config
-    implemented: bool = True
 
     def load(self) -> ModuleType:
-        if not self.implemented:
-            raise ModelLoadError(f"the {self.name} family is recognised but not implemented yet")
         return importlib.import_module(self.module)
 
 
@@ -46,7 +43,7 @@ FAMILIES: dict[str, Family] = {
     "jina_bert": Family("jina_bert", "embedkit.models.jina_bert", ("mean",)),
     "gte": Family("gte", "embedkit.models.gte", ("cls",)),
     "jina_v3": Family("jina_v3", "embedkit.models.jina_v3", ("mean",)),
-    "qwen": Family("qwen", "embedkit.models.qwen", ("lasttoken",), implemented=False),
+    "qwen": Family("qwen", "embedkit.models.qwen", ("lasttoken",)),
 }
 
 
@@ -149,9 +146,9 @@ def detect_family(config: dict[str, Any], tensor_names: set[str], source: str) -
             "%s: config.json names no known architecture (%s); tensors say %s", source, _describe(config), family
         )
         return Detection(FAMILIES[family], ("config.json: no known architecture fields", f"tensors: {seen[1]}"))
-    implemented = ", ".join(name for name, family in FAMILIES.items() if family.implemented)
+    families = ", ".join(FAMILIES)
     raise ModelLoadError(
         f"{source}: unsupported architecture ({_describe(config)}"
         + (f"; tensors look like {' or '.join(sorted(seen[0]))}" if seen else "")
-        + f"); built-in families: {implemented}"
+        + f"); built-in families: {families}"
     )

@@ -111,9 +111,3 @@ ERRORS = [
 def test_detection_errors_name_what_was_seen(config: dict, tensors: set[str], message: str) -> None:
     with pytest.raises(ModelLoadError, match=message):
         detect_family(config, tensors, "model")
-
-
-def test_recognised_but_unimplemented_family_says_so() -> None:
-    detection = detect_family({"model_type": "qwen3"}, QWEN_TENSORS, "model")
-    with pytest.raises(ModelLoadError, match="the qwen family is recognised but not implemented yet"):
-        detection.family.load()
