@@ -1,4 +1,4 @@
-"""`embedkit ingest` and `embedkit search`: the main job from a shell, offline by default."""
+"""`embedkit ingest`, `search`, `serve` and `models inspect`: the main jobs from a shell, offline by default."""
 
 from __future__ import annotations
 
@@ -47,6 +47,31 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--model", help="override the model recorded in the collection")
     search.add_argument("--json", action="store_true", help="print results as JSON lines")
     _add_store_options(search)
+
+    serve = commands.add_parser("serve", help="serve a model over TEI's HTTP API (needs embedkit[server])")
+    serve.add_argument("model", nargs="?", help="model directory or hub id (default: all-MiniLM-L6-v2)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("EMBEDKIT_API_KEY"),
+        help="require this bearer key (prefer the env EMBEDKIT_API_KEY: arguments show in `ps`)",
+    )
+    serve.add_argument("--served-model-name", help="model name reported by /info and /v1/embeddings")
+    serve.add_argument("--max-client-batch-size", type=int, default=32, help="inputs per request (default 32)")
+    serve.add_argument("--max-batch-tokens", type=int, default=16384, help="tokens per forward pass (default 16384)")
+    serve.add_argument("--max-batch-requests", type=int, help="requests packed per forward pass (default: no limit)")
+    serve.add_argument("--max-concurrent-requests", type=int, default=512, help="texts queued before 429")
+    serve.add_argument("--max-input-length", type=int, help="tokens per input (default: the model's limit)")
+    serve.add_argument("--payload-limit", type=int, default=2_000_000, help="request body bytes (default 2 MB)")
+    serve.add_argument(
+        "--auto-truncate",
+        choices=("true", "false"),
+        default="true",
+        help="cut over-long inputs when a request does not say (default true, as TEI >= 1.9)",
+    )
+    serve.add_argument("--dtype", choices=("float32", "float16", "bfloat16"))
+    serve.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
     models = commands.add_parser("models", help="inspect model checkpoints")
     model_commands = models.add_subparsers(dest="models_command", required=True)
@@ -135,7 +160,29 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"ingest": _ingest, "search": _search, "models": _inspect}
+def _serve(args: argparse.Namespace) -> int:
+    from embedkit.server import ServerSettings, serve
+
+    for name in ("max_client_batch_size", "max_batch_tokens", "max_batch_requests", "max_input_length", "port"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    settings = ServerSettings(
+        served_model_name=args.served_model_name,
+        api_key=args.api_key or None,
+        max_client_batch_size=args.max_client_batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        max_batch_requests=args.max_batch_requests,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_input_length=args.max_input_length,
+        payload_limit=args.payload_limit,
+        auto_truncate=args.auto_truncate == "true",
+    )
+    serve(args.model, host=args.host, port=args.port, settings=settings, device=args.device, dtype=args.dtype)
+    return 0
+
+
+_COMMANDS = {"ingest": _ingest, "search": _search, "serve": _serve, "models": _inspect}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

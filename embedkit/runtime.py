@@ -191,6 +191,7 @@ class LocalEmbedder(EmbedderBase):
         dimensions: int | None = None,
         normalize: bool = True,
         truncate: bool = True,
+        truncation_direction: str = "right",
     ) -> np.ndarray:
         """Embed `texts` -> float32 array (len(texts), dimensions or dimension), input order kept.
 
@@ -199,7 +200,7 @@ class LocalEmbedder(EmbedderBase):
         plain model). A mixed call equals embedding each task's texts separately. `normalize`
         L2-normalises (the default); `dimensions` keeps the first k Matryoshka dimensions, then
         normalises; `truncate=False` raises InputError for a text longer than `max_input_tokens`
-        instead of cutting it.
+        instead of cutting it; `truncation_direction="left"` keeps a long text's end instead of its start.
         """
         texts = validate_texts(texts)
         check_dimensions(dimensions, self._dimension, self._matryoshka)
@@ -207,7 +208,7 @@ class LocalEmbedder(EmbedderBase):
         inputs = [prefix + text for prefix, text in zip(plan.prefixes, texts, strict=True)]
         if self._pipeline.do_lower_case:
             inputs = [text.lower() for text in inputs]
-        encodings = self._encode(inputs, truncate=truncate)
+        encodings = self._encode(inputs, truncate=truncate, direction=truncation_direction)
         vectors = self._run(encodings, plan.adapter_ids, plan.prompt_lengths)
         return postprocess(vectors, dimensions=dimensions, normalize=normalize)
 
@@ -289,7 +290,29 @@ class LocalEmbedder(EmbedderBase):
         with_everything = len(self._untruncated.encode(prefix + "x").ids)
         return with_everything - len(self._untruncated.encode("x", add_special_tokens=False).ids)
 
-    def _encode(self, inputs: list[str], *, truncate: bool) -> list[Encoding]:
+    def tokenize(
+        self, texts: Sequence[str], *, task: str | Sequence[str | None] | None = None, add_special_tokens: bool = True
+    ) -> list[Encoding]:
+        """The model's tokens for each text with its task's prompt prepended, never truncated.
+
+        `len(result[i].ids)` is what text i costs in a forward pass before truncation.
+        """
+        texts = validate_texts(texts)
+        plan = self._plan(task, len(texts))
+        inputs = [prefix + text for prefix, text in zip(plan.prefixes, texts, strict=True)]
+        if self._pipeline.do_lower_case:
+            inputs = [text.lower() for text in inputs]
+        return self._untruncated.encode_batch(inputs, add_special_tokens=add_special_tokens)
+
+    @cached_property
+    def _left_truncating(self) -> Tokenizer:
+        tokenizer = Tokenizer.from_str(self._tokenizer.to_str())
+        tokenizer.enable_truncation(self._max_seq_length, direction="left")
+        return tokenizer
+
+    def _encode(self, inputs: list[str], *, truncate: bool, direction: str = "right") -> list[Encoding]:
+        if direction.lower() not in ("right", "left"):
+            raise InputError(f"truncation_direction={direction!r}; use 'right' or 'left'")
         if not truncate:
             encodings = self._untruncated.encode_batch(inputs)
             for index, encoding in enumerate(encodings):
@@ -299,7 +322,8 @@ class LocalEmbedder(EmbedderBase):
                         f"{self._max_seq_length}; shorten it or pass truncate=True"
                     )
             return encodings
-        encodings = self._tokenizer.encode_batch(inputs)
+        tokenizer = self._left_truncating if direction.lower() == "left" else self._tokenizer
+        encodings = tokenizer.encode_batch(inputs)
         cut = [index for index, encoding in enumerate(encodings) if encoding.overflowing]
         if cut:
             self.truncated_count += len(cut)

@@ -1,0 +1,121 @@
+"""Request and response bodies of the TEI-compatible routes, field for field as TEI names them.
+
+See ../shared/reference/tei-http-api.md. Unknown fields are ignored (TEI never denies them); `null`
+equals absent. Token-id inputs (lists of ints) are not accepted: embedkit serves text.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "EmbedRequest",
+    "OpenAIEmbeddingRequest",
+    "TokenizeRequest",
+    "OpenAIEmbedding",
+    "OpenAIUsage",
+    "OpenAIEmbeddingResponse",
+    "SimpleToken",
+    "EmbeddingModel",
+    "ModelType",
+    "Info",
+    "ErrorResponse",
+    "OpenAIErrorResponse",
+]
+
+Inputs = str | list[str]
+TruncationDirection = Literal["left", "Left", "right", "Right"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class EmbedRequest(_Request):
+    inputs: Inputs
+    truncate: bool | None = Field(None, description="null: the server's --auto-truncate")
+    truncation_direction: TruncationDirection = "right"
+    prompt_name: str | None = Field(None, description="a prompt or task name from /info `prompts`")
+    normalize: bool = True
+    dimensions: int | None = Field(None, description="Matryoshka: keep the first d values, then normalise")
+
+
+class OpenAIEmbeddingRequest(_Request):
+    input: Inputs
+    model: str | None = None
+    user: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+
+
+class TokenizeRequest(_Request):
+    inputs: Inputs
+    add_special_tokens: bool = True
+    prompt_name: str | None = None
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str
+    index: int
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+class SimpleToken(BaseModel):
+    id: int
+    text: str
+    special: bool
+    start: int | None  # byte offsets into the (prompt-prefixed) input; null for special tokens
+    stop: int | None
+
+
+class EmbeddingModel(BaseModel):
+    pooling: str
+
+
+class ModelType(BaseModel):
+    embedding: EmbeddingModel
+
+
+class Info(BaseModel):
+    model_id: str
+    model_sha: str | None = None
+    model_dtype: str
+    served_model_name: str
+    model_type: ModelType
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_requests: int | None
+    max_client_batch_size: int
+    auto_truncate: bool
+    tokenization_workers: int
+    version: str
+    sha: str | None = None
+    docker_label: str | None = None
+    # embedkit's addition: task / prompt names a request may send as prompt_name, with their text
+    prompts: dict[str, str]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    error_type: str
+
+
+class OpenAIErrorResponse(BaseModel):
+    message: str
+    code: int
+    type: str
