@@ -9,22 +9,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from embedkit.errors import (
+    AuthError,
     EmbedkitError,
     InputError,
     MissingDependencyError,
     ModelLoadError,
     ModelNotFoundError,
+    RemoteError,
     StoreError,
     UnknownTaskError,
 )
 
 if TYPE_CHECKING:
     from embedkit.embedder import Embedder
+    from embedkit.remote import AsyncTEIClient, TEIClient
     from embedkit.runtime import LocalEmbedder, load
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncTEIClient",
+    "AuthError",
     "Embedder",
     "EmbedkitError",
     "InputError",
@@ -32,12 +37,20 @@ __all__ = [
     "MissingDependencyError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "RemoteError",
     "StoreError",
+    "TEIClient",
     "UnknownTaskError",
     "load",
 ]
 
-_LAZY = {"Embedder": "embedkit.embedder", "LocalEmbedder": "embedkit.runtime", "load": "embedkit.runtime"}
+_LAZY = {
+    "AsyncTEIClient": "embedkit.remote",
+    "Embedder": "embedkit.embedder",
+    "LocalEmbedder": "embedkit.runtime",
+    "TEIClient": "embedkit.remote",
+    "load": "embedkit.runtime",
+}
 
 
 def __getattr__(name: str) -> Any:

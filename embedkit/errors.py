@@ -6,7 +6,9 @@
     ├── ModelLoadError                   a model directory or file that cannot be used, naming the file
     │   └── ModelNotFoundError           no such directory, or not fetchable from the hub
     ├── MissingDependencyError (ImportError)   an optional extra is not installed: says what to pip install
-    └── StoreError                       the vector store refused or does not match (dimension, embedder)
+    ├── StoreError                       the vector store refused or does not match (dimension, embedder)
+    └── RemoteError                      an embedding server misbehaved or stayed unreachable; carries .status
+        └── AuthError                    the server refused the API key (401 / 403)
 
 This module imports neither torch nor httpx, so any layer may raise from it.
 Messages carry context (index, length, field, path) but never a secret.
@@ -22,6 +24,8 @@ __all__ = [
     "ModelNotFoundError",
     "MissingDependencyError",
     "StoreError",
+    "RemoteError",
+    "AuthError",
 ]
 
 
@@ -30,7 +34,14 @@ class EmbedkitError(Exception):
 
 
 class InputError(EmbedkitError, ValueError):
-    """The caller passed something embedkit cannot embed or store as asked."""
+    """The caller passed something embedkit cannot embed or store as asked.
+
+    `index` is the position of the offending text in the caller's list, when one text is to blame.
+    """
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class UnknownTaskError(InputError):
@@ -57,3 +68,16 @@ class MissingDependencyError(EmbedkitError, ImportError):
 
 class StoreError(EmbedkitError):
     """The vector store failed or holds a collection that does not match this embedder."""
+
+
+class RemoteError(EmbedkitError):
+    """An embedding server failed: unreachable or erroring after the retries, or an answer that is
+    not what the protocol promises. `status` is the last HTTP status, None when none was received."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AuthError(RemoteError):
+    """The server refused the request's credentials (HTTP 401 or 403); never retried."""

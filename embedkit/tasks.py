@@ -12,12 +12,13 @@ its index, -1 for the base weights (no task, or a task without an adapter).
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from embedkit.errors import UnknownTaskError
 
-__all__ = ["CANONICAL_TASKS", "ALIASES", "TaskTable"]
+__all__ = ["CANONICAL_TASKS", "ALIASES", "TaskTable", "KnownPrompts", "KNOWN_PROMPTS", "known_prompts"]
 
 CANONICAL_TASKS = ("query", "document")
 
@@ -74,3 +75,93 @@ class TaskTable:
             raise UnknownTaskError(repr(task), self.names)
         name = self.resolve(task)
         return self.prompts.get(name, "") if name else ""
+
+
+@dataclass(frozen=True)
+class KnownPrompts:
+    """A model's prompt prefixes as its authors publish them, for servers that do not list them.
+
+    TEI's /info has no prompts, so a remote client that wants `task="query"` must know the text
+    itself. `adapters` names LoRA adapters a task selects, which a prefix cannot reproduce.
+    """
+
+    prompts: Mapping[str, str]
+    source: str  # where the strings come from
+    adapters: tuple[str, ...] = ()
+
+    def table(self) -> TaskTable:
+        return TaskTable(self.prompts, adapters=self.adapters)
+
+
+_BGE_QUERY = "Represent this sentence for searching relevant passages: "
+_WEB_SEARCH = "Given a web search query, retrieve relevant passages that answer the query"
+_SYMMETRIC = KnownPrompts({}, "model card: symmetric model, texts are embedded without a prefix")
+
+# Keyed by Hugging Face model id; `*` matches any run of characters, case is ignored, and the first
+# matching key wins, so specific ids come before the patterns that would also match them.
+KNOWN_PROMPTS: dict[str, KnownPrompts] = {
+    "intfloat/e5-mistral-7b-instruct": KnownPrompts(
+        {"query": f"Instruct: {_WEB_SEARCH}\nQuery: "},
+        "intfloat/e5-mistral-7b-instruct model card: queries as 'Instruct: {task}\\nQuery: {query}', "
+        "documents as they are",
+    ),
+    "intfloat/multilingual-e5-large-instruct": KnownPrompts(
+        {"query": f"Instruct: {_WEB_SEARCH}\nQuery: "},
+        "intfloat/multilingual-e5-large-instruct model card: same instruction form as e5-mistral",
+    ),
+    "intfloat/*e5-*": KnownPrompts(
+        {"query": "query: ", "passage": "passage: "},
+        "intfloat/e5-base-v2 model card FAQ: every input starts with 'query: ' or 'passage: '",
+    ),
+    "Qwen/Qwen3-Embedding-*": KnownPrompts(
+        {"query": f"Instruct: {_WEB_SEARCH}\nQuery:", "document": ""},
+        "Qwen3-Embedding config_sentence_transformers.json prompts.query: no space after 'Query:' "
+        "(reference/model-families.md section 5.2)",
+    ),
+    "Alibaba-NLP/gte-Qwen2-*": KnownPrompts(
+        {"query": f"Instruct: {_WEB_SEARCH}\nQuery: "},
+        "gte-Qwen2-1.5B-instruct config_sentence_transformers.json prompts.query: a space after 'Query:' "
+        "(reference/model-families.md section 4)",
+    ),
+    "nomic-ai/nomic-embed-text-*": KnownPrompts(
+        {
+            "search_query": "search_query: ",
+            "search_document": "search_document: ",
+            "classification": "classification: ",
+            "clustering": "clustering: ",
+        },
+        "nomic-embed-text-v1 / v1.5 model card, 'Task instruction prefixes'",
+    ),
+    "BAAI/bge-*-en-v1.5": KnownPrompts(
+        {"query": _BGE_QUERY},
+        "BAAI/bge-base-en-v1.5 model card and FlagEmbedding README: query instruction for retrieval, "
+        "passages without one",
+    ),
+    "jinaai/jina-embeddings-v3": KnownPrompts(
+        {
+            "retrieval.query": "Represent the query for retrieving evidence documents: ",
+            "retrieval.passage": "Represent the document for retrieval: ",
+            "separation": "",
+            "classification": "",
+            "text-matching": "",
+        },
+        "jina-embeddings-v3 config_sentence_transformers.json and config.json lora_adaptations "
+        "(reference/model-families.md section 1.1)",
+        adapters=("retrieval.query", "retrieval.passage", "separation", "classification", "text-matching"),
+    ),
+    "sentence-transformers/all-MiniLM-L6-v2": _SYMMETRIC,
+    "sentence-transformers/all-MiniLM-L12-v2": _SYMMETRIC,
+    "sentence-transformers/all-mpnet-base-v2": _SYMMETRIC,
+}
+
+
+def known_prompts(model_id: str | None) -> KnownPrompts | None:
+    """The KNOWN_PROMPTS entry for `model_id` (a hub id, or a local path ending in org/name)."""
+    if not model_id:
+        return None
+    parts = model_id.replace("\\", "/").rstrip("/").lower().split("/")
+    candidates = [model_id.lower(), "/".join(parts[-2:])]
+    for key, entry in KNOWN_PROMPTS.items():
+        if any(fnmatch.fnmatchcase(candidate, key.lower()) for candidate in candidates):
+            return entry
+    return None

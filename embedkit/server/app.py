@@ -379,6 +379,7 @@ def create_app(embedder: LocalEmbedder, settings: ServerSettings | None = None) 
             tokenization_workers=1,
             version=_version(),
             prompts=dict(described["tasks"]),
+            adapters=list(described["adapters"]),
         )
 
     @app.get("/health")

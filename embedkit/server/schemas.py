@@ -108,6 +108,8 @@ class Info(BaseModel):
     docker_label: str | None = None
     # embedkit's addition: task / prompt names a request may send as prompt_name, with their text
     prompts: dict[str, str]
+    # tasks whose prompt_name also selects a LoRA adapter (jina-embeddings-v3): no prefix reproduces them
+    adapters: list[str] = []
 
 
 class ErrorResponse(BaseModel):
