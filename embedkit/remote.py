@@ -27,6 +27,7 @@ import os
 import random
 import re
 import time
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -161,6 +162,7 @@ class _ClientBase(EmbedderBase):
         encoding_format: Literal["float", "base64"] = "base64",
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        info: ServerInfo | None = None,
     ) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise InputError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
@@ -188,7 +190,7 @@ class _ClientBase(EmbedderBase):
         self._encoding_format = encoding_format
         self._max_request_bytes = max_request_bytes
         self._max_response_bytes = max_response_bytes
-        self._info: ServerInfo | None = None
+        self._info: ServerInfo | None = info  # a ServerInfo already read (by a twin client) skips /info
         self._info_missing = False  # an OpenAI-style service without /info
         self._dimension: int | None = None
 
@@ -200,6 +202,11 @@ class _ClientBase(EmbedderBase):
         )
 
     # -- what /info taught us ------------------------------------------------------------------
+
+    @property
+    def server_info(self) -> ServerInfo | None:
+        """The server's /info once read (None before the first request); `info=` for a twin client."""
+        return self._info
 
     def _require_info(self) -> ServerInfo:
         if self._info is None:
@@ -671,6 +678,8 @@ class TEIClient(_ClientBase):
     def __init__(self, base_url: str, *, transport: httpx.BaseTransport | None = None, **settings: Any) -> None:
         super().__init__(base_url, **settings)
         self._http = httpx.Client(timeout=self._timeout, transport=transport)
+        # a client dropped without close() (e.g. inside a LangChain object) still releases its sockets
+        weakref.finalize(self, self._http.close)
 
     def __enter__(self) -> TEIClient:
         return self

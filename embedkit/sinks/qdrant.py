@@ -7,7 +7,7 @@ within a process.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from embedkit.errors import InputError, StoreError
 from embedkit.sinks.base import Point, SearchHit
 
-__all__ = ["QdrantSink", "FINGERPRINT_KEY"]
+__all__ = ["QdrantSink", "FINGERPRINT_KEY", "metadata_condition"]
 
 FINGERPRINT_KEY = "embedkit"  # collection metadata key holding the embedder fingerprint
 # fields that decide whether stored vectors are comparable with new ones (model_id is only a label)
@@ -162,10 +162,46 @@ class QdrantSink:
     def count(self) -> int:
         return self._client.count(self.collection, exact=True).count
 
-    def search(self, vector: Sequence[float], k: int) -> list[SearchHit]:
+    def search(
+        self,
+        vector: Sequence[float],
+        k: int,
+        *,
+        metadata_filter: Mapping[str, Any] | None = None,
+        score_threshold: float | None = None,
+    ) -> list[SearchHit]:
+        """The `k` nearest chunks, best first. `metadata_filter` keeps chunks whose metadata has each
+        key equal to the value (a list value: any of them); `score_threshold` drops weaker hits."""
         if not self.exists():
             raise StoreError(f"collection {self.collection!r} does not exist at {self._where}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be an int >= 1, got {k!r}")
         response = self._client.query_points(
-            self.collection, query=[float(x) for x in vector], limit=k, with_payload=True
+            self.collection,
+            query=[float(x) for x in vector],
+            limit=k,
+            query_filter=metadata_condition(metadata_filter),
+            score_threshold=score_threshold,
+            with_payload=True,
         )
         return [SearchHit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+
+
+def metadata_condition(metadata_filter: Mapping[str, Any] | None) -> models.Filter | None:
+    """A Qdrant filter over the `metadata` payload: every key must match (a list value matches any)."""
+    if not metadata_filter:
+        return None
+    if not isinstance(metadata_filter, Mapping):
+        raise InputError(f"metadata filter must be a mapping of key to value, got {type(metadata_filter).__name__}")
+    conditions: list[models.Condition] = []
+    for key, value in metadata_filter.items():
+        if not isinstance(key, str) or not key:
+            raise InputError(f"metadata filter keys must be non-empty strings, got {key!r}")
+        if isinstance(value, (list, tuple, set)):
+            match: models.Match = models.MatchAny(any=list(value))
+        elif isinstance(value, (str, int, bool)):
+            match = models.MatchValue(value=value)
+        else:
+            raise InputError(f"metadata filter {key!r}: match a str, int, bool or a list of them, got {value!r}")
+        conditions.append(models.FieldCondition(key=f"metadata.{key}", match=match))
+    return models.Filter(must=conditions)

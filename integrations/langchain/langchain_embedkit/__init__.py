@@ -1,0 +1,7 @@
+"""LangChain integration for embedkit: Embeddings, a Qdrant retriever, and a QdrantVectorStore helper."""
+
+from langchain_embedkit.embeddings import EmbedkitEmbeddings
+from langchain_embedkit.retrievers import EmbedkitRetriever
+from langchain_embedkit.vectorstores import qdrant_vector_store
+
+__all__ = ["EmbedkitEmbeddings", "EmbedkitRetriever", "qdrant_vector_store"]

@@ -1,0 +1,126 @@
+"""EmbedkitRetriever: LangChain's BaseRetriever over a Qdrant collection written by embedkit's ingest."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.utils import secret_from_env
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+
+from embedkit import InputError, StoreError
+from embedkit.sinks import QdrantSink
+from embedkit.sinks.base import SearchHit
+from langchain_embedkit.embeddings import EmbedkitEmbeddings
+
+__all__ = ["EmbedkitRetriever"]
+
+
+class EmbedkitRetriever(BaseRetriever):
+    """Chunks of an embedkit collection nearest to a query, as LangChain Documents.
+
+    The collection is the one `embedkit.ingest` / `embedkit ingest` wrote: give its name and where it
+    lives (`path` for the embedded store, `url` (+ `qdrant_api_key`) for a server, or a `client`).
+    Queries are embedded with the query task by `embeddings`; when none is given, the model the
+    collection records is loaded, so the query vector is comparable with the stored ones.
+
+    Each Document carries the chunk's text, its document's metadata, and `score`, `doc_id`,
+    `chunk_index`, `start` and `end` (the chunk's character span in its source). `k`,
+    `score_threshold` and `filter` (metadata key -> value, or a list of accepted values) may also be
+    given per call: `retriever.invoke(query, k=3, filter={"lang": "en"})`.
+
+    Example:
+        ```python
+        from langchain_embedkit import EmbedkitRetriever
+
+        retriever = EmbedkitRetriever(collection="kb", path="./qdrant", k=4)
+        docs = retriever.invoke("how do I reset my password")
+        ```
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    collection: str
+    path: str | None = None
+    url: str | None = None
+    qdrant_api_key: SecretStr | None = Field(default_factory=secret_from_env("QDRANT_API_KEY", default=None))
+    client: Any = Field(default=None, exclude=True)
+    """A qdrant_client.QdrantClient to use instead of path / url."""
+    embeddings: EmbedkitEmbeddings | None = None
+    k: int = 4
+    score_threshold: float | None = None
+    filter: dict[str, Any] | None = None
+
+    _sink: QdrantSink = PrivateAttr()
+    _dimensions: int | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _open(self) -> EmbedkitRetriever:
+        if isinstance(self.k, bool) or self.k < 1:
+            raise InputError(f"k must be an int >= 1, got {self.k!r}")
+        key = self.qdrant_api_key.get_secret_value() if self.qdrant_api_key is not None and self.url else None
+        location = None if (self.path or self.url or self.client) else ":memory:"
+        self._sink = QdrantSink(
+            self.collection, path=self.path, url=self.url, api_key=key, client=self.client, location=location
+        )
+        recorded = self._sink.recorded_fingerprint()
+        if recorded is None:
+            raise StoreError(
+                f"collection {self.collection!r} at {self.path or self.url or 'the given client'} does not exist or "
+                "was not written by embedkit; ingest into it first (embedkit ingest ... --collection NAME)"
+            )
+        self._dimensions = recorded.get("dimensions")
+        if self.embeddings is None:
+            self.embeddings = EmbedkitEmbeddings(model=recorded.get("model_id"), dimensions=self._dimensions)
+        return self
+
+    def _search(self, vector: list[float], k: int | None, score_threshold: float | None, filter: Any) -> list[Document]:
+        hits = self._sink.search(
+            vector,
+            self.k if k is None else k,
+            metadata_filter=self.filter if filter is None else filter,
+            score_threshold=self.score_threshold if score_threshold is None else score_threshold,
+        )
+        return [_document(hit) for hit in hits]
+
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        score_threshold: float | None = None,
+        filter: dict[str, Any] | None = None,
+    ) -> list[Document]:
+        assert self.embeddings is not None  # set by _open
+        return self._search(self.embeddings.embed_query(query), k, score_threshold, filter)
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+        score_threshold: float | None = None,
+        filter: dict[str, Any] | None = None,
+    ) -> list[Document]:
+        assert self.embeddings is not None
+        vector = await self.embeddings.aembed_query(query)
+        # the embedded store is synchronous: search in a worker thread, not on the event loop
+        return await asyncio.to_thread(self._search, vector, k, score_threshold, filter)
+
+
+def _document(hit: SearchHit) -> Document:
+    payload = hit.payload
+    metadata = dict(payload.get("metadata") or {})
+    metadata.update(
+        score=hit.score,
+        doc_id=payload.get("doc_id"),
+        chunk_index=payload.get("chunk_index"),
+        start=payload.get("start"),
+        end=payload.get("end"),
+    )
+    return Document(id=hit.id, page_content=str(payload.get("page_content", "")), metadata=metadata)

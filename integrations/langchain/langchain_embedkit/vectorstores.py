@@ -1,0 +1,52 @@
+"""A langchain-qdrant QdrantVectorStore over an embedkit collection, for the full VectorStore API."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from embedkit import MissingDependencyError, StoreError
+from embedkit.sinks import QdrantSink
+from langchain_embedkit.embeddings import EmbedkitEmbeddings
+
+if TYPE_CHECKING:
+    from langchain_qdrant import QdrantVectorStore
+
+__all__ = ["qdrant_vector_store"]
+
+
+def qdrant_vector_store(
+    collection: str,
+    *,
+    path: str | None = None,
+    url: str | None = None,
+    api_key: str | None = None,
+    client: Any = None,
+    embeddings: EmbedkitEmbeddings | None = None,
+) -> QdrantVectorStore:
+    """langchain-qdrant's QdrantVectorStore reading (and writing) an embedkit collection as it is.
+
+    embedkit stores `page_content` and `metadata` payload keys and one unnamed cosine vector, which is
+    what QdrantVectorStore reads by default. Without `embeddings`, the model the collection records
+    is loaded. Needs `pip install langchain-embedkit[qdrant]`.
+    """
+    try:
+        from langchain_qdrant import QdrantVectorStore, RetrievalMode
+    except ImportError as error:
+        raise MissingDependencyError(
+            "qdrant_vector_store needs langchain-qdrant: pip install 'langchain-embedkit[qdrant]'"
+        ) from error
+    sink = QdrantSink(collection, path=path, url=url, api_key=api_key, client=client)
+    recorded = sink.recorded_fingerprint()
+    if recorded is None:
+        raise StoreError(f"collection {collection!r} does not exist or was not written by embedkit")
+    if embeddings is None:
+        embeddings = EmbedkitEmbeddings(model=recorded.get("model_id"), dimensions=recorded.get("dimensions"))
+    return QdrantVectorStore(
+        client=sink.client,  # a local path is opened once per process: share embedkit's client
+        collection_name=collection,
+        embedding=embeddings,
+        retrieval_mode=RetrievalMode.DENSE,
+        content_payload_key="page_content",
+        metadata_payload_key="metadata",
+        vector_name="",
+    )

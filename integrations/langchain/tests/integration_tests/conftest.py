@@ -1,0 +1,73 @@
+"""A real `embedkit serve` on 127.0.0.1 and an embedded Qdrant collection written by embedkit's ingest."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+API_KEY = "lc-test-key-51c2"
+EXAMPLE_DOCS = Path(__file__).resolve().parents[4] / "examples" / "docs"
+COLLECTION = "kb"
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = shutil.which("embedkit", path=str(Path(sys.executable).parent)) or "embedkit"
+    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
+    process = subprocess.Popen(
+        [exe, "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "EMBEDKIT_API_KEY": API_KEY},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            if process.poll() is not None:
+                raise RuntimeError(f"embedkit serve exited with {process.returncode}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def local_embedder():
+    import embedkit
+
+    return embedkit.load(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def qdrant_path(tmp_path_factory: pytest.TempPathFactory, local_embedder) -> str:  # noqa: ANN001
+    """The example docs ingested by embedkit, with a `topic` metadata field to filter on."""
+    from embedkit.ingest import Document, ingest, load_directory
+    from embedkit.sinks import QdrantSink
+
+    path = str(tmp_path_factory.mktemp("qdrant"))
+    docs = [
+        Document(doc.id, doc.text, {**doc.metadata, "topic": "tech" if doc.id in TECH else "life"})
+        for doc in load_directory(EXAMPLE_DOCS)
+    ]
+    report = ingest(docs, local_embedder, QdrantSink(COLLECTION, path=path), progress=False)
+    assert report.embedded == len(docs) == 20
+    return path
+
+
+TECH = {"git-branching.md", "python-virtualenv.md", "tcp-handshake.md", "vector-search.md", "password-reset.md"}

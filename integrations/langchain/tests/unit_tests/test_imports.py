@@ -1,0 +1,7 @@
+from langchain_embedkit import __all__
+
+EXPECTED_ALL = ["EmbedkitEmbeddings", "EmbedkitRetriever", "qdrant_vector_store"]
+
+
+def test_all_imports() -> None:
+    assert sorted(EXPECTED_ALL) == sorted(__all__)
