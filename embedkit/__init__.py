@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# eager, not lazy: `ingest` is also the name of its submodule, which would shadow a lazy attribute
+from embedkit.chunking import Chunk, Chunker, embed_chunks  # noqa: E402
 from embedkit.errors import (
     AuthError,
     EmbedkitError,
@@ -19,6 +21,7 @@ from embedkit.errors import (
     StoreError,
     UnknownTaskError,
 )
+from embedkit.ingest import Document, ingest  # noqa: E402
 
 if TYPE_CHECKING:
     from embedkit.embedder import Embedder
@@ -30,6 +33,9 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncTEIClient",
     "AuthError",
+    "Chunk",
+    "Chunker",
+    "Document",
     "Embedder",
     "EmbedkitError",
     "InputError",
@@ -41,6 +47,8 @@ __all__ = [
     "StoreError",
     "TEIClient",
     "UnknownTaskError",
+    "embed_chunks",
+    "ingest",
     "load",
 ]
 

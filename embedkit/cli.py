@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from embedkit.chunking import STRATEGIES
 from embedkit.errors import EmbedkitError, InputError, StoreError
 
 __all__ = ["main"]
@@ -39,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--reembed", action="store_true", help="allow replacing vectors made by another embedder")
     ingest.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="bad documents: stop or skip")
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+    ingest.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default: the model's limit, at most 512)")
+    ingest.add_argument("--overlap", type=int, help="tokens repeated between neighbouring chunks (default: 1/8)")
+    ingest.add_argument("--strategy", choices=STRATEGIES, default="auto", help="how to split (default: auto)")
     _add_store_options(ingest)
 
     search = commands.add_parser("search", help="rank the collection's chunks against a query")
@@ -92,6 +96,7 @@ def _sink(args: argparse.Namespace):  # noqa: ANN202 - QdrantSink, imported lazi
 def _ingest(args: argparse.Namespace) -> int:
     from itertools import chain
 
+    from embedkit.chunking import default_chunker
     from embedkit.ingest import DEFAULT_PATTERNS, ingest, load_directory
     from embedkit.runtime import load
 
@@ -100,11 +105,20 @@ def _ingest(args: argparse.Namespace) -> int:
         if not os.path.exists(path):
             raise InputError(f"no such file or directory: {path}")
     embedder = load(args.model)
+    chunker = default_chunker(
+        embedder, max_tokens=args.chunk_tokens, overlap_tokens=args.overlap, strategy=args.strategy
+    )
     sink = _sink(args)
     docs = chain.from_iterable(load_directory(path, patterns) for path in args.paths)
     try:
         report = ingest(
-            docs, embedder, sink, reembed=args.reembed, on_error=args.on_error, progress=False if args.quiet else None
+            docs,
+            embedder,
+            sink,
+            chunker=chunker,
+            reembed=args.reembed,
+            on_error=args.on_error,
+            progress=False if args.quiet else None,
         )
         print(f"{args.collection}: {report.summary()}; {sink.count()} points in the collection")
     finally:

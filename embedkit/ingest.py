@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from embedkit.chunking import Chunk, Chunker
+from embedkit.chunking import Chunk, Chunker, default_chunker
 from embedkit.embedder import Embedder
 from embedkit.errors import InputError
 from embedkit.sinks.base import Point, Sink
@@ -162,7 +162,7 @@ def ingest(
     if on_error not in ("raise", "skip"):
         raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     started = time.perf_counter()
-    chunker = chunker or Chunker(embedder, task=task)  # type: ignore[arg-type]
+    chunker = chunker or default_chunker(embedder, task=task)
     print_ = fingerprint(embedder, task=task, dimensions=dimensions, normalize=normalize)
     sink.prepare(print_["dimension"], print_, reembed=reembed)
     report = IngestReport()
@@ -190,6 +190,7 @@ def ingest(
                         "chunk_count": count,
                         "start": chunk.start,
                         "end": chunk.end,
+                        "headings": list(chunk.headings),
                     },
                 )
                 for chunk in item.chunks

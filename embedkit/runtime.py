@@ -284,6 +284,11 @@ class LocalEmbedder(EmbedderBase):
         """Content tokens of each text, without special tokens or prompt, never truncated."""
         return [len(e.ids) for e in self._untruncated.encode_batch(list(texts), add_special_tokens=False)]
 
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's fast tokenizer, without truncation or padding (what count_tokens and chunking use)."""
+        return self._untruncated
+
     def input_overhead(self, task: str | None = None) -> int:
         """Tokens a text costs beyond its own: special tokens plus the task's prompt."""
         prefix = self._task_table.prefix(task)
@@ -394,6 +399,92 @@ class LocalEmbedder(EmbedderBase):
         restored = np.empty_like(vectors)
         restored[np.asarray(order)] = vectors
         return restored
+
+    @torch.inference_mode()
+    def embed_spans(
+        self,
+        text: str,
+        spans: Sequence[tuple[int, int]],
+        *,
+        task: str | None = "document",
+        dimensions: int | None = None,
+        normalize: bool = True,
+    ) -> np.ndarray:
+        """Late chunking: one vector per character span of `text`, pooled from ONE pass over the document.
+
+        The model reads the whole text (with the task's prompt); each span's vector is the mean of the
+        token states inside it, so it carries the surrounding context. Beyond the model's limit the
+        text is read in windows overlapping by a quarter, each token taking its state from the window
+        where it has the most context on both sides. Mean-pooling models only.
+        """
+        if tuple(self._pooling) != ("mean",):
+            raise InputError(
+                f"late chunking mean-pools token states; this model pools with {'+'.join(self._pooling)}, "
+                "for which pooling a span of a longer text means nothing. Embed the chunks on their own."
+            )
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("text must be a non-blank str")
+        check_dimensions(dimensions, self._dimension, self._matryoshka)
+        plan = self._plan(task, 1)
+        prefix = plan.prefixes[0]
+        full = prefix + text
+        if self._pipeline.do_lower_case:
+            full = full.lower()
+            if len(full) != len(prefix) + len(text):
+                raise InputError("late chunking cannot map spans through this text's lower-casing")
+        encoding = self._untruncated.encode(full)
+        content = [
+            i
+            for i, (special, (_, end)) in enumerate(zip(encoding.special_tokens_mask, encoding.offsets, strict=True))
+            if not special and end > len(prefix)
+        ]
+        if not content:
+            raise InputError("text has no tokens to pool")
+        ids = encoding.ids
+        leading, trailing = ids[: content[0]], ids[content[-1] + 1 :]
+        room = self._max_seq_length - len(leading) - len(trailing)
+        if room < 2:
+            raise InputError(f"the prompt leaves no room for text within {self._max_seq_length} tokens")
+        states = self._token_states(ids[content[0] : content[-1] + 1], leading, trailing, room, plan.adapter_ids)
+        token_spans = np.array([encoding.offsets[i] for i in content]) - len(prefix)
+        vectors = np.empty((len(spans), states.shape[1]), dtype=np.float32)
+        for index, (start, end) in enumerate(spans):
+            inside = (token_spans[:, 0] < end) & (token_spans[:, 1] > start)
+            if not inside.any():
+                raise InputError(f"spans[{index}] = ({start}, {end}) covers no token of the text")
+            vectors[index] = states[inside].mean(axis=0)
+        return postprocess(vectors, dimensions=dimensions, normalize=normalize)
+
+    def _token_states(
+        self, content: list[int], leading: list[int], trailing: list[int], room: int, adapter_ids: np.ndarray | None
+    ) -> np.ndarray:
+        """Hidden state of each content token, read in windows of `room` tokens overlapping by a quarter."""
+        stride = room if len(content) <= room else max(1, room - room // 4)
+        states: np.ndarray | None = None
+        margin = np.full(len(content), -1)
+        start = 0
+        while True:
+            stop = min(start + room, len(content))
+            window = torch.tensor([leading + content[start:stop] + trailing], device=self._device)
+            mask = torch.ones_like(window, dtype=torch.bool)
+            if adapter_ids is None:
+                hidden = self._model(window, mask)
+            else:
+                hidden = self._model(window, mask, torch.from_numpy(adapter_ids).to(self._device))
+            hidden = hidden[0, len(leading) : len(leading) + stop - start].float().cpu().numpy()
+            if states is None:
+                states = np.empty((len(content), hidden.shape[1]), dtype=np.float32)
+            # context on the thinner side; a window edge at the document's own edge cuts nothing
+            positions = np.arange(start, stop)
+            left = positions - start if start > 0 else np.full(stop - start, len(content))
+            right = stop - 1 - positions if stop < len(content) else np.full(stop - start, len(content))
+            here = np.minimum(left, right)
+            better = here > margin[start:stop]
+            states[start:stop][better] = hidden[better]
+            margin[start:stop][better] = here[better]
+            if stop == len(content):
+                return states
+            start += stride
 
     def _probe_dimension(self) -> int:
         return int(self._run([self._tokenizer.encode("x")]).shape[1])

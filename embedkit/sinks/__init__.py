@@ -1,6 +1,21 @@
 """Where vectors go. A sink knows points and payloads, nothing about models."""
 
-from embedkit.sinks.base import Point, Sink
-from embedkit.sinks.qdrant import QdrantSink
+from __future__ import annotations
 
-__all__ = ["Point", "Sink", "QdrantSink"]
+from typing import TYPE_CHECKING, Any
+
+from embedkit.sinks.base import Point, SearchHit, Sink
+
+if TYPE_CHECKING:
+    from embedkit.sinks.qdrant import QdrantSink
+
+__all__ = ["Point", "SearchHit", "Sink", "QdrantSink"]
+
+
+def __getattr__(name: str) -> Any:
+    # qdrant-client (and httpx under it) load only when a Qdrant sink is asked for
+    if name == "QdrantSink":
+        from embedkit.sinks.qdrant import QdrantSink
+
+        return QdrantSink
+    raise AttributeError(f"module 'embedkit.sinks' has no attribute {name!r}")

@@ -67,3 +67,28 @@ def test_models_inspect_says_family_and_why(tmp_path: Path, tiny_bert_dir: Path)
     assert any("tensors" in reason for reason in info["detected_by"])
     text = run(tmp_path, "models", "inspect", str(tiny_bert_dir))
     assert text.returncode == 0 and "family" in text.stdout and "bert" in text.stdout
+
+
+def test_chunk_size_overlap_and_strategy_options(tmp_path: Path, example_docs: Path) -> None:
+    from embedkit.sinks import QdrantSink
+
+    source = tmp_path / "docs"
+    source.mkdir()
+    shutil.copy(example_docs / "composting.md", source)
+    args = ("ingest", str(source), "--quiet", "--qdrant-path", str(tmp_path / "q"))
+    small = run(tmp_path, *args, "--collection", "small", "--chunk-tokens", "48", "--overlap", "8")
+    default = run(tmp_path, *args, "--collection", "default")
+    assert small.returncode == 0 and default.returncode == 0, small.stderr + default.stderr
+    assert int(small.stdout.split(";")[-1].split()[0]) > int(default.stdout.split(";")[-1].split()[0])
+    sink = QdrantSink("small", path=tmp_path / "q")
+    try:
+        points, _ = sink.client.scroll("small", limit=100, with_payload=True)
+    finally:
+        sink.close()
+    payloads = sorted((p.payload for p in points), key=lambda p: p["chunk_index"])
+    text = (source / "composting.md").read_text()
+    assert all(text[p["start"] : p["end"]] == p["page_content"] for p in payloads)
+    assert payloads[1]["headings"][0] == "Home Composting for Beginners"
+    assert any(after["start"] < before["end"] for before, after in zip(payloads, payloads[1:], strict=False))
+    bad = run(tmp_path, *args, "--collection", "bad", "--chunk-tokens", "48", "--overlap", "60")
+    assert bad.returncode == 1 and "overlap_tokens=60 must be smaller" in bad.stderr

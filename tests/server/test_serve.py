@@ -154,3 +154,34 @@ def test_transport_level_refusals_and_the_server_keeps_serving(server: RunningSe
     # after all of that, it still answers
     assert post(server, "/embed", {"inputs": "still here"}, auth).status_code == 200
     assert API_KEY not in server.log() and "nope" not in server.log()
+
+
+def test_sigterm_finishes_in_flight_requests(tmp_path, minilm) -> None:  # noqa: ANN001
+    import signal
+    import threading
+    import time
+
+    from .conftest import start_server
+
+    running = start_server(tmp_path, "--max-client-batch-size", "64")
+    texts = [f"text {i} " + "long filler words " * 120 for i in range(64)]  # a few seconds of work on CPU
+    result: dict[str, httpx.Response] = {}
+
+    def call() -> None:
+        result["response"] = httpx.post(
+            f"{running.url}/embed", json={"inputs": texts}, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120
+        )
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    time.sleep(0.5)  # the request is in the model by now
+    running.process.send_signal(signal.SIGTERM)
+    worker.join(timeout=120)
+    # uvicorn re-raises the signal once it has shut down cleanly, so the exit status names SIGTERM
+    assert running.process.wait(timeout=60) in (0, -signal.SIGTERM)
+    assert "Finished server process" in running.log()
+    response = result["response"]
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(np.asarray(response.json()), minilm.embed(texts), atol=1e-5)
+    with pytest.raises(httpx.TransportError):  # and it no longer accepts new work
+        httpx.get(f"{running.url}/health", timeout=2)

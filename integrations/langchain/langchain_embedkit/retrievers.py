@@ -28,7 +28,8 @@ class EmbedkitRetriever(BaseRetriever):
     collection records is loaded, so the query vector is comparable with the stored ones.
 
     Each Document carries the chunk's text, its document's metadata, and `score`, `doc_id`,
-    `chunk_index`, `start` and `end` (the chunk's character span in its source). `k`,
+    `chunk_index`, `start` and `end` (the chunk's character span in its source) and `headings`
+    (its markdown section path). `k`,
     `score_threshold` and `filter` (metadata key -> value, or a list of accepted values) may also be
     given per call: `retriever.invoke(query, k=3, filter={"lang": "en"})`.
 
@@ -122,5 +123,6 @@ def _document(hit: SearchHit) -> Document:
         chunk_index=payload.get("chunk_index"),
         start=payload.get("start"),
         end=payload.get("end"),
+        headings=payload.get("headings", []),
     )
     return Document(id=hit.id, page_content=str(payload.get("page_content", "")), metadata=metadata)

@@ -55,7 +55,7 @@ def local_embedder():
 
 
 @pytest.fixture(scope="session")
-def qdrant_path(tmp_path_factory: pytest.TempPathFactory, local_embedder) -> str:  # noqa: ANN001
+def qdrant_path(tmp_path_factory: pytest.TempPathFactory, local_embedder) -> Iterator[str]:  # noqa: ANN001
     """The example docs ingested by embedkit, with a `topic` metadata field to filter on."""
     from embedkit.ingest import Document, ingest, load_directory
     from embedkit.sinks import QdrantSink
@@ -65,9 +65,11 @@ def qdrant_path(tmp_path_factory: pytest.TempPathFactory, local_embedder) -> str
         Document(doc.id, doc.text, {**doc.metadata, "topic": "tech" if doc.id in TECH else "life"})
         for doc in load_directory(EXAMPLE_DOCS)
     ]
-    report = ingest(docs, local_embedder, QdrantSink(COLLECTION, path=path), progress=False)
+    sink = QdrantSink(COLLECTION, path=path)
+    report = ingest(docs, local_embedder, sink, progress=False)
     assert report.embedded == len(docs) == 20
-    return path
+    yield path
+    sink.close()  # the one client of this path, shared by every retriever and store in the session
 
 
 TECH = {"git-branching.md", "python-virtualenv.md", "tcp-handshake.md", "vector-search.md", "password-reset.md"}
