@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from embedkit.chunking import STRATEGIES
 from embedkit.errors import EmbedkitError, InputError, StoreError
@@ -34,9 +35,18 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     ingest = commands.add_parser("ingest", help="chunk, embed and upsert .md/.txt files (idempotent)")
-    ingest.add_argument("paths", nargs="+", help="files or directories to ingest")
-    ingest.add_argument("--model", help="model directory or hub id (default: all-MiniLM-L6-v2)")
-    ingest.add_argument("--pattern", action="append", help="glob for files in directories (default: *.md, *.txt)")
+    ingest.add_argument("paths", nargs="+", help="directories, text files or .jsonl files (id, text, metadata)")
+    embedder = ingest.add_mutually_exclusive_group()
+    embedder.add_argument("--model", help="model directory or hub id (default: all-MiniLM-L6-v2)")
+    embedder.add_argument("--tei-url", help="embed through a TEI-compatible server (key: $EMBEDKIT_API_KEY)")
+    ingest.add_argument(
+        "--glob",
+        "--pattern",
+        dest="pattern",
+        action="append",
+        help="files to take from directories (default: *.md, *.txt)",
+    )
+    ingest.add_argument("--delete-missing", action="store_true", help="remove docs the source no longer has")
     ingest.add_argument("--reembed", action="store_true", help="allow replacing vectors made by another embedder")
     ingest.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="bad documents: stop or skip")
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -50,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=5, help="number of results (default 5)")
     search.add_argument("--model", help="override the model recorded in the collection")
     search.add_argument("--json", action="store_true", help="print results as JSON lines")
+    search.add_argument(
+        "--filter", action="append", default=[], metavar="KEY=VALUE", help="keep chunks whose metadata KEY is VALUE"
+    )
     _add_store_options(search)
 
     serve = commands.add_parser("serve", help="serve a model over TEI's HTTP API (needs embedkit[server])")
@@ -97,19 +110,27 @@ def _ingest(args: argparse.Namespace) -> int:
     from itertools import chain
 
     from embedkit.chunking import default_chunker
-    from embedkit.ingest import DEFAULT_PATTERNS, ingest, load_directory
-    from embedkit.runtime import load
+    from embedkit.ingest import DEFAULT_PATTERNS, ingest, load_directory, load_jsonl
 
     patterns = args.pattern or DEFAULT_PATTERNS
     for path in args.paths:
         if not os.path.exists(path):
             raise InputError(f"no such file or directory: {path}")
-    embedder = load(args.model)
+    if args.tei_url:
+        from embedkit.remote import TEIClient
+
+        embedder: Any = TEIClient(args.tei_url)
+    else:
+        from embedkit.runtime import load
+
+        embedder = load(args.model)
     chunker = default_chunker(
         embedder, max_tokens=args.chunk_tokens, overlap_tokens=args.overlap, strategy=args.strategy
     )
     sink = _sink(args)
-    docs = chain.from_iterable(load_directory(path, patterns) for path in args.paths)
+    docs = chain.from_iterable(
+        load_jsonl(path) if path.endswith(".jsonl") else load_directory(path, patterns) for path in args.paths
+    )
     try:
         report = ingest(
             docs,
@@ -118,14 +139,31 @@ def _ingest(args: argparse.Namespace) -> int:
             chunker=chunker,
             reembed=args.reembed,
             on_error=args.on_error,
+            delete_missing=args.delete_missing,
             progress=False if args.quiet else None,
         )
         print(f"{args.collection}: {report.summary()}; {sink.count()} points in the collection")
+        if not args.quiet:
+            print(report.table())
     finally:
         sink.close()
     for doc_id, reason in report.skipped:
         print(f"skipped {doc_id}: {reason}", file=sys.stderr)
     return 0
+
+
+def _filters(pairs: Sequence[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs as a metadata filter; a key given twice accepts either value."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--filter {pair!r}: expected KEY=VALUE")
+        parsed: Any = int(value) if value.lstrip("-").isdigit() else value
+        out[key] = (
+            [*out[key], parsed] if isinstance(out.get(key), list) else ([out[key], parsed] if key in out else parsed)
+        )
+    return out
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -141,7 +179,7 @@ def _search(args: argparse.Namespace) -> int:
         recorded = sink.recorded_fingerprint() or {}
         embedder = load(args.model or recorded.get("model_id"))
         vector = embedder.embed_query(args.query, dimensions=recorded.get("dimensions"))
-        hits = sink.search(vector, args.k)
+        hits = sink.search(vector, args.k, metadata_filter=_filters(args.filter))
     finally:
         sink.close()
     for rank, hit in enumerate(hits, 1):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from tqdm import tqdm
 
 from embedkit.chunking import Chunk, Chunker, default_chunker
@@ -26,7 +29,17 @@ from embedkit.embedder import Embedder
 from embedkit.errors import InputError
 from embedkit.sinks.base import Point, Sink
 
-__all__ = ["Document", "Unreadable", "IngestReport", "ingest", "load_directory", "point_id", "fingerprint", "NAMESPACE"]
+__all__ = [
+    "Document",
+    "Unreadable",
+    "IngestReport",
+    "ingest",
+    "load_directory",
+    "load_jsonl",
+    "point_id",
+    "fingerprint",
+    "NAMESPACE",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +61,39 @@ class IngestReport:
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (doc id or position, reason)
     chunks: int = 0  # chunks upserted
-    deleted: int = 0  # stale chunks removed
-    tokens: int = 0
+    deleted: int = 0  # stale chunks removed (surplus chunks of changed docs, and missing docs' chunks)
+    deleted_docs: int = 0  # docs removed by delete_missing
+    tokens: int = 0  # chunk tokens embedded
     seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
 
     def summary(self) -> str:
         return (
-            f"{self.docs} docs ({self.embedded} embedded, {self.unchanged} unchanged, {len(self.skipped)} skipped), "
+            f"{self.docs} docs ({self.embedded} embedded, {self.unchanged} unchanged, {len(self.skipped)} skipped"
+            f"{f', {self.deleted_docs} removed' if self.deleted_docs else ''}), "
             f"{self.chunks} chunks upserted, {self.deleted} deleted, {self.tokens} tokens in {self.seconds:.1f}s"
+            f" ({self.tokens_per_second:.0f} tokens/s)"
         )
+
+    def table(self) -> str:
+        """The report as an aligned two-column table (the CLI's summary)."""
+        rows = [
+            ("documents seen", self.docs),
+            ("embedded", self.embedded),
+            ("unchanged (skipped)", self.unchanged),
+            ("bad (skipped)", len(self.skipped)),
+            ("removed (missing)", self.deleted_docs),
+            ("chunks upserted", self.chunks),
+            ("chunks deleted", self.deleted),
+            ("tokens embedded", self.tokens),
+            ("seconds", f"{self.seconds:.1f}"),
+            ("tokens/s", f"{self.tokens_per_second:.0f}"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name:<{width}}  {value:>10}" for name, value in rows)
 
 
 def point_id(doc_id: str, chunk_index: int) -> str:
@@ -87,6 +124,46 @@ def load_directory(root: str | Path, patterns: Iterable[str] = DEFAULT_PATTERNS)
     files = sorted({p for pattern in patterns for p in base.rglob(pattern) if p.is_file()})
     for path in files:
         yield _read_file(path, path.relative_to(base).as_posix())
+
+
+def load_jsonl(
+    path: str | Path,
+    *,
+    text_field: str = "text",
+    id_field: str = "id",
+    metadata_field: str | None = "metadata",
+) -> Iterator[Document | Unreadable]:
+    """One Document per line of a JSON-lines file, read lazily.
+
+    Each line is an object with `text_field` and `id_field`; `metadata_field` (an object) is kept as
+    the doc's metadata, or, when the line has no such field, every other field is. A line that is not
+    such an object becomes an Unreadable naming the file and line, which ingest reports or raises.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise InputError(f"no such file: {source}")
+    with source.open("rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            where = f"{source}:{number}"
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                yield Unreadable(where, f"{where}: not a JSON line ({exc})")
+                continue
+            if not isinstance(record, dict) or id_field not in record:
+                yield Unreadable(where, f"{where}: expected an object with an {id_field!r} field")
+                continue
+            text = record.get(text_field)
+            if metadata_field and metadata_field in record:
+                metadata = record[metadata_field]
+                if not isinstance(metadata, dict):
+                    yield Unreadable(str(record[id_field]), f"{where}: {metadata_field!r} must be an object")
+                    continue
+            else:
+                metadata = {k: v for k, v in record.items() if k not in (text_field, id_field)}
+            yield Document(str(record[id_field]), text, dict(metadata))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -139,44 +216,48 @@ class _Pending:
     content_hash: str
 
 
-def ingest(
-    docs: Iterable[Document | Unreadable | dict[str, Any] | str],
-    embedder: Embedder,
-    sink: Sink,
-    *,
-    chunker: Chunker | None = None,
-    task: str | None = "document",
-    dimensions: int | None = None,
-    normalize: bool = True,
-    reembed: bool = False,
-    on_error: Literal["raise", "skip"] = "raise",
-    batch_chunks: int = 64,
-    progress: bool | None = None,
-) -> IngestReport:
-    """Embed `docs` into `sink`; re-running on an unchanged corpus embeds nothing.
+DEFAULT_BATCH_TOKENS = 8192  # chunk tokens per embed call: bounds the vectors and texts held at once
 
-    `docs` may be any iterable (a generator over millions is fine): Documents, dicts with `id`,
-    `text` and optional `metadata`, or bare strings (id = sha256 of the text). Bad documents raise
-    InputError, or with `on_error="skip"` are listed in the report's `skipped`.
+
+class _Writer:
+    """Writes embedded docs to the sink on its own thread while the next batch embeds.
+
+    The queue holds at most two batches, so memory stays bounded when the sink is slower than the
+    model. The first sink error stops the writer; `put` and `close` raise it in the caller.
     """
-    if on_error not in ("raise", "skip"):
-        raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    started = time.perf_counter()
-    chunker = chunker or default_chunker(embedder, task=task)
-    print_ = fingerprint(embedder, task=task, dimensions=dimensions, normalize=normalize)
-    sink.prepare(print_["dimension"], print_, reembed=reembed)
-    report = IngestReport()
-    seen: dict[str, int] = {}
-    pending: list[_Pending] = []
-    show = sys.stderr.isatty() if progress is None else progress
 
-    def flush() -> None:
-        if not pending:
-            return
-        texts = [chunk.text for item in pending for chunk in item.chunks]
-        vectors = embedder.embed(texts, task=task, dimensions=dimensions, normalize=normalize)
+    def __init__(self, sink: Sink, report: IngestReport) -> None:
+        self._sink = sink
+        self._report = report
+        self._queue: queue.Queue[tuple[list[_Pending], np.ndarray] | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="embedkit-ingest-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, batch: list[_Pending], vectors: np.ndarray) -> None:
+        self._raise()
+        self._queue.put((batch, vectors))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(*item)
+                except BaseException as error:  # handed to the caller's thread
+                    self._error = error
+
+    def _write(self, batch: list[_Pending], vectors: np.ndarray) -> None:
         cursor = 0
-        for item in pending:
+        for item in batch:
             doc, count = item.doc, len(item.chunks)
             points = [
                 Point(
@@ -196,38 +277,110 @@ def ingest(
                 for chunk in item.chunks
             ]
             cursor += count
-            sink.upsert(points)
-            report.deleted += sink.delete_surplus(doc.id, count)
-            sink.mark_complete(doc.id, item.content_hash)
-            report.embedded += 1
-            report.chunks += count
-            report.tokens += sum(chunk.token_count for chunk in item.chunks)
-        pending.clear()
+            # the order that makes a crash harmless: new chunks, then surplus removal, then the hash
+            self._sink.upsert(points)
+            self._report.deleted += self._sink.delete_surplus(doc.id, count)
+            self._sink.mark_complete(doc.id, item.content_hash)
+            self._report.embedded += 1
+            self._report.chunks += count
+            self._report.tokens += sum(chunk.token_count for chunk in item.chunks)
 
-    with tqdm(desc="ingest", unit="doc", disable=not show) as bar:
-        for position, item in enumerate(docs):
-            report.docs += 1
-            bar.update(1)
-            try:
-                doc = _as_document(item, position)
-                if doc.id in seen:
-                    raise InputError(f"duplicate doc id {doc.id!r} at positions {seen[doc.id]} and {position}")
-                seen[doc.id] = position
-                chunks = chunker.split(doc.text)
-            except InputError as exc:
-                if on_error == "raise":
-                    raise
-                label = getattr(item, "id", None) or (item.get("id") if isinstance(item, dict) else None)
-                report.skipped.append((str(label if label is not None else position), str(exc)))
-                log.warning("skipped docs[%d]: %s", position, exc)
-                continue
-            digest = _content_hash(doc, chunker.settings, print_)
-            if sink.count_complete(doc.id, digest) == len(chunks):
-                report.unchanged += 1
-                continue
-            pending.append(_Pending(doc, chunks, digest))
-            if sum(len(p.chunks) for p in pending) >= batch_chunks:
-                flush()
-        flush()
+
+def ingest(
+    docs: Iterable[Document | Unreadable | dict[str, Any] | str],
+    embedder: Embedder,
+    sink: Sink,
+    chunker: Chunker | None = None,
+    *,
+    task: str | None = "document",
+    dimensions: int | None = None,
+    normalize: bool = True,
+    reembed: bool = False,
+    on_error: Literal["raise", "skip"] = "raise",
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    delete_missing: bool = False,
+    progress: bool | None = None,
+) -> IngestReport:
+    """Embed `docs` into `sink`; re-running on an unchanged corpus embeds nothing.
+
+    `docs` may be any iterable (a generator over millions is fine): Documents, dicts with `id`,
+    `text` and optional `metadata`, or bare strings (id = sha256 of the text). Chunks are embedded
+    `batch_tokens` at a time while the previous batch is written, so memory stays bounded. Bad
+    documents (empty, not text, unreadable, a repeated id) raise InputError, or with
+    `on_error="skip"` are listed in the report's `skipped`. `delete_missing=True` removes the docs
+    the collection holds that this run did not see (for a whole directory as the source).
+
+    If the run stops (an error, or the process killed), what was written is consistent: a doc counts
+    as done only once all its chunks carry its content hash, so running again finishes the job and
+    leaves exactly the collection a clean run gives.
+    """
+    if on_error not in ("raise", "skip"):
+        raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
+        raise InputError(f"batch_tokens must be an int >= 1, got {batch_tokens!r}")
+    if isinstance(docs, (str, bytes)):
+        raise InputError("docs must be an iterable of documents, not a single str; wrap it as [text]")
+    started = time.perf_counter()
+    chunker = chunker or default_chunker(embedder, task=task)
+    print_ = fingerprint(embedder, task=task, dimensions=dimensions, normalize=normalize)
+    sink.prepare(print_["dimension"], print_, reembed=reembed)  # a mismatch fails here, before any write
+    report = IngestReport()
+    seen: set[bytes] = set()  # 8-byte digests of the ids seen: duplicates and delete_missing, compactly
+    kept_ids: list[str] | None = [] if delete_missing else None
+    pending: list[_Pending] = []
+    pending_tokens = 0
+    show = sys.stderr.isatty() if progress is None else progress
+    writer = _Writer(sink, report)
+
+    def flush() -> None:
+        nonlocal pending, pending_tokens
+        if pending:
+            texts = [chunk.text for item in pending for chunk in item.chunks]
+            vectors = embedder.embed(texts, task=task, dimensions=dimensions, normalize=normalize)
+            writer.put(pending, vectors)
+            pending, pending_tokens = [], 0
+
+    try:
+        with tqdm(desc="ingest", unit="doc", disable=not show) as bar:
+            for position, item in enumerate(docs):
+                report.docs += 1
+                try:
+                    doc = _as_document(item, position)
+                    key = hashlib.blake2b(doc.id.encode(), digest_size=8).digest()
+                    if key in seen:
+                        raise InputError(f"docs[{position}]: doc id {doc.id!r} was already seen in this run")
+                    seen.add(key)
+                    chunks = chunker.split(doc.text)
+                except InputError as exc:
+                    if on_error == "raise":
+                        raise
+                    report.skipped.append((_label(item, position), str(exc)))
+                    log.warning("skipped docs[%d]: %s", position, exc)
+                    continue
+                if kept_ids is not None:
+                    kept_ids.append(doc.id)
+                digest = _content_hash(doc, chunker.settings, print_)
+                if sink.count_complete(doc.id, digest) == len(chunks):
+                    report.unchanged += 1
+                else:
+                    pending.append(_Pending(doc, chunks, digest))
+                    pending_tokens += sum(chunk.token_count for chunk in chunks)
+                    if pending_tokens >= batch_tokens:
+                        flush()
+                bar.update(1)
+                if show and report.docs % 100 == 0:
+                    elapsed = max(bar.format_dict["elapsed"], 1e-9)
+                    bar.set_postfix(chunks=report.chunks, tokens_per_s=f"{report.tokens / elapsed:.0f}")
+            flush()
+    finally:
+        writer.close()  # waits for the writes queued so far; raises the sink's error if one stopped it
+    if kept_ids is not None:
+        removed = sink.delete_docs_except(set(kept_ids))
+        report.deleted_docs, report.deleted = removed[0], report.deleted + removed[1]
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _label(item: Any, position: int) -> str:
+    label = getattr(item, "id", None) or (item.get("id") if isinstance(item, dict) else None)
+    return str(label if label is not None else position)

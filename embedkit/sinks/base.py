@@ -45,4 +45,7 @@ class Sink(Protocol):
     def mark_complete(self, doc_id: str, content_hash: str) -> None:
         """Set `content_hash` on every point of `doc_id`."""
 
+    def delete_docs_except(self, keep: set[str]) -> tuple[int, int]:
+        """Delete every doc whose id is not in `keep`; returns (docs, points) removed."""
+
     def search(self, vector: Sequence[float], k: int) -> list[SearchHit]: ...

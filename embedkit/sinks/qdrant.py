@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
+import tenacity
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
@@ -40,7 +42,13 @@ def _doc_filter(doc_id: str, *extra: models.Condition) -> models.Filter:
 
 
 class QdrantSink:
-    """One Qdrant collection written by embedkit (cosine distance, one unnamed vector)."""
+    """One Qdrant collection written by embedkit: cosine distance, one vector per point (unnamed, or
+    `vector_name`), payload `page_content` + `metadata` as langchain-qdrant reads them, plus doc_id,
+    chunk_index, chunk_count, start, end, headings and content_hash.
+
+    Writes to a server are retried with exponential backoff on transient failures (connection errors,
+    timeouts, 429, 502-504), `retry_attempts` times at most.
+    """
 
     def __init__(
         self,
@@ -52,6 +60,8 @@ class QdrantSink:
         location: str | None = None,
         client: QdrantClient | None = None,
         batch_size: int = 256,
+        vector_name: str | None = None,
+        retry_attempts: int = 5,
     ) -> None:
         given = [
             name for name, value in (("path", path), ("url", url), ("location", location), ("client", client)) if value
@@ -62,6 +72,8 @@ class QdrantSink:
             raise InputError("collection must be a non-empty string")
         self.collection = collection
         self.batch_size = batch_size
+        self.vector_name = vector_name
+        self.retry_attempts = retry_attempts
         if client is not None:
             self._client = client
         elif path is not None:
@@ -103,17 +115,26 @@ class QdrantSink:
 
     def prepare(self, dimension: int, fingerprint: dict[str, Any], *, reembed: bool = False) -> None:
         if not self.exists():
-            self._client.create_collection(
+            params = models.VectorParams(size=dimension, distance=models.Distance.COSINE)
+            self._call(
+                self._client.create_collection,
                 self.collection,
-                vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
+                vectors_config={self.vector_name: params} if self.vector_name else params,
                 metadata={FINGERPRINT_KEY: fingerprint},
             )
             if not self._is_local:
                 self._client.create_payload_index(self.collection, "doc_id", models.PayloadSchemaType.KEYWORD)
             return
         params = self._client.get_collection(self.collection).config.params.vectors
-        if not isinstance(params, models.VectorParams):
-            raise StoreError(f"collection {self.collection!r} uses named vectors; embedkit writes one unnamed vector")
+        if self.vector_name:
+            if not isinstance(params, dict) or self.vector_name not in params:
+                names = sorted(params) if isinstance(params, dict) else "one unnamed vector"
+                raise StoreError(f"collection {self.collection!r} has no vector named {self.vector_name!r} ({names})")
+            params = params[self.vector_name]
+        elif not isinstance(params, models.VectorParams):
+            raise StoreError(
+                f"collection {self.collection!r} uses named vectors ({sorted(params or {})}); pass vector_name="
+            )
         if params.size != dimension or params.distance != models.Distance.COSINE:
             raise StoreError(
                 f"collection {self.collection!r} holds {params.size}-d vectors with {params.distance.value} distance; "
@@ -139,24 +160,68 @@ class QdrantSink:
     def upsert(self, points: Sequence[Point]) -> None:
         for start in range(0, len(points), self.batch_size):
             batch = points[start : start + self.batch_size]
-            structs = [
-                models.PointStruct(id=p.id, vector=[float(x) for x in p.vector], payload=p.payload) for p in batch
-            ]
-            try:
-                self._client.upsert(self.collection, points=structs, wait=True)
-            except (UnexpectedResponse, ResponseHandlingException) as exc:
-                raise StoreError(f"upsert into {self.collection!r} failed: {exc}") from exc
+            structs = [models.PointStruct(id=p.id, vector=self._vector(p.vector), payload=p.payload) for p in batch]
+            self._call(self._client.upsert, self.collection, points=structs, wait=True)
+
+    def _vector(self, vector: Sequence[float]) -> Any:
+        values = [float(x) for x in vector]
+        return {self.vector_name: values} if self.vector_name else values
+
+    def _call(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
+        """One store operation, retried on transient failures; a final failure is a StoreError."""
+        try:
+            for attempt in tenacity.Retrying(
+                stop=tenacity.stop_after_attempt(self.retry_attempts),
+                wait=tenacity.wait_random_exponential(multiplier=0.5, max=8),
+                retry=tenacity.retry_if_exception(_transient),
+                reraise=True,
+            ):
+                with attempt:
+                    return operation(*args, **kwargs)
+        except (UnexpectedResponse, ResponseHandlingException, httpx.TransportError) as exc:
+            raise StoreError(
+                f"{getattr(operation, '__name__', 'operation')} on {self.collection!r} failed: {exc}"
+            ) from exc
+
+    def delete_docs_except(self, keep: set[str]) -> tuple[int, int]:
+        """Delete every doc not in `keep`; returns (docs, points) removed."""
+        missing: dict[str, int] = {}
+        offset = None
+        while True:
+            points, offset = self._client.scroll(
+                self.collection, limit=1024, offset=offset, with_payload=["doc_id"], with_vectors=False
+            )
+            for point in points:
+                doc_id = (point.payload or {}).get("doc_id")
+                if doc_id not in keep:
+                    missing[doc_id] = missing.get(doc_id, 0) + 1
+            if offset is None:
+                break
+        for doc_id in missing:
+            self._call(
+                self._client.delete,
+                self.collection,
+                points_selector=models.FilterSelector(filter=_doc_filter(doc_id)),
+                wait=True,
+            )
+        return len(missing), sum(missing.values())
 
     def delete_surplus(self, doc_id: str, keep: int) -> int:
         surplus = _doc_filter(doc_id, models.FieldCondition(key="chunk_index", range=models.Range(gte=keep)))
         count = self._client.count(self.collection, count_filter=surplus, exact=True).count
         if count:
-            self._client.delete(self.collection, points_selector=models.FilterSelector(filter=surplus), wait=True)
+            self._call(
+                self._client.delete, self.collection, points_selector=models.FilterSelector(filter=surplus), wait=True
+            )
         return count
 
     def mark_complete(self, doc_id: str, content_hash: str) -> None:
-        self._client.set_payload(
-            self.collection, payload={"content_hash": content_hash}, points=_doc_filter(doc_id), wait=True
+        self._call(
+            self._client.set_payload,
+            self.collection,
+            payload={"content_hash": content_hash},
+            points=_doc_filter(doc_id),
+            wait=True,
         )
 
     def count(self) -> int:
@@ -181,10 +246,17 @@ class QdrantSink:
             query=[float(x) for x in vector],
             limit=k,
             query_filter=metadata_condition(metadata_filter),
+            using=self.vector_name,
             score_threshold=score_threshold,
             with_payload=True,
         )
         return [SearchHit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+
+
+def _transient(error: BaseException) -> bool:
+    if isinstance(error, (ResponseHandlingException, httpx.TransportError)):
+        return True
+    return isinstance(error, UnexpectedResponse) and error.status_code in (429, 502, 503, 504)
 
 
 def metadata_condition(metadata_filter: Mapping[str, Any] | None) -> models.Filter | None:

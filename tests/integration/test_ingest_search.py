@@ -103,7 +103,7 @@ def test_bad_documents_raise_or_are_skipped(minilm, sink: QdrantSink, tmp_path: 
     report = ingest(load_directory(folder), minilm, sink, on_error="skip", progress=False)
     assert report.embedded == 1
     assert sorted(doc_id for doc_id, _ in report.skipped) == ["binary.txt", "empty.md"]
-    with pytest.raises(InputError, match=r"duplicate doc id 'x' at positions 0 and 2"):
+    with pytest.raises(InputError, match=r"docs\[2\]: doc id 'x' was already seen in this run"):
         ingest(
             [{"id": "x", "text": "one"}, {"id": "y", "text": "two"}, {"id": "x", "text": "three"}],
             minilm,

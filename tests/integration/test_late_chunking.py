@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -94,3 +96,23 @@ def test_refused_where_it_means_nothing(tmp_path, minilm, minilm_dir) -> None:  
         embed_chunks(TEIClient("http://127.0.0.1:9"), document, chunks, late=True)
     with pytest.raises(InputError, match=r"chunks\[0\] does not match"):
         embed_chunks(minilm, "another text entirely", chunks, late=True)
+
+
+FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+
+
+def test_other_families_mean_pooled_or_refused() -> None:
+    import embedkit
+
+    if not (FIXTURES / "jina-embeddings-v3" / "model" / "model.safetensors").exists():
+        pytest.skip("the shared fixtures are not beside the project")
+    jina = embedkit.load(FIXTURES / "jina-embeddings-v3" / "model", device="cpu")
+    document = "Rotary embeddings rotate pairs of dimensions.\n\nThey keep relative positions in attention. " * 3
+    chunks = Chunker(jina, 24).split(document)
+    passage = embed_chunks(jina, document, chunks, late=True, task="document")
+    separation = embed_chunks(jina, document, chunks, late=True, task="separation")
+    assert passage.shape == (len(chunks), 64) and np.isfinite(passage).all()
+    assert np.sum(passage * separation, axis=1).max() < 0.999  # each task's adapter really reads the text
+    qwen = embedkit.load(FIXTURES / "qwen3-embedding" / "model", device="cpu")
+    with pytest.raises(InputError, match="pools with lasttoken"):
+        embed_chunks(qwen, document, Chunker(qwen, 24).split(document), late=True)

@@ -1,0 +1,220 @@
+"""The ingest pipeline on the default model and the embedded Qdrant store: idempotent, resumable, exact.
+
+Embed calls are counted by wrapping the real model; the sink is the real QdrantSink, made to fail on
+cue where a test needs a store that goes down mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedkit.chunking import Chunker
+from embedkit.errors import InputError, StoreError
+from embedkit.ingest import Document, ingest, load_directory, load_jsonl, point_id
+from embedkit.sinks import QdrantSink
+
+
+class Counting:
+    """The real embedder, counting the chunks it is asked to embed."""
+
+    def __init__(self, embedder) -> None:  # noqa: ANN001
+        self._embedder = embedder
+        self.calls = 0
+        self.texts = 0
+        self.fail_after: int | None = None  # raise on this call number
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._embedder, name)
+
+    def embed(self, texts, **kwargs):  # noqa: ANN001, ANN003, ANN201
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("embedder failed mid-run")
+        self.texts += len(texts)
+        return self._embedder.embed(texts, **kwargs)
+
+
+class Flaky(QdrantSink):
+    """A real QdrantSink whose store 'goes down' after `upserts_left` upserts."""
+
+    upserts_left: int | None = None
+
+    def upsert(self, points) -> None:  # noqa: ANN001
+        if self.upserts_left is not None:
+            if self.upserts_left == 0:
+                raise StoreError("upsert into 'kb' failed: connection refused")
+            self.upserts_left -= 1
+        super().upsert(points)
+
+
+def snapshot(sink: QdrantSink) -> dict[str, tuple[dict, list[float]]]:
+    points, _ = sink.client.scroll(sink.collection, limit=10_000, with_payload=True, with_vectors=True)
+    return {str(p.id): (p.payload, p.vector) for p in points}
+
+
+def assert_same_collection(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key][0] == b[key][0], key
+        np.testing.assert_allclose(a[key][1], b[key][1], atol=1e-6)
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path, example_docs: Path) -> Path:
+    target = tmp_path / "docs"
+    shutil.copytree(example_docs, target)
+    return target
+
+
+@pytest.fixture()
+def counting(minilm) -> Counting:  # noqa: ANN001
+    return Counting(minilm)
+
+
+def sink_at(path: Path, cls: type[QdrantSink] = QdrantSink, **kwargs: object) -> QdrantSink:
+    return cls("kb", path=path, **kwargs)
+
+
+def test_rerun_edit_and_delete_missing(tmp_path: Path, corpus: Path, counting: Counting) -> None:
+    sink = sink_at(tmp_path / "q")
+    try:
+        first = ingest(load_directory(corpus), counting, sink, progress=False)
+        assert (first.embedded, first.unchanged) == (20, 0) and counting.texts == first.chunks
+        assert first.tokens_per_second > 0 and "tokens/s" in first.summary() and "documents seen" in first.table()
+
+        counting.texts = 0
+        again = ingest(load_directory(corpus), counting, sink, progress=False)
+        assert (again.embedded, again.unchanged, again.chunks, counting.texts) == (0, 20, 0, 0)
+
+        # editing one doc re-embeds it alone; shortening it removes its surplus chunks
+        before = sink.count()
+        old_chunks = sum(1 for _, (payload, _) in snapshot(sink).items() if payload["doc_id"] == "composting.md")
+        (corpus / "composting.md").write_text("# Composting\n\nShort now.\n")
+        edited = ingest(load_directory(corpus), counting, sink, progress=False)
+        assert (edited.embedded, edited.unchanged, edited.chunks, counting.texts) == (1, 19, 1, 1)
+        assert edited.deleted == old_chunks - 1 and sink.count() == before - old_chunks + 1
+
+        # a file deleted from the source leaves the collection only with delete_missing
+        (corpus / "volcanoes.md").unlink()
+        kept = ingest(load_directory(corpus), counting, sink, progress=False)
+        assert kept.deleted_docs == 0 and any(p["doc_id"] == "volcanoes.md" for p, _ in snapshot(sink).values())
+        removed = ingest(load_directory(corpus), counting, sink, delete_missing=True, progress=False)
+        assert removed.deleted_docs == 1 and removed.deleted > 0 and counting.texts == 1
+        assert not any(p["doc_id"] == "volcanoes.md" for p, _ in snapshot(sink).values())
+    finally:
+        sink.close()
+
+
+def test_sink_down_mid_run_then_rerun_completes_exactly(tmp_path: Path, corpus: Path, minilm) -> None:  # noqa: ANN001
+    clean = sink_at(tmp_path / "clean")
+    try:
+        ingest(load_directory(corpus), minilm, clean, batch_tokens=600, progress=False)
+        expected = snapshot(clean)
+    finally:
+        clean.close()
+
+    flaky = sink_at(tmp_path / "flaky", Flaky)
+    try:
+        flaky.upserts_left = 7
+        with pytest.raises(StoreError, match="connection refused"):
+            ingest(load_directory(corpus), minilm, flaky, batch_tokens=600, progress=False)
+        written = snapshot(flaky)
+        assert 0 < len(written) < len(expected)
+        complete = {p["doc_id"] for p, _ in written.values() if p.get("content_hash")}
+        assert len(complete) == 7  # exactly the docs written before the failure are marked done
+        flaky.upserts_left = None
+        rerun = ingest(load_directory(corpus), minilm, flaky, batch_tokens=600, progress=False)
+        assert rerun.unchanged == 7 and rerun.embedded == 13
+        assert_same_collection(snapshot(flaky), expected)
+    finally:
+        flaky.close()
+
+
+def test_embedder_failing_mid_batch_loses_nothing(tmp_path: Path, corpus: Path, counting: Counting) -> None:
+    sink = sink_at(tmp_path / "q")
+    try:
+        counting.fail_after = 2
+        with pytest.raises(RuntimeError, match="embedder failed mid-run"):
+            ingest(load_directory(corpus), counting, sink, batch_tokens=800, progress=False)
+        done = {p["doc_id"] for p, _ in snapshot(sink).values() if p.get("content_hash")}
+        assert 0 < len(done) < 20
+        counting.fail_after = None
+        rerun = ingest(load_directory(corpus), counting, sink, batch_tokens=800, progress=False)
+        assert rerun.unchanged == len(done) and rerun.embedded == 20 - len(done)
+        assert all(p.get("content_hash") for p, _ in snapshot(sink).values())
+    finally:
+        sink.close()
+
+
+def test_bad_documents_are_reported_and_nothing_is_half_written(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "good.md").write_text("# Good\n\nA fine document.")
+    (source / "empty.md").write_text("   \n")
+    (source / "binary.txt").write_bytes(b"\xff\xfe\x00bad bytes")
+    docs = [*load_directory(source), {"id": "n", "text": 42}, Document("good.md", "duplicate id")]
+    sink = sink_at(tmp_path / "q")
+    try:
+        report = ingest(docs, minilm, sink, on_error="skip", progress=False)
+        reasons = dict(report.skipped)
+        assert report.embedded == 1 and len(report.skipped) == 4
+        assert "not UTF-8" in reasons["binary.txt"] and "is empty" in reasons["empty.md"]
+        assert "text is int" in reasons["n"] and "already seen" in reasons["good.md"]
+        assert {p["doc_id"] for p, _ in snapshot(sink).values()} == {"good.md"}
+        with pytest.raises(InputError, match="not UTF-8"):
+            ingest(load_directory(source), minilm, sink, progress=False)
+    finally:
+        sink.close()
+
+
+def test_wrong_dimension_collection_fails_before_any_write(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+    from qdrant_client import models
+
+    sink = sink_at(tmp_path / "q")
+    try:
+        sink.client.create_collection("kb", vectors_config=models.VectorParams(size=8, distance=models.Distance.COSINE))
+        with pytest.raises(StoreError, match="holds 8-d vectors"):
+            ingest([Document("a", "some text")], minilm, sink, progress=False)
+        assert sink.count() == 0
+    finally:
+        sink.close()
+
+
+def test_jsonl_source_and_named_vector(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+    lines = [
+        {"id": "a", "text": "Bees make honey in the hive.", "metadata": {"lang": "en"}},
+        {"id": "b", "text": "Volcanoes erupt lava.", "topic": "geology"},
+        "not an object",
+    ]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n{broken\n")
+    docs = list(load_jsonl(path))
+    assert [getattr(d, "id", None) for d in docs[:2]] == ["a", "b"] and docs[1].metadata == {"topic": "geology"}
+    sink = sink_at(tmp_path / "q", vector_name="dense")
+    try:
+        report = ingest(docs, minilm, sink, on_error="skip", progress=False)
+        assert report.embedded == 2 and [r for _, r in report.skipped][1].startswith(f"{path}:4: not a JSON line")
+        hit = sink.search(minilm.embed_query("honey"), 1, metadata_filter={"lang": "en"})[0]
+        assert hit.id == point_id("a", 0) and hit.payload["metadata"] == {"lang": "en"}
+        info = sink.client.get_collection("kb").config.params.vectors
+        assert isinstance(info, dict) and info["dense"].size == 384
+    finally:
+        sink.close()
+
+
+def test_custom_chunker_settings_change_the_content_hash(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+    sink = sink_at(tmp_path / "q")
+    doc = [Document("d", "# T\n\n" + "A sentence about compost. " * 40)]
+    try:
+        first = ingest(doc, minilm, sink, Chunker(minilm, 64), progress=False)
+        same = ingest(doc, minilm, sink, Chunker(minilm, 64), progress=False)
+        other = ingest(doc, minilm, sink, Chunker(minilm, 32), progress=False)
+        assert (first.embedded, same.unchanged, other.embedded) == (1, 1, 1)
+        assert other.chunks > first.chunks and sink.count() == other.chunks
+    finally:
+        sink.close()
