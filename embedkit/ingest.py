@@ -219,6 +219,7 @@ class _Pending:
 
 
 DEFAULT_BATCH_TOKENS = 8192  # chunk tokens per embed call: bounds the vectors and texts held at once
+CHECK_WINDOW = 64  # docs whose completeness is asked of the sink in one query
 
 
 def _heap_trimmer() -> Callable[[], object]:
@@ -356,6 +357,24 @@ def ingest(
             pending, pending_tokens = [], 0
             trim_heap()
 
+    candidates: list[_Pending] = []
+
+    def check() -> None:
+        """Drop the candidates the sink already holds complete; queue the rest for embedding."""
+        nonlocal pending_tokens
+        if not candidates:
+            return
+        complete = sink.complete_counts({item.doc.id: item.content_hash for item in candidates})
+        for item in candidates:
+            if complete.get(item.doc.id, 0) == len(item.chunks):
+                report.unchanged += 1
+                continue
+            pending.append(item)
+            pending_tokens += sum(chunk.token_count for chunk in item.chunks)
+            if pending_tokens >= batch_tokens:
+                flush()
+        candidates.clear()
+
     try:
         with tqdm(desc="ingest", unit="doc", disable=not show) as bar:
             for position, item in enumerate(docs):
@@ -375,18 +394,14 @@ def ingest(
                     continue
                 if kept_ids is not None:
                     kept_ids.append(doc.id)
-                digest = _content_hash(doc, chunker.settings, print_)
-                if sink.count_complete(doc.id, digest) == len(chunks):
-                    report.unchanged += 1
-                else:
-                    pending.append(_Pending(doc, chunks, digest))
-                    pending_tokens += sum(chunk.token_count for chunk in chunks)
-                    if pending_tokens >= batch_tokens:
-                        flush()
+                candidates.append(_Pending(doc, chunks, _content_hash(doc, chunker.settings, print_)))
+                if len(candidates) >= CHECK_WINDOW:
+                    check()
                 bar.update(1)
                 if show and report.docs % 100 == 0:
                     elapsed = max(bar.format_dict["elapsed"], 1e-9)
                     bar.set_postfix(chunks=report.chunks, tokens_per_s=f"{report.tokens / elapsed:.0f}")
+            check()
             flush()
     finally:
         writer.close()  # waits for the writes queued so far; raises the sink's error if one stopped it

@@ -6,7 +6,7 @@ with no content hash, delete its surplus chunks, then mark it complete by settin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,8 +34,8 @@ class Sink(Protocol):
     def recorded_fingerprint(self) -> dict[str, Any] | None:
         """The embedder fingerprint the collection was written with, if it exists."""
 
-    def count_complete(self, doc_id: str, content_hash: str) -> int:
-        """Points of `doc_id` whose payload carries `content_hash`."""
+    def complete_counts(self, hashes: Mapping[str, str]) -> dict[str, int]:
+        """For each doc id, how many of its points carry the given content hash (one query for many docs)."""
 
     def upsert(self, points: Sequence[Point]) -> None: ...
 

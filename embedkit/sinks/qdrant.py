@@ -25,16 +25,42 @@ FINGERPRINT_KEY = "embedkit"  # collection metadata key holding the embedder fin
 # fields that decide whether stored vectors are comparable with new ones (model_id is only a label)
 _COMPARED = ("weights_digest", "dimension", "task", "dimensions", "normalize")
 
-_local_clients: dict[str, QdrantClient] = {}
+_local_clients: dict[str, tuple[QdrantClient, threading.RLock]] = {}
 _local_lock = threading.Lock()
 
 
-def _local_client(path: str) -> QdrantClient:
+def _local_client(path: str) -> tuple[QdrantClient, threading.RLock]:
     key = str(Path(path).resolve())
     with _local_lock:
         if key not in _local_clients:
-            _local_clients[key] = QdrantClient(path=key)
+            _local_clients[key] = (QdrantClient(path=key), threading.RLock())
         return _local_clients[key]
+
+
+class _Serialised:
+    """Calls into an embedded (local / in-memory) Qdrant store one at a time.
+
+    qdrant-client's local mode is not thread-safe: a count running while another thread upserts
+    reads numpy arrays mid-resize (measured: 'operands could not be broadcast together with shapes
+    (482,) (483,)'). ingest counts on one thread while its writer upserts on another, so every call
+    takes the store's lock. A server needs none of this.
+    """
+
+    def __init__(self, client: QdrantClient, lock: threading.RLock) -> None:
+        self._client = client
+        self._lock = lock
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attribute(*args, **kwargs)
+
+        locked.__name__ = name
+        return locked
 
 
 def _doc_filter(doc_id: str, *extra: models.Condition) -> models.Filter:
@@ -75,15 +101,18 @@ class QdrantSink:
         self.vector_name = vector_name
         self.retry_attempts = retry_attempts
         if client is not None:
-            self._client = client
+            raw = client
+            lock = threading.RLock()
         elif path is not None:
-            self._client = _local_client(str(path))
+            raw, lock = _local_client(str(path))
         elif location is not None:
-            self._client = QdrantClient(location=location)
+            raw, lock = QdrantClient(location=location), threading.RLock()
         else:
-            self._client = QdrantClient(url=url, api_key=api_key)
+            raw, lock = QdrantClient(url=url, api_key=api_key), threading.RLock()
+        self._raw_client = raw
         # the embedded store ignores payload indexes (and warns); only a server gets them
-        self._is_local = type(getattr(self._client, "_client", None)).__name__ == "QdrantLocal"
+        self._is_local = type(getattr(raw, "_client", None)).__name__ == "QdrantLocal"
+        self._client: Any = _Serialised(raw, lock) if self._is_local else raw
         self._where = str(path or url or location or "client")
         self._owns_client = client is None
         self._local_key = str(Path(path).resolve()) if path is not None else None
@@ -95,14 +124,15 @@ class QdrantSink:
         if self._local_key is not None:
             with _local_lock:
                 _local_clients.pop(self._local_key, None)
-        self._client.close()
+        self._raw_client.close()
 
     def __repr__(self) -> str:
         return f"QdrantSink(collection={self.collection!r}, at={self._where!r})"
 
     @property
     def client(self) -> QdrantClient:
-        return self._client
+        """The qdrant-client underneath (for langchain-qdrant and direct queries)."""
+        return self._raw_client
 
     def exists(self) -> bool:
         return self._client.collection_exists(self.collection)
@@ -153,9 +183,28 @@ class QdrantSink:
         if recorded != fingerprint:
             self._client.update_collection(self.collection, metadata={FINGERPRINT_KEY: fingerprint})
 
-    def count_complete(self, doc_id: str, content_hash: str) -> int:
-        condition = models.FieldCondition(key="content_hash", match=models.MatchValue(value=content_hash))
-        return self._client.count(self.collection, count_filter=_doc_filter(doc_id, condition), exact=True).count
+    def complete_counts(self, hashes: Mapping[str, str]) -> dict[str, int]:
+        counts = dict.fromkeys(hashes, 0)
+        if not hashes:
+            return counts
+        docs = models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=list(hashes)))])
+        offset = None
+        while True:
+            points, offset = self._client.scroll(
+                self.collection,
+                scroll_filter=docs,
+                limit=1024,
+                offset=offset,
+                with_payload=["doc_id", "content_hash"],
+                with_vectors=False,
+            )
+            for point in points:
+                payload = point.payload or {}
+                doc_id = payload.get("doc_id")
+                if doc_id in hashes and payload.get("content_hash") == hashes[doc_id]:
+                    counts[doc_id] += 1
+            if offset is None:
+                return counts
 
     def upsert(self, points: Sequence[Point]) -> None:
         for start in range(0, len(points), self.batch_size):

@@ -46,7 +46,7 @@ class NullSink:
     '''Keeps nothing, so what is measured is the pipeline's own memory.'''
     def prepare(self, dimension, fingerprint, *, reembed=False): pass
     def recorded_fingerprint(self): return None
-    def count_complete(self, doc_id, content_hash): return 0
+    def complete_counts(self, hashes): return {}
     def upsert(self, points): self.points = getattr(self, "points", 0) + len(points)
     def delete_surplus(self, doc_id, keep): return 0
     def mark_complete(self, doc_id, content_hash): pass
