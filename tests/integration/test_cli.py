@@ -92,3 +92,20 @@ def test_chunk_size_overlap_and_strategy_options(tmp_path: Path, example_docs: P
     assert any(after["start"] < before["end"] for before, after in zip(payloads, payloads[1:], strict=False))
     bad = run(tmp_path, *args, "--collection", "bad", "--chunk-tokens", "48", "--overlap", "60")
     assert bad.returncode == 1 and "overlap_tokens=60 must be smaller" in bad.stderr
+
+
+def test_search_filter_and_bulk_upsert_example(tmp_path: Path, example_docs: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "bulk_upsert.py"
+    first = subprocess.run(
+        [sys.executable, str(example), "--demo"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert first.returncode == 0, first.stderr
+    assert "embedded                     20" in first.stdout
+    again = subprocess.run([sys.executable, str(example)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert "unchanged (skipped)          20" in again.stdout
+    found = run(tmp_path, "search", "password", "--collection", "kb", "--filter", "source=volcanoes.md", "--json")
+    assert found.returncode == 0, found.stderr
+    hits = [__import__("json").loads(line) for line in found.stdout.splitlines()]
+    assert hits and all(hit["metadata"]["source"] == "volcanoes.md" for hit in hits)
+    bad = run(tmp_path, "search", "x", "--collection", "kb", "--filter", "no-equals-sign")
+    assert bad.returncode == 1 and "expected KEY=VALUE" in bad.stderr

@@ -218,3 +218,31 @@ def test_custom_chunker_settings_change_the_content_hash(tmp_path: Path, minilm)
         assert other.chunks > first.chunks and sink.count() == other.chunks
     finally:
         sink.close()
+
+
+def test_transient_store_errors_are_retried(minilm) -> None:  # noqa: ANN001
+    from qdrant_client import QdrantClient
+    from qdrant_client.http.exceptions import ResponseHandlingException
+
+    class Unsteady(QdrantClient):
+        failures = 2
+        attempts = 0
+
+        def upsert(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+            type(self).attempts += 1
+            if type(self).failures:
+                type(self).failures -= 1
+                raise ResponseHandlingException(ConnectionError("connection reset"))
+            return super().upsert(*args, **kwargs)
+
+    sink = QdrantSink("kb", client=Unsteady(location=":memory:"))
+    report = ingest([Document("a", "Some text about tides.")], minilm, sink, progress=False)
+    assert report.embedded == 1 and Unsteady.attempts == 3 and sink.count() == 1
+    Unsteady.failures = 10
+    with pytest.raises(StoreError, match="connection reset"):
+        ingest(
+            [Document("b", "Other text.")],
+            minilm,
+            QdrantSink("kb", client=Unsteady(location=":memory:"), retry_attempts=2),
+            progress=False,
+        )

@@ -148,3 +148,28 @@ def test_jina_v3_task_adapters_selected_by_name(jina_server: RunningServer) -> N
         np.testing.assert_allclose(client.embed(texts), local.embed(texts), atol=2e-6)  # no task: base weights
         with pytest.raises(InputError, match="LoRA adapter"):
             client.embed(texts, task="query")
+
+
+def test_ingest_through_the_server_equals_local_ingest(remote: TEIClient, minilm, example_docs, tmp_path) -> None:  # noqa: ANN001
+    """Remote chunking (token counts through /tokenize) and embedding give the local collection."""
+    from embedkit.ingest import ingest, load_directory
+    from embedkit.sinks import QdrantSink
+
+    collections = {}
+    for name, embedder in (("local", minilm), ("remote", remote)):
+        sink = QdrantSink("kb", path=tmp_path / name)
+        try:
+            report = ingest(load_directory(example_docs), embedder, sink, progress=False)
+            assert report.embedded == 20
+            points, _ = sink.client.scroll("kb", limit=1000, with_payload=True, with_vectors=True)
+            collections[name] = {str(p.id): p for p in points}
+        finally:
+            sink.close()
+    local, remote_points = collections["local"], collections["remote"]
+    assert local.keys() == remote_points.keys()
+    for key, point in local.items():
+        other = remote_points[key]
+        # the content hash covers the embedder's weights digest, which a server does not disclose
+        same = {k: v for k, v in point.payload.items() if k != "content_hash"}
+        assert same == {k: v for k, v in other.payload.items() if k != "content_hash"}
+        assert float(np.dot(point.vector, other.vector)) >= 0.99999
