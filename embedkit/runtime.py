@@ -538,6 +538,21 @@ def _load_tokenizer(model_dir: Path) -> Tokenizer:
     return Tokenizer.from_str(backend.to_str())  # a private copy: we change its truncation settings
 
 
+def _check_vocabulary(tokenizer: Tokenizer, module: nn.Module, model_dir: Path) -> None:
+    """A tokenizer that makes ids past the embedding table reads out of bounds, or crashes mid-batch.
+    Fewer tokens than rows is normal (tables are padded to a multiple of 8 or 64)."""
+    tables = [m for m in module.modules() if isinstance(m, nn.Embedding)]
+    if not tables:
+        return
+    rows = tables[0].num_embeddings  # the word / token table comes first in every family
+    highest = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
+    if highest >= rows:
+        raise ModelLoadError(
+            f"{model_dir}: the tokenizer makes token ids up to {highest}, but the model's embedding table "
+            f"has {rows} rows; tokenizer.json does not belong to these weights"
+        )
+
+
 def _max_seq_length(pipeline: PipelineFiles, config: dict, model: nn.Module, model_dir: Path) -> int:
     positions = int(getattr(model, "max_positions", 0) or config.get("max_position_embeddings") or 512)
     if pipeline.max_seq_length is not None:
@@ -603,6 +618,7 @@ def load(
     tokenizer = _load_tokenizer(model_dir)
     if hasattr(family_code, "prepare_tokenizer"):  # e.g. gte-Qwen2's missing end-of-text token
         tokenizer = family_code.prepare_tokenizer(tokenizer, config)
+    _check_vocabulary(tokenizer, module, model_dir)
     prompts = pipeline.prompts
     if not prompts and hasattr(family_code, "default_prompts"):  # e.g. Qwen's instruction form
         prompts = family_code.default_prompts(config)

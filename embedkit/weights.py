@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import re
 import struct
 from pathlib import Path
@@ -93,8 +94,12 @@ def load_state_dict(model_dir: Path, *, allow_pickle: bool = False) -> dict[str,
                 part = load_file(str(path), device="cpu")
             else:
                 part = torch.load(str(path), map_location="cpu", weights_only=True)
-        except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        except (SafetensorError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
             raise ModelLoadError(f"{path}: cannot read weights ({exc})") from exc
+        for name, tensor in part.items():
+            # a NaN or Inf in the weights turns every vector it touches into NaN: refuse at load time
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ModelLoadError(f"{path}: tensor {name!r} holds NaN or Inf values; the checkpoint is damaged")
         state.update(part)
     return state
 
