@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-input-length", type=int, help="tokens per input (default: the model's limit)")
     serve.add_argument("--payload-limit", type=int, default=2_000_000, help="request body bytes (default 2 MB)")
     serve.add_argument(
+        "--body-timeout", type=float, default=10.0, help="seconds to receive a request body (default 10)"
+    )
+    serve.add_argument(
+        "--max-connections", type=int, default=1024, help="open connections; more get 503 (default 1024)"
+    )
+    serve.add_argument(
         "--auto-truncate",
         choices=("true", "false"),
         default="true",
@@ -228,6 +234,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_concurrent_requests=args.max_concurrent_requests,
         max_input_length=args.max_input_length,
         payload_limit=args.payload_limit,
+        body_timeout=args.body_timeout,
+        max_connections=args.max_connections,
         auto_truncate=args.auto_truncate == "true",
     )
     serve(args.model, host=args.host, port=args.port, settings=settings, device=args.device, dtype=args.dtype)

@@ -43,6 +43,7 @@ def serve(
         port=port,
         log_level="info",
         timeout_keep_alive=5,
+        limit_concurrency=settings.max_connections,  # slow clients cannot pile up without bound
         timeout_graceful_shutdown=30,
         h11_max_incomplete_event_size=64 * 1024,  # headers; bodies are capped by payload_limit
     )

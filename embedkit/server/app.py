@@ -73,6 +73,8 @@ class ServerSettings:
     max_concurrent_requests: int = 512  # texts queued or running at once; more -> 429
     max_batch_requests: int | None = None  # requests packed into one forward call; 1 = no batching
     payload_limit: int = 2_000_000  # bytes
+    body_timeout: float = 10.0  # seconds a client may take to send its whole body (slow-loris bodies)
+    max_connections: int = 1024  # open connections and tasks; beyond it uvicorn answers 503
 
 
 class ApiError(Exception):
@@ -115,8 +117,15 @@ class _Guard:
             await self._too_large(path, scope, receive, send)
             return
         body, more = bytearray(), True
+        deadline = asyncio.get_running_loop().time() + self.settings.body_timeout
         while more:
-            message = await receive()
+            try:
+                # a client trickling its body must not hold a connection (and its memory) for ever
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                message_text = f"request body not received within {self.settings.body_timeout:g} s"
+                await _error_response(path, 408, message_text, "Timeout")(scope, receive, send)
+                return
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")

@@ -185,3 +185,33 @@ def test_sigterm_finishes_in_flight_requests(tmp_path, minilm) -> None:  # noqa:
     np.testing.assert_allclose(np.asarray(response.json()), minilm.embed(texts), atol=1e-5)
     with pytest.raises(httpx.TransportError):  # and it no longer accepts new work
         httpx.get(f"{running.url}/health", timeout=2)
+
+
+def test_slow_bodies_time_out_and_the_server_keeps_serving(tmp_path, auth: dict[str, str]) -> None:  # noqa: ANN001
+    import socket
+    import time
+
+    from .conftest import start_server, stop_server
+
+    running = start_server(tmp_path, "--body-timeout", "1")
+    try:
+        host, port = running.url.removeprefix("http://").split(":")
+        slow = []
+        for _ in range(3):  # several slow-loris clients at once
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(
+                f"POST /embed HTTP/1.1\r\nHost: x\r\nAuthorization: {auth['Authorization']}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{".encode()
+            )
+            slow.append(sock)
+        start = time.monotonic()
+        for sock in slow:
+            sock.settimeout(10)
+            answer = sock.recv(4096).decode()
+            assert answer.startswith("HTTP/1.1 408"), answer
+            assert "request body not received within 1 s" in answer
+            sock.close()
+        assert time.monotonic() - start < 5
+        assert post(running, "/embed", {"inputs": "still serving"}, auth).status_code == 200
+    finally:
+        stop_server(running)
