@@ -325,7 +325,8 @@ def ingest(
     `on_error="skip"` are listed in the report's `skipped`. `delete_missing=True` removes the docs
     the collection holds that this run did not see (for a whole directory as the source).
 
-    If the run stops (an error, or the process killed), what was written is consistent: a doc counts
+    An error that stops the run carries `.report`: what was written before it stopped. If the run
+    stops (an error, or the process killed), what was written is consistent: a doc counts
     as done only once all its chunks carry its content hash, so running again finishes the job and
     leaves exactly the collection a clean run gives.
     """
@@ -403,8 +404,15 @@ def ingest(
                     bar.set_postfix(chunks=report.chunks, tokens_per_s=f"{report.tokens / elapsed:.0f}")
             check()
             flush()
-    finally:
-        writer.close()  # waits for the writes queued so far; raises the sink's error if one stopped it
+        writer.close()  # waits for the last writes; raises the sink's error if one stopped it
+    except BaseException as error:
+        try:
+            writer.close()  # let the writes already queued finish, so the report says what is stored
+        except BaseException:  # noqa: S110 - the first error is the one to raise
+            pass
+        report.seconds = time.perf_counter() - started
+        error.report = report  # type: ignore[attr-defined]  # what was written before it stopped
+        raise
     if kept_ids is not None:
         removed = sink.delete_docs_except(set(kept_ids))
         report.deleted_docs, report.deleted = removed[0], report.deleted + removed[1]

@@ -227,7 +227,8 @@ class QdrantSink:
             ):
                 with attempt:
                     return operation(*args, **kwargs)
-        except (UnexpectedResponse, ResponseHandlingException, httpx.TransportError) as exc:
+        except (UnexpectedResponse, ResponseHandlingException, httpx.TransportError, OSError) as exc:
+            # OSError: the embedded store's own files (a full disk, a vanished directory)
             raise StoreError(
                 f"{getattr(operation, '__name__', 'operation')} on {self.collection!r} failed: {exc}"
             ) from exc

@@ -246,3 +246,41 @@ def test_transient_store_errors_are_retried(minilm) -> None:  # noqa: ANN001
             QdrantSink("kb", client=Unsteady(location=":memory:"), retry_attempts=2),
             progress=False,
         )
+
+
+def test_disk_full_stops_with_a_report_and_a_rerun_completes(tmp_path: Path, corpus: Path, minilm) -> None:  # noqa: ANN001
+    import errno
+
+    class FullDisk(QdrantSink):
+        writes_left: int | None = 5
+
+        def upsert(self, points) -> None:  # noqa: ANN001
+            original = self._raw_client.upsert
+
+            def failing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+                if self.writes_left == 0:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                if self.writes_left is not None:
+                    self.writes_left -= 1
+                return original(*args, **kwargs)
+
+            self._raw_client.upsert = failing
+            try:
+                super().upsert(points)
+            finally:
+                self._raw_client.upsert = original
+
+    sink = sink_at(tmp_path / "q", FullDisk, retry_attempts=1)
+    try:
+        with pytest.raises(StoreError, match="No space left on device") as caught:
+            ingest(load_directory(corpus), minilm, sink, progress=False)
+        report = caught.value.report
+        assert report.embedded == 5 and report.docs >= 5
+        complete = {p["doc_id"] for p, _ in snapshot(sink).values() if p.get("content_hash")}
+        assert len(complete) == report.embedded  # the report says exactly what is stored
+        sink.writes_left = None
+        rerun = ingest(load_directory(corpus), minilm, sink, progress=False)
+        assert rerun.unchanged == 5 and rerun.embedded == 15
+        assert all(p.get("content_hash") for p, _ in snapshot(sink).values())
+    finally:
+        sink.close()

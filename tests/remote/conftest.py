@@ -38,6 +38,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False  # close the connection without answering
     delay: float = 0.0
+    endless: bool = False  # a chunked body that never ends
 
 
 Behaviour = Callable[[str, dict, int], Answer]  # (path, body, request number on this path) -> Answer
@@ -87,6 +88,19 @@ class ScriptedServer:
                     self.close_connection = True
                     self.connection.close()
                     return
+                if answer.endless:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.close_connection = True
+                    chunk = b"[" + b"0.5," * 2000
+                    try:
+                        while True:
+                            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                            time.sleep(0.001)
+                    except OSError:  # the client gave up, as it should
+                        return
                 raw = answer.body if isinstance(answer.body, bytes) else json.dumps(answer.body).encode()
                 self.send_response(answer.status)
                 self.send_header("Content-Type", "application/json")

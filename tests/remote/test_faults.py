@@ -318,6 +318,17 @@ def test_a_change_of_dimension_between_answers_is_refused(scripted: ScriptedServ
             remote.embed(texts(1))
 
 
+def test_a_never_ending_answer_is_cut_off(scripted: ScriptedServer) -> None:
+    scripted.behaviour = lambda path, body, n: Answer(endless=True)
+    start = time.perf_counter()
+    with (
+        client(scripted, max_response_bytes=1_000_000) as remote,
+        pytest.raises(RemoteError, match="max_response_bytes"),
+    ):
+        remote.embed(texts(2))
+    assert time.perf_counter() - start < 10 and len(scripted.bodies()) == 1
+
+
 def test_response_size_is_capped(scripted: ScriptedServer) -> None:
     scripted.behaviour = lambda path, body, n: Answer(200, [[1.0] * 5000 for _ in body["inputs"]])
     with client(scripted, max_response_bytes=10_000) as remote, pytest.raises(RemoteError, match="max_response_bytes"):
