@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from embedkit.memory import release_freed_memory
 from embedkit.runtime import LocalEmbedder
 
 __all__ = ["Overloaded", "DynamicBatcher"]
@@ -134,4 +135,5 @@ class DynamicBatcher:
             for i in group:
                 out[i] = vectors[start : start + len(requests[i].texts)]
                 start += len(requests[i].texts)
+        release_freed_memory()  # a busy server's RSS would otherwise creep (see embedkit.memory)
         return [vectors for vectors in out if vectors is not None]

@@ -1,0 +1,114 @@
+"""A bounded soak of `embedkit serve`: 64 loopback clients, valid and invalid requests mixed.
+
+Valid requests must all succeed with the right vectors; invalid ones must get their documented
+refusal; the server's RSS must not grow over the run. Duration: EMBEDKIT_SOAK_SECONDS (default 20;
+the figures in docs/reliability.md come from a 60 s run).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from .conftest import API_KEY, start_server, stop_server
+
+CLIENTS = 64
+WORDS = "vector search embedding model token chunk query document server batch latency memory".split()
+
+# (request body or raw bytes, headers override, expected status)
+INVALID = [
+    ({"inputs": []}, None, 400),
+    ({"inputs": ["ok", ""]}, None, 400),
+    ({"inputs": ["x"] * 40}, None, 422),
+    ({"inputs": "x", "prompt_name": "nope"}, None, 422),
+    ({"inputs": "x", "dimensions": 0}, None, 422),
+    (b'{"inputs": [', None, 400),
+    ({"inputs": "x"}, {"Authorization": "Bearer wrong"}, 401),
+]
+
+
+def _texts(rng: random.Random) -> list[str]:
+    return [" ".join(rng.choices(WORDS, k=rng.randint(1, 60))) for _ in range(rng.randint(1, 8))]
+
+
+@pytest.mark.slow
+def test_soak(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+    seconds = float(os.environ.get("EMBEDKIT_SOAK_SECONDS", "20"))
+    server = start_server(tmp_path, "--max-concurrent-requests", "4096")
+    process = psutil.Process(server.process.pid)
+    rss: list[tuple[float, float]] = []
+    latencies: list[float] = []
+    counts = {"valid": 0, "valid_failed": 0, "invalid": 0, "invalid_wrong": 0}
+    failures: list[str] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            while time.monotonic() < stop:
+                if rng.random() < 0.25:
+                    body, headers, expected = rng.choice(INVALID)
+                    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+                    response = http.post("/embed", headers=headers or {**auth, "content-type": "application/json"},
+                                         **kwargs)  # fmt: skip
+                    with lock:
+                        counts["invalid"] += 1
+                        if response.status_code != expected:
+                            counts["invalid_wrong"] += 1
+                            failures.append(f"{body!r}: {response.status_code} {response.text[:100]}")
+                    continue
+                texts = _texts(rng)
+                start = time.perf_counter()
+                response = http.post("/embed", json={"inputs": texts}, headers=auth)
+                elapsed = time.perf_counter() - start
+                ok = response.status_code == 200 and len(response.json()) == len(texts)
+                with lock:
+                    counts["valid"] += 1
+                    latencies.append(elapsed)
+                    if not ok:
+                        counts["valid_failed"] += 1
+                        failures.append(f"valid: {response.status_code} {response.text[:100]}")
+                    elif rng.random() < 0.05:  # spot-check vectors against local embedding
+                        got = np.asarray(response.json(), dtype=np.float32)
+                        if not np.allclose(got, minilm.embed(texts), atol=1e-5):
+                            counts["valid_failed"] += 1
+                            failures.append("valid: wrong vectors")
+
+    def sample() -> None:
+        while time.monotonic() < stop:
+            rss.append((time.monotonic(), process.memory_info().rss / 2**20))
+            time.sleep(0.5)
+
+    try:
+        threads = [threading.Thread(target=client, args=(seed,)) for seed in range(CLIENTS)]
+        threads.append(threading.Thread(target=sample))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert API_KEY not in server.log() and "wrong" not in server.log()
+    finally:
+        stop_server(server)
+
+    p50, p99 = (float(np.percentile(latencies, q)) * 1000 for q in (50, 99))
+    third = max(1, len(rss) // 3)
+    early, late = max(v for _, v in rss[:third]), max(v for _, v in rss[-third:])
+    print(
+        f"\nsoak {seconds:.0f} s, {CLIENTS} clients: {counts['valid']} valid requests "
+        f"({counts['valid_failed']} failed), "
+        f"{counts['invalid']} invalid ({counts['invalid_wrong']} answered wrongly); "
+        f"p50 {p50:.0f} ms, p99 {p99:.0f} ms; server RSS peak first third {early:.0f} MiB, last third {late:.0f} MiB"
+    )
+    assert counts["valid_failed"] == 0 and counts["invalid_wrong"] == 0, failures[:5]
+    assert counts["valid"] > CLIENTS and counts["invalid"] > 0
+    assert late - early < 50, rss  # no growth beyond allocator noise over the run
