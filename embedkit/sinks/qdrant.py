@@ -33,7 +33,13 @@ def _local_client(path: str) -> tuple[QdrantClient, threading.RLock]:
     key = str(Path(path).resolve())
     with _local_lock:
         if key not in _local_clients:
-            _local_clients[key] = (QdrantClient(path=key), threading.RLock())
+            try:
+                _local_clients[key] = (QdrantClient(path=key), threading.RLock())
+            except RuntimeError as exc:  # qdrant-client: the folder is locked by another process
+                raise StoreError(
+                    f"the embedded Qdrant store at {key} is in use by another process ({exc}); "
+                    "stop it, or use a Qdrant server (--qdrant-url) for concurrent writers"
+                ) from exc
         return _local_clients[key]
 
 
@@ -108,7 +114,9 @@ class QdrantSink:
         elif location is not None:
             raw, lock = QdrantClient(location=location), threading.RLock()
         else:
-            raw, lock = QdrantClient(url=url, api_key=api_key), threading.RLock()
+            # embedkit's own first call tells whether the server answers; qdrant-client's version probe
+            # would only warn from a background thread
+            raw, lock = QdrantClient(url=url, api_key=api_key, check_compatibility=False), threading.RLock()
         self._raw_client = raw
         # the embedded store ignores payload indexes (and warns); only a server gets them
         self._is_local = type(getattr(raw, "_client", None)).__name__ == "QdrantLocal"
@@ -135,12 +143,12 @@ class QdrantSink:
         return self._raw_client
 
     def exists(self) -> bool:
-        return self._client.collection_exists(self.collection)
+        return bool(self._call(self._client.collection_exists, self.collection))
 
     def recorded_fingerprint(self) -> dict[str, Any] | None:
         if not self.exists():
             return None
-        metadata = self._client.get_collection(self.collection).config.metadata or {}
+        metadata = self._call(self._client.get_collection, self.collection).config.metadata or {}
         return metadata.get(FINGERPRINT_KEY)
 
     def prepare(self, dimension: int, fingerprint: dict[str, Any], *, reembed: bool = False) -> None:
@@ -155,7 +163,7 @@ class QdrantSink:
             if not self._is_local:
                 self._client.create_payload_index(self.collection, "doc_id", models.PayloadSchemaType.KEYWORD)
             return
-        params = self._client.get_collection(self.collection).config.params.vectors
+        params = self._call(self._client.get_collection, self.collection).config.params.vectors
         if self.vector_name:
             if not isinstance(params, dict) or self.vector_name not in params:
                 names = sorted(params) if isinstance(params, dict) else "one unnamed vector"
@@ -190,7 +198,8 @@ class QdrantSink:
         docs = models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=list(hashes)))])
         offset = None
         while True:
-            points, offset = self._client.scroll(
+            points, offset = self._call(
+                self._client.scroll,
                 self.collection,
                 scroll_filter=docs,
                 limit=1024,
