@@ -32,7 +32,10 @@ __all__ = ["LocalEmbedder", "load"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_TOKENS = 16384  # padded tokens per forward pass; bounds activation memory
+DEFAULT_BATCH_TOKENS = 16384  # padded tokens per forward pass on a GPU; bounds activation memory
+# on CPU smaller passes stay in cache: all-MiniLM-L6-v2 over 256 mixed texts took 6.7 s at 2048 padded
+# tokens, 7.6 s at 4096 and 9.3 s at 16384 (sentence-transformers, batch 32: 8.1 s)
+DEFAULT_CPU_BATCH_TOKENS = 2048
 DEFAULT_MAX_BATCH_SIZE = 256
 DEFAULT_STREAM_WINDOW = 4096  # texts per embed_iter window: long enough to sort well, short enough to hold
 
@@ -638,6 +641,7 @@ def load(
         device=torch_device,
         prompts=prompts,
         default_task=default_task,
+        batch_tokens=DEFAULT_CPU_BATCH_TOKENS if torch_device.type == "cpu" else DEFAULT_BATCH_TOKENS,
     )
 
 
