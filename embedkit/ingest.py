@@ -241,9 +241,15 @@ class _Writer:
         self._queue.put((batch, vectors))
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
+        self.stop()
         self._raise()
+
+    def stop(self) -> BaseException | None:
+        """Finish the queued writes and end the thread; returns the error that stopped it, if any."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        return self._error
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -392,10 +398,9 @@ def ingest(
             flush()
         writer.close()  # waits for the last writes; raises the sink's error if one stopped it
     except BaseException as error:
-        try:
-            writer.close()  # let the writes already queued finish, so the report says what is stored
-        except BaseException:  # noqa: S110 - the first error is the one to raise
-            pass
+        also = writer.stop()  # let the writes already queued finish, so the report says what is stored
+        if also is not None and also is not error:  # the first error is raised; the writer's is logged
+            log.warning("the writer also failed while stopping: %s", also)
         report.seconds = time.perf_counter() - started
         error.report = report  # type: ignore[attr-defined]  # what was written before it stopped
         raise
