@@ -7,7 +7,7 @@ within a process.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,24 +196,29 @@ class QdrantSink:
         if not hashes:
             return counts
         docs = models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=list(hashes)))])
+        for payload in self._payloads(["doc_id", "content_hash"], docs):
+            doc_id = payload.get("doc_id")
+            if doc_id in hashes and payload.get("content_hash") == hashes[doc_id]:
+                counts[doc_id] += 1
+        return counts
+
+    def _payloads(self, fields: list[str], scroll_filter: models.Filter | None = None) -> Iterator[dict[str, Any]]:
+        """The listed payload fields of every point (matching `scroll_filter`), page by page."""
         offset = None
         while True:
             points, offset = self._call(
                 self._client.scroll,
                 self.collection,
-                scroll_filter=docs,
+                scroll_filter=scroll_filter,
                 limit=1024,
                 offset=offset,
-                with_payload=["doc_id", "content_hash"],
+                with_payload=fields,
                 with_vectors=False,
             )
             for point in points:
-                payload = point.payload or {}
-                doc_id = payload.get("doc_id")
-                if doc_id in hashes and payload.get("content_hash") == hashes[doc_id]:
-                    counts[doc_id] += 1
+                yield point.payload or {}
             if offset is None:
-                return counts
+                return
 
     def upsert(self, points: Sequence[Point]) -> None:
         for start in range(0, len(points), self.batch_size):
@@ -245,17 +250,10 @@ class QdrantSink:
     def delete_docs_except(self, keep: set[str]) -> tuple[int, int]:
         """Delete every doc not in `keep`; returns (docs, points) removed."""
         missing: dict[str, int] = {}
-        offset = None
-        while True:
-            points, offset = self._client.scroll(
-                self.collection, limit=1024, offset=offset, with_payload=["doc_id"], with_vectors=False
-            )
-            for point in points:
-                doc_id = (point.payload or {}).get("doc_id")
-                if doc_id not in keep:
-                    missing[doc_id] = missing.get(doc_id, 0) + 1
-            if offset is None:
-                break
+        for payload in self._payloads(["doc_id"]):
+            doc_id = payload.get("doc_id")
+            if doc_id not in keep:
+                missing[doc_id] = missing.get(doc_id, 0) + 1
         for doc_id in missing:
             self._call(
                 self._client.delete,
