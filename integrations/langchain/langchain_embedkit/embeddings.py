@@ -10,9 +10,9 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.utils import secret_from_env
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from embedkit import AsyncTEIClient, Embedder, InputError, TEIClient
+from embedkit import AsyncTEIClient, Embedder, InputError, StoreError, TEIClient
 
-__all__ = ["EmbedkitEmbeddings"]
+__all__ = ["EmbedkitEmbeddings", "embeddings_for_collection"]
 
 
 class EmbedkitEmbeddings(BaseModel, Embeddings):
@@ -134,3 +134,17 @@ class EmbedkitEmbeddings(BaseModel, Embeddings):
 
 def _as_lists(vectors: np.ndarray) -> list[list[float]]:
     return vectors.astype(np.float64).tolist()  # Python floats, as LangChain expects
+
+
+def embeddings_for_collection(sink: Any, where: str, embeddings: EmbedkitEmbeddings | None) -> EmbedkitEmbeddings:
+    """`embeddings`, or the model an embedkit collection records (so query vectors compare with its own);
+    StoreError when the collection does not exist or was not written by embedkit."""
+    recorded = sink.recorded_fingerprint()
+    if recorded is None:
+        raise StoreError(
+            f"collection {sink.collection!r} at {where} does not exist or was not written by embedkit; "
+            "ingest into it first (embedkit ingest ... --collection NAME)"
+        )
+    if embeddings is not None:
+        return embeddings
+    return EmbedkitEmbeddings(model=recorded.get("model_id"), dimensions=recorded.get("dimensions"))

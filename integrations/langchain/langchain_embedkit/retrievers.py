@@ -11,10 +11,10 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.utils import secret_from_env
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
-from embedkit import InputError, StoreError
+from embedkit import InputError
 from embedkit.sinks import QdrantSink
 from embedkit.sinks.base import SearchHit
-from langchain_embedkit.embeddings import EmbedkitEmbeddings
+from langchain_embedkit.embeddings import EmbedkitEmbeddings, embeddings_for_collection
 
 __all__ = ["EmbedkitRetriever"]
 
@@ -56,7 +56,6 @@ class EmbedkitRetriever(BaseRetriever):
     filter: dict[str, Any] | None = None
 
     _sink: QdrantSink = PrivateAttr()
-    _dimensions: int | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _open(self) -> EmbedkitRetriever:
@@ -67,15 +66,8 @@ class EmbedkitRetriever(BaseRetriever):
         self._sink = QdrantSink(
             self.collection, path=self.path, url=self.url, api_key=key, client=self.client, location=location
         )
-        recorded = self._sink.recorded_fingerprint()
-        if recorded is None:
-            raise StoreError(
-                f"collection {self.collection!r} at {self.path or self.url or 'the given client'} does not exist or "
-                "was not written by embedkit; ingest into it first (embedkit ingest ... --collection NAME)"
-            )
-        self._dimensions = recorded.get("dimensions")
-        if self.embeddings is None:
-            self.embeddings = EmbedkitEmbeddings(model=recorded.get("model_id"), dimensions=self._dimensions)
+        where = self.path or self.url or "the given client"
+        self.embeddings = embeddings_for_collection(self._sink, where, self.embeddings)
         return self
 
     def _search(self, vector: list[float], k: int | None, score_threshold: float | None, filter: Any) -> list[Document]:

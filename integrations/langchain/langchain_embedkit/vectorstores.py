@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from embedkit import MissingDependencyError, StoreError
+from embedkit import MissingDependencyError
 from embedkit.sinks import QdrantSink
-from langchain_embedkit.embeddings import EmbedkitEmbeddings
+from langchain_embedkit.embeddings import EmbedkitEmbeddings, embeddings_for_collection
 
 if TYPE_CHECKING:
     from langchain_qdrant import QdrantVectorStore
@@ -36,11 +36,7 @@ def qdrant_vector_store(
             "qdrant_vector_store needs langchain-qdrant: pip install 'langchain-embedkit[qdrant]'"
         ) from error
     sink = QdrantSink(collection, path=path, url=url, api_key=api_key, client=client)
-    recorded = sink.recorded_fingerprint()
-    if recorded is None:
-        raise StoreError(f"collection {collection!r} does not exist or was not written by embedkit")
-    if embeddings is None:
-        embeddings = EmbedkitEmbeddings(model=recorded.get("model_id"), dimensions=recorded.get("dimensions"))
+    embeddings = embeddings_for_collection(sink, str(path or url or "the given client"), embeddings)
     return QdrantVectorStore(
         client=sink.client,  # a local path is opened once per process: share embedkit's client
         collection_name=collection,
