@@ -18,6 +18,16 @@ __all__ = ["main"]
 DEFAULT_QDRANT_PATH = "./qdrant"
 
 
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnx"),
+        help="local runtime: onnx = ONNX Runtime on CPU (extra `onnx`); auto (default, or $EMBEDKIT_BACKEND) "
+        "picks it for float32 on CPU when installed",
+    )
+    parser.add_argument("--quantize", choices=("int8",), help="int8 weights on the ONNX backend (CPU)")
+
+
 def _add_store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collection", required=True, help="Qdrant collection name")
     where = parser.add_mutually_exclusive_group()
@@ -53,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default: the model's limit, at most 512)")
     ingest.add_argument("--overlap", type=int, help="tokens repeated between neighbouring chunks (default: 1/8)")
     ingest.add_argument("--strategy", choices=STRATEGIES, default="auto", help="how to split (default: auto)")
+    _add_backend_options(ingest)
     _add_store_options(ingest)
 
     search = commands.add_parser("search", help="rank the collection's chunks against a query")
@@ -60,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=5, help="number of results (default 5)")
     search.add_argument("--model", help="override the model recorded in the collection")
     search.add_argument("--json", action="store_true", help="print results as JSON lines")
+    _add_backend_options(search)
     search.add_argument(
         "--filter", action="append", default=[], metavar="KEY=VALUE", help="keep chunks whose metadata KEY is VALUE"
     )
@@ -95,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--dtype", choices=("float32", "float16", "bfloat16"))
     serve.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    _add_backend_options(serve)
 
     models = commands.add_parser("models", help="inspect model checkpoints")
     model_commands = models.add_subparsers(dest="models_command", required=True)
@@ -129,7 +142,7 @@ def _ingest(args: argparse.Namespace) -> int:
     else:
         from embedkit.runtime import load
 
-        embedder = load(args.model)
+        embedder = load(args.model, backend=args.backend, quantize=args.quantize)
     chunker = default_chunker(
         embedder, max_tokens=args.chunk_tokens, overlap_tokens=args.overlap, strategy=args.strategy
     )
@@ -183,7 +196,8 @@ def _search(args: argparse.Namespace) -> int:
             hint = f"run `embedkit ingest ... --collection {args.collection}`"
             raise StoreError(f"collection {args.collection!r} does not exist; {hint}")
         recorded = sink.recorded_fingerprint() or {}
-        embedder = load(args.model or recorded.get("model_id"))
+        quantize = args.quantize or recorded.get("quantize")  # queries as the collection's vectors were made
+        embedder = load(args.model or recorded.get("model_id"), backend=args.backend, quantize=quantize)
         vector = embedder.embed_query(args.query, dimensions=recorded.get("dimensions"))
         hits = sink.search(vector, args.k, metadata_filter=_filters(args.filter))
     finally:
@@ -238,7 +252,16 @@ def _serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         auto_truncate=args.auto_truncate == "true",
     )
-    serve(args.model, host=args.host, port=args.port, settings=settings, device=args.device, dtype=args.dtype)
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        settings=settings,
+        device=args.device,
+        dtype=args.dtype,
+        backend=args.backend,
+        quantize=args.quantize,
+    )
     return 0
 
 

@@ -111,6 +111,7 @@ def fingerprint(embedder: Embedder, *, task: str | None, dimensions: int | None,
         "task": task,
         "dimensions": dimensions,
         "normalize": normalize,
+        "quantize": getattr(embedder, "quantize", None),  # int8 vectors are not fp32 vectors
     }
 
 

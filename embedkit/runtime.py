@@ -25,6 +25,8 @@ from embedkit.models.loading import assign_weights
 from embedkit.models.pooling import pool
 from embedkit.models.registry import Family, detect_family
 from embedkit.models.st_files import PipelineFiles, read_json, read_pipeline_files
+from embedkit.onnx.cache import GraphCache
+from embedkit.onnx.model import OnnxModel, import_onnxruntime
 from embedkit.tasks import TaskTable
 from embedkit.weights import load_state_dict, tensor_shapes, weights_digest
 
@@ -94,8 +96,10 @@ class LocalEmbedder(EmbedderBase):
         default_task: str | None = None,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        backend: str = "torch",
     ) -> None:
-        self._model = model
+        self._model = model  # the torch module, or an OnnxModel taking the same call
+        self.backend = backend
         self._family = family
         self._detection_reasons = tuple(detection_reasons)
         self._pipeline = pipeline
@@ -127,7 +131,7 @@ class LocalEmbedder(EmbedderBase):
     def __repr__(self) -> str:
         return (
             f"LocalEmbedder(model_id={self._model_id!r}, family={self._family.name!r}, "
-            f"dimension={self._dimension}, device={str(self._device)!r})"
+            f"dimension={self._dimension}, device={str(self._device)!r}, backend={self._backend_label!r})"
         )
 
     # -- the Embedder contract ------------------------------------------------------------------
@@ -178,8 +182,24 @@ class LocalEmbedder(EmbedderBase):
             "adapters": list(self._task_table.adapters),
             "merged_adapter": self._merged_adapter_name,
             "device": str(self._device),
-            "dtype": str(next(self._model.parameters()).dtype).removeprefix("torch."),
+            "backend": self._backend_label,
+            "dtype": self._dtype_name,
         }
+
+    @property
+    def quantize(self) -> str | None:
+        """ "int8" when the ONNX graph runs int8 weights, else None."""
+        return getattr(self._model, "quantize", None)
+
+    @property
+    def _backend_label(self) -> str:
+        return f"{self.backend} {self.quantize}" if self.quantize else self.backend
+
+    @property
+    def _dtype_name(self) -> str:
+        if self.backend == "onnx":
+            return "float32"  # int8 graphs keep float32 activations and outputs
+        return str(next(self._model.parameters()).dtype).removeprefix("torch.")
 
     @cached_property
     def weights_digest(self) -> str:
@@ -490,7 +510,9 @@ class LocalEmbedder(EmbedderBase):
             start += stride
 
     def _probe_dimension(self) -> int:
-        return int(self._run([self._tokenizer.encode("x")]).shape[1])
+        # each pooling mode gives one hidden-size vector (pooling.pool); no forward pass, so a lazily
+        # exported graph is not built for nothing
+        return int(self._model.config.hidden_size) * len(self._pooling)
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -587,6 +609,9 @@ def load(
     cache_dir: str | os.PathLike[str] | None = None,
     default_task: str | None = None,
     merge_lora: bool = False,
+    backend: str | None = None,
+    quantize: str | None = None,
+    onnx_cache_dir: str | os.PathLike[str] | None = None,
 ) -> LocalEmbedder:
     """Load an embedding model from a directory or hub id into embedkit's own implementation.
 
@@ -596,10 +621,17 @@ def load(
     `default_task` is the task of calls that name none. `merge_lora=True` folds that task's LoRA
     adapter into the weights (jina-embeddings-v3): the same vectors with no adapter cost, and
     only that task from then on.
+
+    `backend`: "torch", "onnx" (ONNX Runtime on CPU running this model exported once by torch's
+    exporter and cached under `onnx_cache_dir`, default ~/.cache/embedkit/onnx) or "auto" (the
+    default, or $EMBEDKIT_BACKEND): ONNX Runtime for fp32 on CPU when the `onnx` extra is installed
+    and the model exports, else torch. `quantize="int8"` (ONNX only): dynamic int8 weights, with the
+    feed-forward output projections kept fp32 for quality.
     """
     model_dir, model_id = resolve_model_dir(model, revision=revision, cache_dir=cache_dir)
     torch_device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype)
+    chosen, onnx_required = _choose_backend(backend, quantize, torch_device, torch_dtype)
     config = read_json(model_dir / "config.json")
     if not isinstance(config, dict):
         raise ModelLoadError(f"{model_dir / 'config.json'}: expected a JSON object")
@@ -626,23 +658,101 @@ def load(
     if not prompts and hasattr(family_code, "default_prompts"):  # e.g. Qwen's instruction form
         prompts = family_code.default_prompts(config)
         log.info("%s: no prompts in config_sentence_transformers.json; using the %s defaults", model_dir, family.name)
+    table = TaskTable(prompts, adapters=tuple(getattr(module, "adapter_names", ())))
     if merge_lora:
-        _merge_adapter(module, TaskTable(prompts, adapters=tuple(getattr(module, "adapter_names", ()))), default_task)
+        _merge_adapter(module, table, default_task)
+    max_seq_length = _max_seq_length(pipeline, config, module, model_dir)
+    runner: nn.Module | OnnxModel = module
+    if chosen == "onnx":
+        runner, chosen = _onnx_runner(
+            module, family, model_dir, table, default_task, quantize, onnx_cache_dir, required=onnx_required
+        )
     return LocalEmbedder(
-        model=module,
+        model=runner,
         tokenizer=tokenizer,
         family=family,
         detection_reasons=detection.reasons,
         pipeline=pipeline,
         model_id=model_id,
         model_dir=model_dir,
-        max_seq_length=_max_seq_length(pipeline, config, module, model_dir),
+        max_seq_length=max_seq_length,
         matryoshka_dimensions=config.get("matryoshka_dimensions"),
         device=torch_device,
         prompts=prompts,
         default_task=default_task,
         batch_tokens=DEFAULT_CPU_BATCH_TOKENS if torch_device.type == "cpu" else DEFAULT_BATCH_TOKENS,
+        backend=chosen,
     )
+
+
+BACKEND_ENV = "EMBEDKIT_BACKEND"
+BACKENDS = ("auto", "torch", "onnx")
+
+
+def _choose_backend(
+    backend: str | None, quantize: str | None, device: torch.device, dtype: torch.dtype
+) -> tuple[str, bool]:
+    """("torch" or "onnx", whether ONNX was asked for outright). An outright "onnx" or int8 that cannot
+    be is an error; "auto" settles for torch."""
+    where = "backend"
+    if backend is None:
+        backend, where = os.environ.get(BACKEND_ENV, "auto"), f"${BACKEND_ENV}"
+    if backend not in BACKENDS:
+        raise InputError(f"{where}={backend!r}: expected one of {', '.join(BACKENDS)}")
+    if quantize not in (None, "int8"):
+        raise InputError(f"quantize={quantize!r}: expected None or 'int8'")
+    if quantize is not None and backend == "torch":
+        raise InputError("quantize='int8' runs on the ONNX backend; use backend='onnx' or 'auto'")
+    required = backend == "onnx" or quantize is not None
+    if device.type != "cpu" or dtype != torch.float32:
+        if required:
+            raise InputError(
+                f"the ONNX backend runs float32 on the CPU (asked: device={str(device)!r}, dtype={dtype}); "
+                "use backend='torch' for other devices and dtypes"
+            )
+        return "torch", False
+    if backend == "torch":
+        return "torch", False
+    try:
+        import_onnxruntime()
+    except ImportError as exc:  # MissingDependencyError says which package and the pip command
+        if required:
+            raise
+        log.info("backend auto: torch (%s)", exc)
+        return "torch", False
+    return "onnx", required
+
+
+def _onnx_runner(
+    module: nn.Module,
+    family: Family,
+    model_dir: Path,
+    table: TaskTable,
+    default_task: str | None,
+    quantize: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    *,
+    required: bool,
+) -> tuple[nn.Module | OnnxModel, str]:
+    """The module wrapped for ONNX Runtime, its first graph ready; unless `required`, torch if it will not export."""
+    first_adapter = table.adapter(default_task) if default_task is not None and table.adapters else -1
+    try:
+        runner = OnnxModel(
+            module,
+            family=family.name,
+            model_dir=model_dir,
+            weights_digest=weights_digest(model_dir),
+            quantize=quantize,
+            cache=GraphCache(cache_dir),
+        )
+        runner.prepare(first_adapter)
+    except ModelLoadError as exc:
+        if required:
+            raise
+        log.warning("backend auto: %s; running on torch instead", exc)
+        return module, "torch"
+    log.info("%s: running on ONNX Runtime%s, %d threads", model_dir, f" {quantize}" if quantize else "", runner.threads)
+    return runner, "onnx"
 
 
 def _merge_adapter(module: nn.Module, table: TaskTable, task: str | None) -> None:

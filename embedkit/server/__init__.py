@@ -27,8 +27,12 @@ def serve(
     settings: ServerSettings | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    backend: str | None = None,
+    quantize: str | None = None,
 ) -> None:
-    """Load `model` and serve it until interrupted; SIGINT/SIGTERM let in-flight requests finish."""
+    """Load `model` and serve it until interrupted; SIGINT/SIGTERM let in-flight requests finish.
+
+    `device`, `dtype`, `backend` and `quantize` are `embedkit.load`'s."""
     import uvicorn
 
     import embedkit
@@ -36,7 +40,8 @@ def serve(
     settings = settings or ServerSettings()
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         log.warning("serving on %s without an API key: anyone who can reach this port can use the model", host)
-    embedder = embedkit.load(model, device=device, dtype=dtype)
+    embedder = embedkit.load(model, device=device, dtype=dtype, backend=backend, quantize=quantize)
+    log.info("serving %r", embedder)
     config = uvicorn.Config(
         create_app(embedder, settings),
         host=host,

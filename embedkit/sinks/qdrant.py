@@ -23,7 +23,7 @@ __all__ = ["QdrantSink", "FINGERPRINT_KEY", "metadata_condition"]
 
 FINGERPRINT_KEY = "embedkit"  # collection metadata key holding the embedder fingerprint
 # fields that decide whether stored vectors are comparable with new ones (model_id is only a label)
-_COMPARED = ("weights_digest", "dimension", "task", "dimensions", "normalize")
+_COMPARED = ("weights_digest", "dimension", "task", "dimensions", "normalize", "quantize")
 
 _local_clients: dict[str, tuple[QdrantClient, threading.RLock]] = {}
 _local_lock = threading.Lock()

@@ -1,0 +1,193 @@
+"""OnnxModel: runs exported graphs where LocalEmbedder would run the torch module.
+
+It takes the module's call, (input_ids, attention_mask[, adapter_ids]) -> token states, so the
+runtime's tokenising, token-budget batching, pooling and normalisation are the same code for both
+backends. A model with task adapters (jina-embeddings-v3) gets one graph per adapter, the adapter
+merged into its weights, exported when that task is first used; a batch that mixes tasks runs each
+task's rows through its graph.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from embedkit.errors import InputError, MissingDependencyError, ModelLoadError
+from embedkit.onnx.cache import GraphCache, GraphKey
+from embedkit.onnx.export import INPUT_NAMES, export_graph, quantize_int8
+
+__all__ = ["NUM_THREADS_ENV", "OnnxModel", "import_onnxruntime", "intra_op_threads"]
+
+log = logging.getLogger(__name__)
+
+NUM_THREADS_ENV = "EMBEDKIT_NUM_THREADS"
+QUANTIZE_MODES = (None, "int8")
+PIP_HINT = "pip install 'embedkit[onnx]' (onnxruntime, onnx, onnxscript)"
+
+
+def import_onnxruntime():  # noqa: ANN201 - the module, whose type stubs are optional
+    """onnxruntime, or MissingDependencyError with the pip command."""
+    try:
+        import onnx  # noqa: F401 - the exporter writes graphs with it
+        import onnxruntime
+        import onnxscript  # noqa: F401 - torch's exporter translates with it
+    except ImportError as exc:
+        raise MissingDependencyError(f"the ONNX backend needs {exc.name}: {PIP_HINT}") from exc
+    return onnxruntime
+
+
+def intra_op_threads() -> int:
+    """$EMBEDKIT_NUM_THREADS, else the CPUs this process may run on."""
+    value = os.environ.get(NUM_THREADS_ENV)
+    if value is None:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise InputError(f"{NUM_THREADS_ENV}={value!r}: expected a positive integer")
+    return threads
+
+
+class OnnxModel:
+    """Exported graphs of one torch module, run on ONNX Runtime's CPU provider."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        family: str,
+        model_dir: Path,
+        weights_digest: str,
+        quantize: str | None = None,
+        cache: GraphCache | None = None,
+        threads: int | None = None,
+    ) -> None:
+        if quantize not in QUANTIZE_MODES:
+            raise InputError(f"quantize={quantize!r}: expected one of {QUANTIZE_MODES}")
+        self._ort = import_onnxruntime()
+        # kept while another task's graph may still be exported from it; dropped once no more can be
+        self._module: nn.Module | None = module.float().cpu().eval()
+        self._family = family
+        self.quantize = quantize
+        self._cache = cache or GraphCache()
+        self.threads = threads or intra_op_threads()
+        self.adapter_names: tuple[str, ...] = tuple(getattr(module, "adapter_names", ()))
+        self.merged_adapter: int | None = getattr(module, "merged_adapter", None)
+        self.config = module.config  # what the runtime reads of the model (hidden_size)
+        self.hidden_size = int(module.config.hidden_size)
+        self._base_key = {
+            "weights_digest": weights_digest,
+            "config_digest": hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest(),
+            "family": family,
+            "dtype": "float32",
+            "quantize": quantize or "none",
+            "embedkit_version": _embedkit_version(),
+            "torch_version": torch.__version__,
+        }
+        self._sessions: dict[int, object] = {}
+        self._kept_fp32: list[str] = []
+        self._lock = threading.Lock()  # one export at a time; sessions themselves are thread-safe
+
+    def __repr__(self) -> str:
+        return f"OnnxModel(family={self._family!r}, quantize={self.quantize!r}, threads={self.threads})"
+
+    @property
+    def kept_fp32(self) -> list[str]:
+        """Under int8: the modules whose matmuls stayed fp32."""
+        return list(self._kept_fp32)
+
+    def prepare(self, adapter: int = -1) -> None:
+        """Export (or find in the cache) the graph for `adapter` now rather than at its first use."""
+        self._session(adapter)
+
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """input_ids [B, T], attention_mask [B, T] bool, adapter_ids [B] (-1 = none) -> token states [B, T, H]."""
+        if adapter_ids is None:
+            return self._run(-1, input_ids, attention_mask)
+        self._module.select(adapter_ids, input_ids.shape[0])  # the module's own check of the ids
+        if self.merged_adapter is not None:
+            return self._run(-1, input_ids, attention_mask)
+        adapters = adapter_ids.tolist()
+        if len(set(adapters)) == 1:
+            return self._run(adapters[0], input_ids, attention_mask)
+        out = torch.empty((*input_ids.shape, self.hidden_size))
+        for adapter in sorted(set(adapters)):
+            rows = torch.tensor([i for i, a in enumerate(adapters) if a == adapter])
+            out[rows] = self._run(adapter, input_ids[rows], attention_mask[rows])
+        return out
+
+    def _run(self, adapter: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        feed = {
+            INPUT_NAMES[0]: input_ids.numpy().astype(np.int64, copy=False),
+            INPUT_NAMES[1]: attention_mask.numpy().astype(np.int64),
+        }
+        return torch.from_numpy(self._session(adapter).run(None, feed)[0])
+
+    def _session(self, adapter: int) -> object:
+        session = self._sessions.get(adapter)
+        if session is not None:
+            return session
+        with self._lock:
+            if adapter not in self._sessions:
+                self._sessions[adapter] = self._load_session(adapter)
+                if not self.adapter_names:  # one graph is all this model has: free the torch weights
+                    self._module = None
+            return self._sessions[adapter]
+
+    def _load_session(self, adapter: int) -> object:
+        if self.merged_adapter is not None:
+            name = self.adapter_names[self.merged_adapter]
+        else:
+            name = "base" if adapter < 0 else self.adapter_names[adapter]
+        key = GraphKey(adapter=name, **self._base_key)
+        path, manifest = self._cache.graph(key, lambda target: self._build(adapter, target))
+        self._kept_fp32 = manifest.get("kept_fp32", [])
+        if self.quantize:
+            log.info("%s int8 graph: matmuls kept fp32 in %s", name, ", ".join(self._kept_fp32) or "none")
+        options = self._ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            return self._ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelLoadError(f"{path}: ONNX Runtime cannot load the {self._family} graph ({exc})") from exc
+
+    def _build(self, adapter: int, target: Path) -> dict:
+        module = self._module
+        assert module is not None, "graphs are built from the module, which is kept while more may be needed"
+        if adapter >= 0:  # a copy with this task's adapter folded in; the shared module keeps them all
+            module = copy.deepcopy(module)
+            module.merge_adapter(adapter)
+        plain = target if not self.quantize else target.with_name("fp32.onnx")
+        try:
+            export_graph(module, plain)
+        except Exception as exc:  # the exporter's many error types all mean the same here
+            raise ModelLoadError(
+                f"the {self._family} model cannot be exported to ONNX ({type(exc).__name__}: {exc}); "
+                "use backend='torch'"
+            ) from exc
+        if not self.quantize:
+            return {}
+        kept = quantize_int8(plain, target)
+        for leftover in target.parent.glob("fp32.onnx*"):
+            leftover.unlink()
+        return {"kept_fp32": kept}
+
+
+def _embedkit_version() -> str:
+    from embedkit import __version__
+
+    return __version__
