@@ -136,6 +136,8 @@ class OnnxModel:
         return torch.from_numpy(self._session(adapter).run(None, feed)[0])
 
     def _session(self, adapter: int) -> object:
+        if self.merged_adapter is not None:  # the module's weights already carry that adapter
+            adapter = -1
         session = self._sessions.get(adapter)
         if session is not None:
             return session
