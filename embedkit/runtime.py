@@ -695,7 +695,9 @@ def _choose_backend(
     """("torch" or "onnx", whether ONNX was asked for outright). An outright "onnx" or int8 that cannot
     be is an error; "auto" settles for torch."""
     where = "backend"
-    if backend is None:
+    if backend is None and quantize is not None:
+        backend = "onnx"  # asked for outright; the environment's default backend does not overrule it
+    elif backend is None:
         backend, where = os.environ.get(BACKEND_ENV, "auto"), f"${BACKEND_ENV}"
     if backend not in BACKENDS:
         raise InputError(f"{where}={backend!r}: expected one of {', '.join(BACKENDS)}")
