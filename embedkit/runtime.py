@@ -198,7 +198,7 @@ class LocalEmbedder(EmbedderBase):
     @property
     def _dtype_name(self) -> str:
         if self.backend == "onnx":
-            return "float32"  # int8 graphs keep float32 activations and outputs
+            return self.quantize or "float32"  # int8: the weights; activations and outputs stay float32
         return str(next(self._model.parameters()).dtype).removeprefix("torch.")
 
     @cached_property

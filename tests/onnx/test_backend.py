@@ -232,7 +232,7 @@ def test_an_unwritable_cache_is_a_clear_error(tiny_dir: Path, tmp_path: Path) ->
 def test_int8_keeps_quality_on_natural_text(minilm_dir: Path, tmp_path: Path) -> None:
     fp32 = onnx_load(minilm_dir, tmp_path)
     int8 = onnx_load(minilm_dir, tmp_path, quantize="int8")
-    assert int8.describe()["backend"] == "onnx int8" and int8.quantize == "int8"
+    assert int8.describe()["backend"] == "onnx int8" and int8.describe()["dtype"] == "int8" and int8.quantize == "int8"
     assert int8._model.kept_fp32 == [f"layers.{i}.mlp.down" for i in range(6)]
     chunker = Chunker(fp32, max_tokens=128)
     passages = [chunk.text for doc in load_directory(EXAMPLE_DOCS) for chunk in chunker.split(doc.text)]
