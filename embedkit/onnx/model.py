@@ -29,7 +29,6 @@ __all__ = ["NUM_THREADS_ENV", "OnnxModel", "import_onnxruntime", "intra_op_threa
 log = logging.getLogger(__name__)
 
 NUM_THREADS_ENV = "EMBEDKIT_NUM_THREADS"
-QUANTIZE_MODES = (None, "int8")
 PIP_HINT = "pip install 'embedkit[onnx]' (onnxruntime, onnx, onnxscript)"
 
 
@@ -68,12 +67,10 @@ class OnnxModel:
         family: str,
         model_dir: Path,
         weights_digest: str,
-        quantize: str | None = None,
+        quantize: str | None = None,  # None or "int8", as embedkit.load checked
         cache: GraphCache | None = None,
         threads: int | None = None,
     ) -> None:
-        if quantize not in QUANTIZE_MODES:
-            raise InputError(f"quantize={quantize!r}: expected one of {QUANTIZE_MODES}")
         self._ort = import_onnxruntime()
         # kept while another task's graph may still be exported from it; dropped once no more can be
         self._module: nn.Module | None = module.float().cpu().eval()
@@ -84,7 +81,6 @@ class OnnxModel:
         self.adapter_names: tuple[str, ...] = tuple(getattr(module, "adapter_names", ()))
         self.merged_adapter: int | None = getattr(module, "merged_adapter", None)
         self.config = module.config  # what the runtime reads of the model (hidden_size)
-        self.hidden_size = int(module.config.hidden_size)
         self._base_key = {
             "weights_digest": weights_digest,
             "config_digest": hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest(),
@@ -122,7 +118,7 @@ class OnnxModel:
         adapters = adapter_ids.tolist()
         if len(set(adapters)) == 1:
             return self._run(adapters[0], input_ids, attention_mask)
-        out = torch.empty((*input_ids.shape, self.hidden_size))
+        out = torch.empty((*input_ids.shape, self.config.hidden_size))
         for adapter in sorted(set(adapters)):
             rows = torch.tensor([i for i, a in enumerate(adapters) if a == adapter])
             out[rows] = self._run(adapter, input_ids[rows], attention_mask[rows])
