@@ -96,10 +96,8 @@ class LocalEmbedder(EmbedderBase):
         default_task: str | None = None,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-        backend: str = "torch",
     ) -> None:
         self._model = model  # the torch module, or an OnnxModel taking the same call
-        self.backend = backend
         self._family = family
         self._detection_reasons = tuple(detection_reasons)
         self._pipeline = pipeline
@@ -185,6 +183,11 @@ class LocalEmbedder(EmbedderBase):
             "backend": self._backend_label,
             "dtype": self._dtype_name,
         }
+
+    @property
+    def backend(self) -> str:
+        """ "onnx" when ONNX Runtime runs the model, else "torch"."""
+        return "onnx" if isinstance(self._model, OnnxModel) else "torch"
 
     @property
     def quantize(self) -> str | None:
@@ -664,7 +667,7 @@ def load(
     max_seq_length = _max_seq_length(pipeline, config, module, model_dir)
     runner: nn.Module | OnnxModel = module
     if chosen == "onnx":
-        runner, chosen = _onnx_runner(
+        runner = _onnx_runner(
             module, family, model_dir, table, default_task, quantize, onnx_cache_dir, required=onnx_required
         )
     return LocalEmbedder(
@@ -681,7 +684,6 @@ def load(
         prompts=prompts,
         default_task=default_task,
         batch_tokens=DEFAULT_CPU_BATCH_TOKENS if torch_device.type == "cpu" else DEFAULT_BATCH_TOKENS,
-        backend=chosen,
     )
 
 
@@ -735,7 +737,7 @@ def _onnx_runner(
     cache_dir: str | os.PathLike[str] | None,
     *,
     required: bool,
-) -> tuple[nn.Module | OnnxModel, str]:
+) -> nn.Module | OnnxModel:
     """The module wrapped for ONNX Runtime, its first graph ready; unless `required`, torch if it will not export."""
     first_adapter = table.adapter(default_task) if default_task is not None and table.adapters else -1
     try:
@@ -752,9 +754,9 @@ def _onnx_runner(
         if required:
             raise
         log.warning("backend auto: %s; running on torch instead", exc)
-        return module, "torch"
+        return module
     log.info("%s: running on ONNX Runtime%s, %d threads", model_dir, f" {quantize}" if quantize else "", runner.threads)
-    return runner, "onnx"
+    return runner
 
 
 def _merge_adapter(module: nn.Module, table: TaskTable, task: str | None) -> None:
