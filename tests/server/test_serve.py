@@ -229,3 +229,18 @@ def _read_response(sock) -> str:  # noqa: ANN001
     while len(body) < length and (chunk := sock.recv(4096)):
         body += chunk
     return (head + b"\r\n\r\n" + body).decode()
+
+
+def test_all_interfaces_without_a_key_is_warned_about(tmp_path) -> None:  # noqa: ANN001
+    from .conftest import start_server, stop_server
+
+    running = start_server(tmp_path, "--host", "0.0.0.0", api_key=None)
+    try:
+        assert "without an API key: anyone who can reach this port can use the model" in running.log()
+    finally:
+        stop_server(running)
+    local = start_server(tmp_path)  # the default: 127.0.0.1, with a key from the environment
+    try:
+        assert "Uvicorn running on http://127.0.0.1:" in local.log() and "without an API key" not in local.log()
+    finally:
+        stop_server(local)
