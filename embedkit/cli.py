@@ -63,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default: the model's limit, at most 512)")
     ingest.add_argument("--overlap", type=int, help="tokens repeated between neighbouring chunks (default: 1/8)")
     ingest.add_argument("--strategy", choices=STRATEGIES, default="auto", help="how to split (default: auto)")
+    ingest.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (default); ray: Ray Data actors (needs embedkit[ray])",
+    )
+    ingest.add_argument("--ray-address", help="with --engine ray: the cluster to join (default: start a local one)")
+    ingest.add_argument("--num-gpus", type=int, default=0, help="with --engine ray: GPU actors, one model per GPU")
+    ingest.add_argument("--actors", type=int, help="with --engine ray and no GPUs: CPU actors (default 1)")
     _add_backend_options(ingest)
     _add_store_options(ingest)
 
@@ -135,6 +144,11 @@ def _ingest(args: argparse.Namespace) -> int:
     for path in args.paths:
         if not os.path.exists(path):
             raise InputError(f"no such file or directory: {path}")
+    if args.engine == "ray":
+        return _ingest_ray(args, patterns)
+    for flag, given in (("--ray-address", args.ray_address), ("--num-gpus", args.num_gpus), ("--actors", args.actors)):
+        if given:
+            raise InputError(f"{flag} needs --engine ray")
     if args.tei_url:
         from embedkit.remote import TEIClient
 
@@ -161,14 +175,48 @@ def _ingest(args: argparse.Namespace) -> int:
             delete_missing=args.delete_missing,
             progress=False if args.quiet else None,
         )
-        print(f"{args.collection}: {report.summary()}; {sink.count()} points in the collection")
-        if not args.quiet:
-            print(report.table())
+        _print_report(args, report, sink)
     finally:
         sink.close()
+    return 0
+
+
+def _ingest_ray(args: argparse.Namespace, patterns: Sequence[str]) -> int:
+    from embedkit.distributed import ingest_ray
+
+    if args.tei_url:
+        raise InputError("--engine ray embeds with a local model in each actor; drop --tei-url or the engine")
+    sink = _sink(args)
+    try:
+        report = ingest_ray(
+            args.paths,
+            sink,
+            model=args.model,
+            load_options={"backend": args.backend, "quantize": args.quantize},
+            chunk_tokens=args.chunk_tokens,
+            overlap_tokens=args.overlap,
+            strategy=args.strategy,
+            patterns=patterns,
+            reembed=args.reembed,
+            on_error=args.on_error,
+            delete_missing=args.delete_missing,
+            num_gpus=args.num_gpus,
+            num_actors=args.actors,
+            ray_address=args.ray_address,
+            progress=False if args.quiet else None,
+        )
+        _print_report(args, report, sink)
+    finally:
+        sink.close()
+    return 0
+
+
+def _print_report(args: argparse.Namespace, report: Any, sink: Any) -> None:
+    print(f"{args.collection}: {report.summary()}; {sink.count()} points in the collection")
+    if not args.quiet:
+        print(report.table())
     for doc_id, reason in report.skipped:
         print(f"skipped {doc_id}: {reason}", file=sys.stderr)
-    return 0
 
 
 def _filters(pairs: Sequence[str]) -> dict[str, Any]:

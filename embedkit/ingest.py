@@ -117,15 +117,19 @@ def fingerprint(embedder: Embedder, *, task: str | None, dimensions: int | None,
 
 def load_directory(root: str | Path, patterns: Iterable[str] = DEFAULT_PATTERNS) -> Iterator[Document | Unreadable]:
     """Text files under `root` matching `patterns`, id = path relative to root with '/'."""
+    for path, doc_id in list_files(root, patterns):
+        yield read_document(path, doc_id)
+
+
+def list_files(root: str | Path, patterns: Iterable[str] = DEFAULT_PATTERNS) -> list[tuple[Path, str]]:
+    """(path, doc id) of the files load_directory reads, in its order."""
     base = Path(root)
     if not base.exists():
         raise InputError(f"no such file or directory: {base}")
     if base.is_file():
-        yield _read_file(base, base.name)
-        return
+        return [(base, base.name)]
     files = sorted({p for pattern in patterns for p in base.rglob(pattern) if p.is_file()})
-    for path in files:
-        yield _read_file(path, path.relative_to(base).as_posix())
+    return [(path, path.relative_to(base).as_posix()) for path in files]
 
 
 def load_jsonl(
@@ -176,7 +180,7 @@ class Unreadable:
     reason: str
 
 
-def _read_file(path: Path, doc_id: str) -> Document | Unreadable:
+def read_document(path: Path, doc_id: str) -> Document | Unreadable:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -199,10 +203,15 @@ def _as_document(item: Any, position: int) -> Document:
         doc = Document(str(item["id"]), item.get("text"), dict(item.get("metadata") or {}))  # type: ignore[arg-type]
     else:
         raise InputError(f"docs[{position}] is {type(item).__name__}; expected Document, dict or str")
+    return check_document(doc, f"docs[{position}] (id {doc.id!r})")
+
+
+def check_document(doc: Document, where: str) -> Document:
+    """`doc` if its text is a non-blank str, else an InputError naming `where`."""
     if not isinstance(doc.text, str):
-        raise InputError(f"docs[{position}] (id {doc.id!r}) text is {type(doc.text).__name__}, expected str")
+        raise InputError(f"{where} text is {type(doc.text).__name__}, expected str")
     if not doc.text.strip():
-        raise InputError(f"docs[{position}] (id {doc.id!r}) is empty")
+        raise InputError(f"{where} is empty")
     return doc
 
 

@@ -202,6 +202,16 @@ class QdrantSink:
                 counts[doc_id] += 1
         return counts
 
+    def hashed_points(self) -> Iterator[tuple[str, str, int]]:
+        """(doc_id, content_hash, chunk_count) of every point that carries a content hash, page by page.
+
+        A doc is complete when exactly chunk_count of its points carry the same hash; scale-out
+        ingestion folds these into one compact snapshot instead of asking per document.
+        """
+        hashed = models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key="content_hash"))])
+        for payload in self._payloads(["doc_id", "content_hash", "chunk_count"], hashed):
+            yield str(payload["doc_id"]), str(payload["content_hash"]), int(payload["chunk_count"])
+
     def _payloads(self, fields: list[str], scroll_filter: models.Filter | None = None) -> Iterator[dict[str, Any]]:
         """The listed payload fields of every point (matching `scroll_filter`), page by page."""
         offset = None

@@ -1,0 +1,182 @@
+"""Scale-out ingestion on a local Ray cluster gives exactly the single-process pipeline's collection.
+
+One local cluster (ray.init with this machine's CPUs) serves the module; each ingest_ray run starts
+its own actors, so every run here pays Ray's start-up (about 15 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedkit import InputError, MissingDependencyError
+from embedkit.ingest import ingest, load_directory, load_jsonl
+from embedkit.sinks.qdrant import QdrantSink
+from tests.conftest import EXAMPLE_DOCS
+
+ray = pytest.importorskip("ray")
+
+from embedkit.distributed import ingest_ray  # noqa: E402
+
+REPORTED = ("docs", "embedded", "unchanged", "chunks", "deleted", "deleted_docs", "tokens")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def points(sink: QdrantSink) -> dict[str, tuple[np.ndarray, dict]]:
+    found, offset = {}, None
+    while True:
+        page, offset = sink.client.scroll(sink.collection, limit=512, offset=offset, with_vectors=True)
+        found.update({str(p.id): (np.asarray(p.vector, dtype=np.float32), p.payload) for p in page})
+        if offset is None:
+            return found
+
+
+def assert_same_points(ours: QdrantSink, reference: QdrantSink) -> None:
+    a, b = points(ours), points(reference)
+    assert a.keys() == b.keys()
+    for point_id in a:
+        assert a[point_id][1] == b[point_id][1], point_id
+        # the same model on the same texts: Ray's batches need not change a single bit
+        np.testing.assert_array_equal(a[point_id][0], b[point_id][0], err_msg=point_id)
+
+
+def assert_same_report(ours, reference) -> None:
+    assert {k: getattr(ours, k) for k in REPORTED} == {k: getattr(reference, k) for k in REPORTED}
+    assert sorted(doc_id for doc_id, _ in ours.skipped) == sorted(doc_id for doc_id, _ in reference.skipped)
+
+
+def test_example_corpus_gives_the_single_process_points_and_a_rerun_embeds_nothing(cluster, minilm):
+    through_ray = QdrantSink("docs", location=":memory:")
+    single = QdrantSink("docs", location=":memory:")
+    report = ingest_ray(EXAMPLE_DOCS, through_ray, progress=False)
+    reference = ingest(load_directory(EXAMPLE_DOCS), minilm, single, progress=False)
+
+    assert report.embedded == 20 and report.chunks == 71
+    assert_same_report(report, reference)
+    assert_same_points(through_ray, single)
+    assert through_ray.recorded_fingerprint() == single.recorded_fingerprint()
+
+    again = ingest_ray(EXAMPLE_DOCS, through_ray, progress=False)
+    assert (again.docs, again.unchanged, again.embedded, again.chunks, again.tokens) == (20, 20, 0, 0, 0)
+    assert_same_points(through_ray, single)
+
+
+def write_corpus(root: Path, *, changed: bool) -> list[Path]:
+    """Markdown files plus a .jsonl with a bad line, an empty text, a number for text and a repeated id."""
+    docs = root / "docs"
+    shutil.copytree(EXAMPLE_DOCS, docs, dirs_exist_ok=True)
+    (docs / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    lines = [
+        {"id": "faq-1", "text": "Refunds take five business days.", "metadata": {"lang": "en", "n": 1}},
+        {"id": "faq-2", "text": "Ship worldwide except to Antarctica.", "topic": "shipping"},
+        {"id": "faq-3", "text": "   "},
+        {"id": "faq-4", "text": 42},
+        {"id": "faq-1", "text": "A repeated id."},
+    ]
+    if changed:
+        (docs / "volcanoes.md").write_text("# Volcanoes\n\nShort now: lava is molten rock.\n", encoding="utf-8")
+        (docs / "composting.md").unlink()
+        lines[1]["text"] = "We ship worldwide, Antarctica included."
+    jsonl = root / "faq.jsonl"
+    jsonl.write_text(
+        "\n".join([json.dumps(line) for line in lines[:2]] + ["{not json"] + [json.dumps(x) for x in lines[2:]]) + "\n",
+        encoding="utf-8",
+    )
+    return [docs, jsonl]
+
+
+def single_process(paths: list[Path], embedder, sink, **options):
+    from itertools import chain
+
+    docs = chain.from_iterable(load_jsonl(p) if p.suffix == ".jsonl" else load_directory(p) for p in paths)
+    return ingest(docs, embedder, sink, progress=False, **options)
+
+
+def test_changes_removals_and_bad_documents_match_the_single_process_run(cluster, minilm, tmp_path):
+    through_ray = QdrantSink("mixed", location=":memory:")
+    single = QdrantSink("mixed", location=":memory:")
+    first = write_corpus(tmp_path / "v1", changed=False)
+    for sink in (through_ray, single):
+        single_process(first, minilm, sink, on_error="skip")
+
+    second = write_corpus(tmp_path / "v2", changed=True)
+    report = ingest_ray(second, through_ray, on_error="skip", delete_missing=True, progress=False)
+    reference = single_process(second, minilm, single, on_error="skip", delete_missing=True)
+
+    # volcanoes.md and faq-2 changed, composting.md removed; the rest unchanged
+    assert (report.embedded, report.deleted_docs) == (2, 1) and report.unchanged == 19
+    assert report.deleted > 0  # volcanoes.md lost chunks
+    assert_same_report(report, reference)
+    reasons = dict(report.skipped)
+    assert "not UTF-8" in reasons["latin1.txt"]
+    assert "not a JSON line" in reasons[f"{second[1]}:3"]
+    assert "empty" in reasons["faq-3"] and "int" in reasons["faq-4"]
+    assert "already seen" in reasons["faq-1"]
+    assert_same_points(through_ray, single)
+
+
+def test_a_ray_dataset_source_with_metadata_as_json(cluster, minilm):
+    rows = [
+        {"id": f"note-{i}", "text": f"Note {i}: " + "tides follow the moon. " * (i + 1), "metadata": {"i": i}}
+        for i in range(1, 7)
+    ]
+    rows[2]["metadata"] = {"i": 3, "tags": ["sea", "moon"]}  # keys other rows lack stay absent
+    dataset = ray.data.from_items([{**row, "metadata": json.dumps(row["metadata"])} for row in rows])
+    through_ray = QdrantSink("notes", location=":memory:")
+    single = QdrantSink("notes", location=":memory:")
+    report = ingest_ray(dataset, through_ray, progress=False)
+    reference = ingest(rows, minilm, single, progress=False)
+    assert_same_report(report, reference)
+    assert_same_points(through_ray, single)
+
+
+def test_a_bad_document_stops_the_run_naming_it(cluster):
+    dataset = ray.data.from_items([{"id": "fine", "text": "Some text."}, {"id": "blank", "text": " "}])
+    sink = QdrantSink("stops", location=":memory:")
+    with pytest.raises(InputError, match="'blank' is empty") as caught:
+        ingest_ray(dataset, sink, progress=False, batch_docs=1)
+    assert caught.value.report.docs == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"on_error": "ignore"}, "on_error"),
+        ({"num_gpus": -1}, "num_gpus"),
+        ({"num_actors": 0}, "num_actors"),
+        ({"batch_docs": 0}, "batch_docs"),
+        ({"num_gpus": 1, "num_actors": 2}, "not both"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(options, message):
+    with pytest.raises(InputError, match=message):
+        ingest_ray(EXAMPLE_DOCS, QdrantSink("x", location=":memory:"), **options)
+
+
+def test_a_missing_path_is_named(cluster, tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        ingest_ray([tmp_path / "absent"], QdrantSink("x", location=":memory:"), progress=False)
+
+
+def test_without_ray_installed_the_error_says_what_to_install():
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from embedkit.distributed import ingest_ray\n"
+        "from embedkit.sinks.qdrant import QdrantSink\n"
+        "ingest_ray('x', QdrantSink('x', location=':memory:'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert MissingDependencyError.__name__ in result.stderr and "embedkit[ray]" in result.stderr
