@@ -180,3 +180,39 @@ def test_without_ray_installed_the_error_says_what_to_install():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert MissingDependencyError.__name__ in result.stderr and "embedkit[ray]" in result.stderr
+
+
+def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("embedkit", path=str(Path(sys.executable).parent))
+    assert exe, f"the embedkit console script is installed beside {sys.executable}"
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_cli_engine_ray_then_local_finds_it_complete_and_search_works(tmp_path):
+    # the command starts (and stops) its own local cluster: no cluster fixture here
+    through_ray = run_cli(tmp_path, "ingest", str(EXAMPLE_DOCS), "--collection", "kb", "--quiet", "--engine", "ray")
+    assert through_ray.returncode == 0, through_ray.stderr
+    assert "20 docs (20 embedded, 0 unchanged, 0 skipped), 71 chunks upserted" in through_ray.stdout
+    # the single-process engine agrees that everything is stored: same ids and content hashes
+    local = run_cli(tmp_path, "ingest", str(EXAMPLE_DOCS), "--collection", "kb", "--quiet")
+    assert local.returncode == 0, local.stderr
+    assert "(0 embedded, 20 unchanged" in local.stdout and "71 points in the collection" in local.stdout
+    found = run_cli(tmp_path, "search", "how do I reset my password", "--collection", "kb", "-k", "1")
+    assert found.returncode == 0 and "password-reset.md" in found.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--num-gpus", "1"), "--num-gpus needs --engine ray"),
+        (("--actors", "2"), "--actors needs --engine ray"),
+        (("--engine", "ray", "--tei-url", "http://127.0.0.1:9"), "drop --tei-url"),
+        (("--engine", "ray", "--num-gpus", "1", "--actors", "2"), "not both"),
+    ],
+)
+def test_cli_engine_flags_are_checked(tmp_path, capsys, args, message):
+    from embedkit.cli import main
+
+    code = main(["ingest", str(EXAMPLE_DOCS), "--collection", "kb", "--qdrant-path", str(tmp_path / "q"), *args])
+    assert code == 1 and message in capsys.readouterr().err
