@@ -106,12 +106,18 @@ def ingest_ray(
     owns_cluster = not ray.is_initialized()
     if owns_cluster:
         ray.init(address=ray_address, include_dashboard=False, logging_level=logging.WARNING)
+    elif ray_address is not None:
+        log.warning("already connected to a Ray cluster; ray_address=%r is not used", ray_address)
     context = ray.data.DataContext.get_current()
     saved = (context.execution_options.preserve_order, context.enable_progress_bars)
     show = sys.stderr.isatty() if progress is None else progress
     # documents reach the driver in source order, so "first occurrence wins" for a repeated id holds
     context.execution_options.preserve_order = True
     context.enable_progress_bars = show
+    data_log = logging.getLogger("ray.data")
+    saved_level = data_log.level
+    if not show:  # quiet means quiet: no per-dataset execution plans either
+        data_log.setLevel(logging.WARNING)
     try:
         gpus = int(num_gpus)
         actors = gpus or num_actors or 1
@@ -155,6 +161,7 @@ def ingest_ray(
         raise
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = saved
+        data_log.setLevel(saved_level)
         if owns_cluster:
             ray.shutdown()
 
@@ -180,14 +187,14 @@ def _check_options(
 ) -> None:
     if on_error not in ("raise", "skip"):
         raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    for name, value, least in (
-        ("num_gpus", num_gpus, 0),
-        ("num_actors", num_actors, 1),
-        ("cpus_per_actor", cpus_per_actor, 1),
-        ("prepare_actors", prepare_actors, 1),
-        ("batch_docs", batch_docs, 1),
+    for name, value, least, optional in (
+        ("num_gpus", num_gpus, 0, False),
+        ("num_actors", num_actors, 1, True),
+        ("cpus_per_actor", cpus_per_actor, 1, True),
+        ("prepare_actors", prepare_actors, 1, True),
+        ("batch_docs", batch_docs, 1, False),
     ):
-        if value is None and name != "num_gpus" and name != "batch_docs":
+        if value is None and optional:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise InputError(f"{name} must be an int >= {least}, got {value!r}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedkit import InputError, MissingDependencyError
+from embedkit import InputError, MissingDependencyError, ModelLoadError
 from embedkit.ingest import ingest, load_directory, load_jsonl
 from embedkit.sinks.qdrant import QdrantSink
 from tests.conftest import EXAMPLE_DOCS
@@ -165,6 +165,13 @@ def test_a_bad_document_stops_the_run_naming_it(cluster):
 def test_bad_options_are_refused_before_any_work(options, message):
     with pytest.raises(InputError, match=message):
         ingest_ray(EXAMPLE_DOCS, QdrantSink("x", location=":memory:"), **options)
+
+
+def test_a_model_that_cannot_load_raises_its_own_error_not_rays(cluster, tmp_path):
+    sink = QdrantSink("x", location=":memory:")
+    with pytest.raises(ModelLoadError, match="no such model directory"):
+        ingest_ray(EXAMPLE_DOCS, sink, model=tmp_path / "absent", progress=False)
+    assert not sink.exists()  # nothing created before the model was known
 
 
 def test_a_missing_path_is_named(cluster, tmp_path):
