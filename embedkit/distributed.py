@@ -37,8 +37,9 @@ from embedkit.ingest import (
     IngestReport,
     Unreadable,
     _content_hash,
+    _finish,
     _Pending,
-    _Writer,
+    _writing,
     check_document,
     fingerprint,
     list_files,
@@ -524,8 +525,7 @@ def _write(
     report = IngestReport()
     seen: set[bytes] = set()
     kept_ids: list[str] | None = [] if delete_missing else None
-    writer = _Writer(sink, report)
-    try:
+    with _writing(sink, report, started) as writer:
         with tqdm(desc="ingest (ray)", unit="doc", disable=not show) as bar:
             for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
                 pending: list[_Pending] = []
@@ -556,16 +556,4 @@ def _write(
                 if pending:
                     writer.put(pending, np.concatenate(vectors))
                 bar.update(len(batch["id"]))
-        writer.close()
-    except BaseException as error:
-        also = writer.stop()
-        if also is not None and also is not error:
-            log.warning("the writer also failed while stopping: %s", also)
-        report.seconds = time.perf_counter() - started
-        error.report = report  # type: ignore[attr-defined]
-        raise
-    if kept_ids is not None:
-        removed = sink.delete_docs_except(set(kept_ids))
-        report.deleted_docs, report.deleted = removed[0], report.deleted + removed[1]
-    report.seconds = time.perf_counter() - started
-    return report
+    return _finish(sink, report, kept_ids, started)

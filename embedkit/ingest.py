@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -349,7 +350,6 @@ def ingest(
     pending: list[_Pending] = []
     pending_tokens = 0
     show = sys.stderr.isatty() if progress is None else progress
-    writer = _Writer(sink, report)
 
     def flush() -> None:
         nonlocal pending, pending_tokens
@@ -378,7 +378,7 @@ def ingest(
                 flush()
         candidates.clear()
 
-    try:
+    with _writing(sink, report, started) as writer:
         with tqdm(desc="ingest", unit="doc", disable=not show) as bar:
             for position, item in enumerate(docs):
                 report.docs += 1
@@ -406,14 +406,28 @@ def ingest(
                     bar.set_postfix(chunks=report.chunks, tokens_per_s=f"{report.tokens / elapsed:.0f}")
             check()
             flush()
+    return _finish(sink, report, kept_ids, started)
+
+
+@contextmanager
+def _writing(sink: Sink, report: IngestReport, started: float) -> Iterator[_Writer]:
+    """A writer for one run's batches. Leaving waits for every write; an error leaving (the run's or the
+    sink's) first lets the queued writes finish, then carries `.report`: what was written before it stopped."""
+    writer = _Writer(sink, report)
+    try:
+        yield writer
         writer.close()  # waits for the last writes; raises the sink's error if one stopped it
     except BaseException as error:
         also = writer.stop()  # let the writes already queued finish, so the report says what is stored
         if also is not None and also is not error:  # the first error is raised; the writer's is logged
             log.warning("the writer also failed while stopping: %s", also)
         report.seconds = time.perf_counter() - started
-        error.report = report  # type: ignore[attr-defined]  # what was written before it stopped
+        error.report = report  # type: ignore[attr-defined]
         raise
+
+
+def _finish(sink: Sink, report: IngestReport, kept_ids: list[str] | None, started: float) -> IngestReport:
+    """After every write: remove the docs this run did not see (delete_missing), and stop the clock."""
     if kept_ids is not None:
         removed = sink.delete_docs_except(set(kept_ids))
         report.deleted_docs, report.deleted = removed[0], report.deleted + removed[1]
