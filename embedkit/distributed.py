@@ -351,25 +351,16 @@ def _read(
         return source.map_batches(_rows_to_docs, fn_kwargs=columns, batch_format="pyarrow", num_cpus=0)
     paths: list[Path] = source
     files: list[dict[str, str]] = []
-    parquet: list[str] = []
     for path in paths:
-        if path.suffix == ".parquet":
-            parquet.append(str(path))
-        elif path.suffix == ".jsonl":
-            files.append({"path": str(path), "doc_id": "", "kind": "jsonl"})
+        if path.suffix in (".jsonl", ".parquet"):
+            files.append({"path": str(path), "doc_id": "", "kind": path.suffix[1:]})
         else:
             files.extend({"path": str(p), "doc_id": i, "kind": "text"} for p, i in list_files(path, patterns))
-    parts = []
-    if files:
-        # one row per file; a task reads its files with the single-process loaders (same ids, same errors)
-        listing = ray.data.from_items(files, override_num_blocks=min(len(files), 256))
-        parts.append(listing.map_batches(_files_to_docs, batch_size=1, batch_format="numpy", num_cpus=0))
-    if parquet:
-        parquet_docs = ray.data.read_parquet(parquet, num_cpus=0)
-        parts.append(parquet_docs.map_batches(_rows_to_docs, fn_kwargs=columns, batch_format="pyarrow", num_cpus=0))
-    if not parts:
+    if not files:
         raise InputError(f"no files matching {', '.join(patterns)} under {', '.join(map(str, paths))}")
-    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    # one row per file; a task reads its file with the single-process loaders (same ids, same errors)
+    listing = ray.data.from_items(files, override_num_blocks=min(len(files), 256))
+    return listing.map_batches(_files_to_docs, fn_kwargs=columns, batch_size=1, batch_format="numpy", num_cpus=0)
 
 
 def _doc_rows(items: Iterable[Document | Unreadable]) -> dict[str, np.ndarray]:
@@ -388,12 +379,18 @@ def _doc_rows(items: Iterable[Document | Unreadable]) -> dict[str, np.ndarray]:
     return {column: np.array(values, dtype=object) for column, values in rows.items()}
 
 
-def _files_to_docs(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+def _files_to_docs(batch: dict[str, np.ndarray], **columns: str | None) -> Iterator[dict[str, np.ndarray]]:
     for path, doc_id, kind in zip(batch["path"], batch["doc_id"], batch["kind"], strict=True):
         if kind == "jsonl":
-            loaded = load_jsonl(path)
+            loaded = load_jsonl(path, **columns)  # type: ignore[arg-type]
             while window := list(islice(loaded, 1024)):
                 yield _doc_rows(window)
+        elif kind == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            for record_batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+                yield _rows_to_docs(pa.Table.from_batches([record_batch]), **columns)  # type: ignore[arg-type]
         else:
             yield _doc_rows([read_document(Path(path), str(doc_id))])
 

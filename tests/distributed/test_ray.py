@@ -144,6 +144,25 @@ def test_a_ray_dataset_source_with_metadata_as_json(cluster, minilm):
     assert_same_points(through_ray, single)
 
 
+def test_parquet_files_with_struct_metadata(cluster, minilm, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"id": f"p{i}", "text": f"Paragraph {i}. " + "Glaciers carve valleys slowly. " * i, "metadata": {"part": i}}
+        for i in range(1, 9)
+    ]
+    for half, part in enumerate((rows[:4], rows[4:])):  # two files: two read tasks
+        pq.write_table(pa.Table.from_pylist(part), tmp_path / f"part-{half}.parquet")
+    through_ray = QdrantSink("parquet", location=":memory:")
+    single = QdrantSink("parquet", location=":memory:")
+    report = ingest_ray(sorted(tmp_path.glob("*.parquet")), through_ray, progress=False)
+    reference = ingest(rows, minilm, single, progress=False)
+    assert report.embedded == 8
+    assert_same_report(report, reference)
+    assert_same_points(through_ray, single)
+
+
 def test_a_bad_document_stops_the_run_naming_it(cluster):
     dataset = ray.data.from_items([{"id": "fine", "text": "Some text."}, {"id": "blank", "text": " "}])
     sink = QdrantSink("stops", location=":memory:")
