@@ -42,6 +42,7 @@ from embedkit.ingest import (
     _writing,
     check_document,
     fingerprint,
+    id_key,
     list_files,
     load_jsonl,
     read_document,
@@ -120,7 +121,7 @@ def ingest_ray(
     if not show:  # quiet means quiet: no per-dataset execution plans either
         data_log.setLevel(logging.WARNING)
     try:
-        gpus = int(num_gpus)
+        gpus = num_gpus
         actors = gpus or num_actors or 1
         cpus = cpus_per_actor or (1 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // actors))
         docs = _read(ray, source, tuple(patterns), id_field, text_field, metadata_field)
@@ -447,7 +448,6 @@ class _Prepare:
         )
         if self._chunker.settings != settings:  # would give other chunks and hashes than the driver's plan
             raise RuntimeError(f"chunker settings {self._chunker.settings} differ from the plan's {settings}")
-        self._settings = settings
         self._fingerprint = fingerprint
         self._complete = ray.get(complete) if isinstance(complete, ray.ObjectRef) else complete
 
@@ -458,7 +458,7 @@ class _Prepare:
             status, content_hash, chunks = "bad", "", []
             if not error:
                 doc = Document(str(doc_id), str(text), json.loads(metadata))
-                content_hash = _content_hash(doc, self._settings, self._fingerprint)
+                content_hash = _content_hash(doc, self._chunker.settings, self._fingerprint)
                 key = np.array(_doc_key(doc.id, content_hash), dtype=_KEY)
                 at = int(np.searchsorted(self._complete, key))
                 if at < len(self._complete) and self._complete[at] == key:
@@ -531,7 +531,7 @@ def _write(
                     report.docs += 1
                     doc_id, status = str(batch["id"][row]), batch["status"][row]
                     reason = batch["error"][row] if status == "bad" else ""
-                    key = hashlib.blake2b(doc_id.encode(), digest_size=8).digest()
+                    key = id_key(doc_id)
                     if not reason and key in seen:
                         reason = f"doc id {doc_id!r} was already seen in this run"
                     if reason:

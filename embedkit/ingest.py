@@ -216,6 +216,11 @@ def check_document(doc: Document, where: str) -> Document:
     return doc
 
 
+def id_key(doc_id: str) -> bytes:
+    """8 bytes standing for a doc id in a run's set of ids seen (duplicates, delete_missing), compactly."""
+    return hashlib.blake2b(doc_id.encode(), digest_size=8).digest()
+
+
 def _content_hash(doc: Document, settings: dict[str, Any], print_: dict[str, Any]) -> str:
     blob = json.dumps([doc.text, doc.metadata, settings, print_], sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -384,7 +389,7 @@ def ingest(
                 report.docs += 1
                 try:
                     doc = _as_document(item, position)
-                    key = hashlib.blake2b(doc.id.encode(), digest_size=8).digest()
+                    key = id_key(doc.id)
                     if key in seen:
                         raise InputError(f"docs[{position}]: doc id {doc.id!r} was already seen in this run")
                     seen.add(key)
@@ -422,7 +427,7 @@ def _writing(sink: Sink, report: IngestReport, started: float) -> Iterator[_Writ
         if also is not None and also is not error:  # the first error is raised; the writer's is logged
             log.warning("the writer also failed while stopping: %s", also)
         report.seconds = time.perf_counter() - started
-        error.report = report  # type: ignore[attr-defined]
+        error.report = report  # type: ignore[attr-defined]  # what was written before it stopped
         raise
 
 
