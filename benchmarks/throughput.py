@@ -87,7 +87,9 @@ def jina_v3_dir(workdir: Path) -> Path:
 
     target = workdir / "jina-v3"
     config = JinaEmbeddingsV3Config(
-        vocab_size=250002,
+        # the borrowed tokenizer's size: embedkit refuses a table far past its tokenizer (a sign of a
+        # missing or foreign tokenizer); only the embedding lookup shrinks, not the FLOPs measured
+        vocab_size=_vocab_size(_xlmr_tokenizer()),
         hidden_size=1024,
         num_hidden_layers=24,
         num_attention_heads=16,
@@ -107,7 +109,7 @@ def qwen3_dir(workdir: Path) -> Path:
 
     target = workdir / "qwen3-0.6b"
     config = Qwen3Config(
-        vocab_size=151669,
+        vocab_size=_vocab_size(_qwen_tokenizer()),  # as for jina-v3 above
         hidden_size=1024,
         num_hidden_layers=28,
         num_attention_heads=16,
@@ -121,6 +123,12 @@ def qwen3_dir(workdir: Path) -> Path:
     Qwen3Model(config).save_pretrained(target)
     _with_st_files(target, 1024, "lasttoken", 8192, _qwen_tokenizer())
     return target
+
+
+def _vocab_size(tokenizer_dir: Path) -> int:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
 
 
 def _xlmr_tokenizer() -> Path:

@@ -13,7 +13,16 @@ import numpy as np
 
 from embedkit.errors import InputError
 
-__all__ = ["Embedder", "EmbedderBase", "validate_texts", "iter_windows", "check_dimensions", "postprocess"]
+__all__ = [
+    "Embedder",
+    "EmbedderBase",
+    "validate_text",
+    "check_encodable",
+    "validate_texts",
+    "iter_windows",
+    "check_dimensions",
+    "postprocess",
+]
 
 
 @runtime_checkable
@@ -49,8 +58,38 @@ class Embedder(Protocol):
     ) -> np.ndarray: ...
 
 
+def validate_text(text: object, index: int) -> str:
+    """Return `text` if it can be embedded, else raise InputError naming `texts[index]` (and `.index`).
+
+    A non-str, an empty string, and a str that cannot be encoded as UTF-8 (a lone surrogate such as
+    "\\ud800", which valid JSON may carry, e.g. half of a truncated emoji) are errors, the last naming the
+    character position.
+    """
+    if not isinstance(text, str):
+        raise InputError(f"texts[{index}] is {type(text).__name__}, expected str", index=index)
+    if text == "":
+        raise InputError(f"texts[{index}] is an empty string", index=index)
+    check_encodable(text, f"texts[{index}]", index=index)
+    return text
+
+
+def check_encodable(text: str, where: str, *, index: int | None = None) -> None:
+    """InputError naming `where` and the character position when `text` cannot be encoded as UTF-8.
+
+    Tokenizers and JSON bodies need UTF-8; caught here, the error names the text instead of surfacing
+    as a TypeError from inside the tokenizer, a failed request, or a lost batch of upserts.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"{where} cannot be encoded as UTF-8: lone surrogate {text[exc.start]!r} at character {exc.start}",
+            index=index,
+        ) from None
+
+
 def validate_texts(texts: Sequence[str]) -> list[str]:
-    """Return `texts` as a list, or raise InputError naming the first bad entry.
+    """Return `texts` as a list, or raise InputError naming the first bad entry (see `validate_text`).
 
     An empty list and empty strings are errors; whitespace-only text is valid and is embedded.
     """
@@ -61,17 +100,14 @@ def validate_texts(texts: Sequence[str]) -> list[str]:
     if len(texts) == 0:
         raise InputError("texts is empty: pass at least one string")
     for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InputError(f"texts[{index}] is {type(text).__name__}, expected str")
-        if text == "":
-            raise InputError(f"texts[{index}] is an empty string")
+        validate_text(text, index)
     return list(texts)
 
 
 def iter_windows(texts: Iterable[str], size: int) -> Iterator[list[str]]:
     """Consecutive lists of up to `size` texts drawn lazily from any iterable (a generator over
-    millions of texts included), each text checked as `validate_texts` does, with its index counted
-    over the whole stream. An empty stream yields nothing."""
+    millions of texts included), each text checked by `validate_text`, with its index counted over the
+    whole stream (InputError names it). An empty stream yields nothing."""
     if isinstance(texts, str):
         raise InputError("texts must be an iterable of strings, not a single str; wrap it as [text]")
     if not isinstance(texts, Iterable):
@@ -80,11 +116,7 @@ def iter_windows(texts: Iterable[str], size: int) -> Iterator[list[str]]:
         raise InputError(f"window size must be >= 1, got {size}")
     window: list[str] = []
     for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InputError(f"texts[{index}] is {type(text).__name__}, expected str")
-        if text == "":
-            raise InputError(f"texts[{index}] is an empty string")
-        window.append(text)
+        window.append(validate_text(text, index))
         if len(window) == size:
             yield window
             window = []

@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 import tenacity
 
-from embedkit.embedder import EmbedderBase, check_dimensions, iter_windows, postprocess, validate_texts
+from embedkit.embedder import EmbedderBase, check_dimensions, iter_windows, postprocess, validate_text, validate_texts
 from embedkit.errors import AuthError, InputError, RemoteError
 from embedkit.tasks import ALIASES, TaskTable, known_prompts
 
@@ -969,8 +969,11 @@ class AsyncTEIClient(_ClientBase):
         size = self._windows(window)
         if isinstance(texts, AsyncIterable):
             part: list[str] = []
+            index = 0
             async for text in texts:
-                part.append(text)
+                # checked here, as iter_windows does, so an error names the text's place in the whole stream
+                part.append(validate_text(text, index))
+                index += 1
                 if len(part) == size:
                     yield await self.embed(
                         part, task=task, dimensions=dimensions, normalize=normalize, truncate=truncate

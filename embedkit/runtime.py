@@ -18,7 +18,15 @@ import torch
 from tokenizers import Encoding, Tokenizer
 from torch import nn
 
-from embedkit.embedder import EmbedderBase, check_dimensions, iter_windows, postprocess, validate_texts
+from embedkit.embedder import (
+    EmbedderBase,
+    check_dimensions,
+    check_encodable,
+    iter_windows,
+    postprocess,
+    validate_text,
+    validate_texts,
+)
 from embedkit.errors import InputError, ModelLoadError
 from embedkit.hub import resolve_model_dir
 from embedkit.models.loading import assign_weights
@@ -308,7 +316,8 @@ class LocalEmbedder(EmbedderBase):
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Content tokens of each text, without special tokens or prompt, never truncated."""
-        return [len(e.ids) for e in self._untruncated.encode_batch(list(texts), add_special_tokens=False)]
+        texts = [validate_text(text, index) for index, text in enumerate(texts)]
+        return [len(e.ids) for e in self._untruncated.encode_batch(texts, add_special_tokens=False)]
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -450,6 +459,7 @@ class LocalEmbedder(EmbedderBase):
             )
         if not isinstance(text, str) or not text.strip():
             raise InputError("text must be a non-blank str")
+        check_encodable(text, "text")
         check_dimensions(dimensions, self._dimension, self._matryoshka)
         plan = self._plan(task, 1)
         prefix = plan.prefixes[0]
@@ -548,9 +558,38 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return names[dtype]
 
 
-def _load_tokenizer(model_dir: Path) -> Tokenizer:
+# the files AutoTokenizer builds a vocabulary from, in the order it prefers them; without any of them
+# transformers still gives a tokenizer, of the special tokens alone, that turns every word into [UNK]
+_TOKENIZER_FILES: tuple[tuple[str, ...], ...] = (
+    ("tokenizer.json",),
+    ("vocab.txt",),  # BERT WordPiece
+    ("vocab.json", "merges.txt"),  # byte-level BPE (RoBERTa, GPT-2, Qwen): useless without the merges
+    ("sentencepiece.bpe.model",),  # XLM-RoBERTa
+    ("spiece.model",),  # T5, ALBERT
+    ("spm.model",),  # DeBERTa-v2
+    ("tokenizer.model",),  # Llama, Mistral, Gemma
+)
+# tables are padded past the tokenizer to a multiple of 8, 64 or 128 rows, gte-Qwen2's by 290 (151646 tokens,
+# 151936 rows), phi-2's by 905, but never to twice the vocabulary: a tokenizer reaching under half the rows,
+# and more than this many short, is another model's, or transformers' special-tokens-only stand-in
+_UNREACHED_ROWS_ALLOWED = 128
+
+
+def _load_tokenizer(model_dir: Path) -> tuple[Tokenizer, Path]:
+    """The model's fast tokenizer and the file its vocabulary comes from.
+
+    Raises ModelLoadError when `model_dir` holds no vocabulary file (listing the names looked for)
+    or transformers cannot build a fast tokenizer from it.
+    """
     from transformers import AutoTokenizer
 
+    found = [model_dir / names[0] for names in _TOKENIZER_FILES if all((model_dir / name).is_file() for name in names)]
+    if not found:
+        looked_for = ", ".join(" + ".join(names) for names in _TOKENIZER_FILES)
+        raise ModelLoadError(
+            f"{model_dir}: no tokenizer files (looked for {looked_for}); copy the tokenizer files that were "
+            "published with these weights into the folder"
+        )
     try:
         # the transformers tokenizer, as sentence-transformers uses it, then its fast backend
         with warnings.catch_warnings():
@@ -563,21 +602,32 @@ def _load_tokenizer(model_dir: Path) -> Tokenizer:
     backend = getattr(hf_tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise ModelLoadError(f"{model_dir}: the tokenizer has no fast (tokenizers) backend")
-    return Tokenizer.from_str(backend.to_str())  # a private copy: we change its truncation settings
+    # a private copy: we change its truncation settings
+    return Tokenizer.from_str(backend.to_str()), found[0]
 
 
-def _check_vocabulary(tokenizer: Tokenizer, module: nn.Module, model_dir: Path) -> None:
-    """A tokenizer that makes ids past the embedding table reads out of bounds, or crashes mid-batch.
-    Fewer tokens than rows is normal (tables are padded to a multiple of 8 or 64)."""
+def _check_vocabulary(tokenizer: Tokenizer, module: nn.Module, source: Path) -> None:
+    """Raise ModelLoadError, naming `source` (the tokenizer file), when the tokenizer does not fit the
+    model's embedding table: ids past the table read out of bounds or crash mid-batch, and a vocabulary
+    reaching under half the rows is another model's (every text then embeds to nearly the same vector).
+    A few unreached rows are normal (tables are padded to a multiple of 8, 64 or 128)."""
     tables = [m for m in module.modules() if isinstance(m, nn.Embedding)]
     if not tables:
         return
     rows = tables[0].num_embeddings  # the word / token table comes first in every family
-    highest = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
+    ids = set(tokenizer.get_vocab(with_added_tokens=True).values())
+    highest = max(ids, default=-1)
     if highest >= rows:
         raise ModelLoadError(
-            f"{model_dir}: the tokenizer makes token ids up to {highest}, but the model's embedding table "
-            f"has {rows} rows; tokenizer.json does not belong to these weights"
+            f"{source}: the tokenizer makes token ids up to {highest}, but the model's embedding table "
+            f"has {rows} rows; the tokenizer does not belong to these weights"
+        )
+    unreached = rows - len(ids)
+    if len(ids) < rows / 2 and unreached > _UNREACHED_ROWS_ALLOWED:
+        raise ModelLoadError(
+            f"{source}: the tokenizer has {len(ids)} tokens, but the model's embedding table has {rows} rows; "
+            "the tokenizer does not belong to these weights (a published tokenizer leaves at most a few hundred "
+            "padding rows unused)"
         )
 
 
@@ -653,10 +703,10 @@ def load(
         detect_family(config, set(state), str(model_dir))
     assign_weights(module, state, layout, str(model_dir))
     module = module.to(device=torch_device, dtype=torch_dtype).eval()
-    tokenizer = _load_tokenizer(model_dir)
+    tokenizer, tokenizer_file = _load_tokenizer(model_dir)
     if hasattr(family_code, "prepare_tokenizer"):  # e.g. gte-Qwen2's missing end-of-text token
         tokenizer = family_code.prepare_tokenizer(tokenizer, config)
-    _check_vocabulary(tokenizer, module, model_dir)
+    _check_vocabulary(tokenizer, module, tokenizer_file)
     prompts = pipeline.prompts
     if not prompts and hasattr(family_code, "default_prompts"):  # e.g. Qwen's instruction form
         prompts = family_code.default_prompts(config)

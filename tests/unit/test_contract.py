@@ -19,11 +19,18 @@ from embedkit.tasks import TaskTable
         (["ok", None], r"texts\[1\] is NoneType"),
         (["ok", "fine", ""], r"texts\[2\] is an empty string"),
         (42, "must be a list of strings, got int"),
+        (["ok", "a \ud800"], r"texts\[1\] cannot be encoded as UTF-8: lone surrogate '\\ud800' at character 2"),
     ],
 )
 def test_bad_texts_are_named(texts: object, message: str) -> None:
     with pytest.raises(InputError, match=message):
         validate_texts(texts)  # type: ignore[arg-type]
+
+
+def test_bad_texts_carry_their_index() -> None:
+    with pytest.raises(InputError) as caught:
+        validate_texts(["ok", "fine", 3])  # type: ignore[list-item]
+    assert caught.value.index == 2
 
 
 def test_whitespace_only_text_is_valid() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -75,6 +76,81 @@ def test_tokenizer_that_does_not_match_the_vocabulary(tmp_path: Path, minilm_dir
     small = write_tiny_bert(tmp_path / "small-vocab", minilm_dir, vocab_size=1000)
     with pytest.raises(ModelLoadError, match="token ids up to 30521, but the model's embedding table has 1000 rows"):
         embedkit.load(small)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def test_a_folder_without_tokenizer_files_is_refused(tmp_path: Path, minilm_dir: Path) -> None:
+    """transformers would build a 5-token tokenizer of special tokens: every word [UNK], every text one vector."""
+    bare = tmp_path / "no-tokenizer"
+    shutil.copytree(minilm_dir, bare, ignore=shutil.ignore_patterns(*TOKENIZER_FILES))
+    message = re.escape(f"{bare}: no tokenizer files (looked for tokenizer.json, vocab.txt, vocab.json + merges.txt, ")
+    with pytest.raises(ModelLoadError, match=message):
+        embedkit.load(bare, device="cpu")
+    (bare / "vocab.json").write_text("{}")  # half of a BPE pair is not a tokenizer
+    with pytest.raises(ModelLoadError, match="no tokenizer files"):
+        embedkit.load(bare, device="cpu")
+    shutil.copy(minilm_dir / "vocab.txt", bare / "vocab.txt")  # WordPiece from vocab.txt alone still loads
+    assert embedkit.load(bare, device="cpu").tokenizer.get_vocab_size() == 30522
+
+
+def test_a_much_smaller_foreign_tokenizer_is_refused(tmp_path: Path, minilm_dir: Path) -> None:
+    """Another model's tokenizer.json (a 40-word vocabulary) over MiniLM's 30522-row table."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    foreign = tmp_path / "foreign-tokenizer"
+    shutil.copytree(minilm_dir, foreign, ignore=shutil.ignore_patterns(*TOKENIZER_FILES))
+    # with all of BERT's special tokens, so that transformers adds none (it would add a missing [MASK])
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"word{i}" for i in range(35)]
+    tokenizer = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(foreign / "tokenizer.json"))
+    message = re.escape(
+        f"{foreign / 'tokenizer.json'}: the tokenizer has 40 tokens, but the model's embedding table has 30522 rows"
+    )
+    with pytest.raises(ModelLoadError, match=message):
+        embedkit.load(foreign, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("tokens", "rows"),
+    [
+        (151646, 151936),  # gte-Qwen2: the table padded by 290 rows
+        (30522, 30528),  # nomic-bert: padded to a multiple of 64
+        (50295, 51200),  # phi-2: padded by 905 rows
+        (300, 320),  # tests/models/test_qwen.py's trained BPE
+        (10, 64),  # a tiny model whose table is padded to 64 rows
+        (128, 256),  # exactly half
+    ],
+)
+def test_padded_tables_pass(tokens: int, rows: int) -> None:
+    from tokenizers import Tokenizer, models
+
+    from embedkit.runtime import _check_vocabulary
+
+    tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(tokens)}, unk_token="t0"))
+    with torch.device("meta"):
+        _check_vocabulary(tokenizer, torch.nn.Embedding(rows, 1), Path("tokenizer.json"))
+
+
+@pytest.mark.parametrize(
+    ("tokens", "rows"),
+    [
+        (5, 30522),  # transformers' special-tokens-only BERT tokenizer over MiniLM's table
+        (800, 250002),  # a tiny test tokenizer over XLM-RoBERTa's table
+        (491, 151669),  # a tiny test tokenizer over Qwen3's table
+        (100, 300),  # under half, and 200 rows short
+    ],
+)
+def test_tables_far_past_the_vocabulary_are_refused(tokens: int, rows: int) -> None:
+    from tokenizers import Tokenizer, models
+
+    from embedkit.runtime import _check_vocabulary
+
+    tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(tokens)}, unk_token="t0"))
+    with torch.device("meta"), pytest.raises(ModelLoadError, match=rf"has {tokens} tokens, .* has {rows} rows"):
+        _check_vocabulary(tokenizer, torch.nn.Embedding(rows, 1), Path("m/tokenizer.json"))
 
 
 class _Payload:
