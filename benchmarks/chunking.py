@@ -1,16 +1,27 @@
-"""Chunking throughput against embedding throughput on the same markdown, in one run.
+"""Chunking throughput against embedding throughput on the same markdown, in one run; and the peak memory
+of chunking one large document.
 
     python benchmarks/chunking.py --megabytes 10
+    python benchmarks/chunking.py --memory 1 8
 
 Builds a markdown corpus of the requested size from examples/docs (documents repeated with numbered
 headings so no two are identical), chunks all of it with the default model's Chunker, then embeds a
 sample of the chunks to measure the embedder's speed on the same text, and prints both rates and
 how many times faster chunking is than embedding the same corpus would be.
+
+`--memory MB ...` instead chunks ONE markdown document of each size (the corpus joined) in a fresh
+subprocess and prints the split's peak RSS growth against the document's UTF-8 size: the peak is reset
+just before the split (`/proc/self/clear_refs`, Linux) and read after it (VmHWM), so it counts the
+tokenizer's native memory too, and neither loading the model nor building the text (ru_maxrss would count
+both, and start from the parent's RSS at fork). The subprocess chunks with the default model's
+`default_chunker`, as ingest does.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,11 +43,46 @@ def corpus(megabytes: float) -> list[str]:
     return docs
 
 
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith(key + ":"))
+
+
+def memory_child(megabytes: float) -> None:
+    """Chunk one document of `megabytes` and print: bytes, chunks, seconds, peak RSS growth in KiB."""
+    chunker = default_chunker(embedkit.load(device="cpu"))
+    chunker.split(corpus(0.01)[0])  # warm-up: the tokenizer's first-call allocations are not the split's
+    text = "\n\n".join(corpus(megabytes))
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # the peak (VmHWM) starts again from the RSS now
+    start = time.perf_counter()
+    chunks = chunker.split(text)
+    seconds = time.perf_counter() - start
+    print(len(text.encode()), len(chunks), f"{seconds:.2f}", _status_kib("VmHWM") - before)
+
+
+def memory(sizes: list[float]) -> None:
+    print("| document | chunks | seconds | peak RSS growth | x document size |")
+    print("|---|---:|---:|---:|---:|")
+    for megabytes in sizes:
+        command = [sys.executable, __file__, "--memory-child", str(megabytes)]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()
+        size, chunks, seconds, growth = int(out[0]), int(out[1]), float(out[2]), int(out[3]) * 1024
+        print(f"| {size / 1e6:.2f} MB | {chunks} | {seconds:.1f} | {growth / 2**20:.0f} MiB | {growth / size:.1f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=float, default=10.0)
     parser.add_argument("--embed-sample", type=int, default=256, help="chunks embedded to time the model")
+    parser.add_argument("--memory", type=float, nargs="+", metavar="MB", help="peak memory of one document each")
+    parser.add_argument("--memory-child", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_child is not None:
+        return memory_child(args.memory_child)
+    if args.memory:
+        return memory(args.memory)
 
     embedder = embedkit.load(device="cpu")
     chunker = default_chunker(embedder)
@@ -47,7 +93,7 @@ def main() -> None:
     chunks = [chunk for doc in docs for chunk in chunker.split(doc)]
     chunk_seconds = time.perf_counter() - start
 
-    sample = [chunk.text for chunk in chunks[: args.embed_sample]]
+    sample = [chunk.embedding_text for chunk in chunks[: args.embed_sample]]  # what ingest embeds
     embedder.embed(sample[:8])  # warm-up
     start = time.perf_counter()
     embedder.embed(sample)
