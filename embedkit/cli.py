@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,21 @@ from embedkit.errors import EmbedkitError, InputError, StoreError
 __all__ = ["main"]
 
 DEFAULT_QDRANT_PATH = "./qdrant"
+
+
+def _at_least(least: int) -> Any:
+    """An argparse type: an int >= `least`, else argparse's own one-line error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+
+    return parse
 
 
 def _add_backend_options(parser: argparse.ArgumentParser) -> None:
@@ -54,14 +70,33 @@ def _parser() -> argparse.ArgumentParser:
         "--pattern",
         dest="pattern",
         action="append",
-        help="files to take from directories (default: *.md, *.txt)",
+        help="files to take from directories (default: *.md, *.txt, *.rst; .jsonl files are read as records)",
     )
-    ingest.add_argument("--delete-missing", action="store_true", help="remove docs the source no longer has")
+    ingest.add_argument(
+        "--source",
+        help="name of the source the paths belong to (default: each path as given); doc ids are SOURCE/relative "
+        "path, so naming it keeps ids stable when the corpus moves",
+    )
+    ingest.add_argument(
+        "--include-hidden", action="store_true", help="also read hidden files and folders (.git/, .x.md)"
+    )
+    ingest.add_argument(
+        "--delete-missing", action="store_true", help="remove this source's stored docs that the source no longer has"
+    )
+    ingest.add_argument(
+        "--force-delete",
+        action="store_true",
+        help="with --delete-missing: delete even when a path yields no documents (everything of its source)",
+    )
     ingest.add_argument("--reembed", action="store_true", help="allow replacing vectors made by another embedder")
     ingest.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="bad documents: stop or skip")
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
-    ingest.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default: the model's limit, at most 512)")
-    ingest.add_argument("--overlap", type=int, help="tokens repeated between neighbouring chunks (default: 1/8)")
+    ingest.add_argument(
+        "--chunk-tokens", type=_at_least(1), help="tokens per chunk (default: the model's limit, at most 512)"
+    )
+    ingest.add_argument(
+        "--overlap", type=_at_least(0), help="tokens repeated between neighbouring chunks (default: 1/8)"
+    )
     ingest.add_argument("--strategy", choices=STRATEGIES, default="auto", help="how to split (default: auto)")
     ingest.add_argument(
         "--engine",
@@ -135,15 +170,12 @@ def _sink(args: argparse.Namespace):  # noqa: ANN202 - QdrantSink, imported lazi
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from itertools import chain
-
     from embedkit.chunking import default_chunker
-    from embedkit.ingest import DEFAULT_PATTERNS, ingest, load_directory, load_jsonl
+    from embedkit.ingest import DEFAULT_PATTERNS, ingest
+    from embedkit.sources import load_paths, source_of
 
     patterns = args.pattern or DEFAULT_PATTERNS
-    for path in args.paths:
-        if not os.path.exists(path):
-            raise InputError(f"no such file or directory: {path}")
+    _check_paths(args, patterns)
     if args.engine == "ray":
         return _ingest_ray(args, patterns)
     for flag, given in (("--ray-address", args.ray_address), ("--num-gpus", args.num_gpus), ("--actors", args.actors)):
@@ -161,24 +193,44 @@ def _ingest(args: argparse.Namespace) -> int:
         embedder, max_tokens=args.chunk_tokens, overlap_tokens=args.overlap, strategy=args.strategy
     )
     sink = _sink(args)
-    docs = chain.from_iterable(
-        load_jsonl(path) if path.endswith(".jsonl") else load_directory(path, patterns) for path in args.paths
-    )
+    docs = load_paths(args.paths, patterns, source=args.source, include_hidden=args.include_hidden)
     try:
         report = ingest(
             docs,
             embedder,
             sink,
             chunker=chunker,
+            sources=[args.source or source_of(path) for path in args.paths],
             reembed=args.reembed,
             on_error=args.on_error,
             delete_missing=args.delete_missing,
+            force_delete=args.force_delete,
             progress=False if args.quiet else None,
         )
         _print_report(args, report, sink)
     finally:
         sink.close()
     return 0
+
+
+def _check_paths(args: argparse.Namespace, patterns: Sequence[str]) -> None:
+    """Every path exists; one that yields no files is a warning, or with --delete-missing an error (deleting
+    everything its source stored because of a typo in --glob is not what anyone means) unless forced."""
+    from embedkit.sources import list_files
+
+    if args.force_delete and not args.delete_missing:
+        raise InputError("--force-delete goes with --delete-missing")
+    for path in args.paths:
+        if not os.path.exists(path):
+            raise InputError(f"no such file or directory: {path}")
+        if os.path.isdir(path) and not list_files(path, patterns, include_hidden=args.include_hidden):
+            what = f"{path} holds no files matching {', '.join(patterns)}"
+            if args.delete_missing and not args.force_delete:
+                raise InputError(
+                    f"{what}; with --delete-missing that would delete its whole source (nothing was deleted). "
+                    "Check the path and --glob (patterns are case-sensitive), or add --force-delete"
+                )
+            print(f"embedkit ingest: warning: {what}", file=sys.stderr)
 
 
 def _ingest_ray(args: argparse.Namespace, patterns: Sequence[str]) -> int:
@@ -200,6 +252,9 @@ def _ingest_ray(args: argparse.Namespace, patterns: Sequence[str]) -> int:
             reembed=args.reembed,
             on_error=args.on_error,
             delete_missing=args.delete_missing,
+            force_delete=args.force_delete,
+            source_name=args.source,
+            include_hidden=args.include_hidden,
             num_gpus=args.num_gpus,
             num_actors=args.actors,
             ray_address=args.ray_address,
@@ -215,22 +270,42 @@ def _print_report(args: argparse.Namespace, report: Any, sink: Any) -> None:
     print(f"{args.collection}: {report.summary()}; {sink.count()} points in the collection")
     if not args.quiet:
         print(report.table())
-    for doc_id, reason in report.skipped:
-        print(f"skipped {doc_id}: {reason}", file=sys.stderr)
+    for where, reason in report.skipped:
+        print(f"skipped {where}: {reason}" if not reason.startswith(where) else f"skipped {reason}", file=sys.stderr)
 
 
-def _filters(pairs: Sequence[str]) -> dict[str, Any]:
-    """KEY=VALUE pairs as a metadata filter; a key given twice accepts either value."""
-    out: dict[str, Any] = {}
+def _filters(pairs: Sequence[str]) -> dict[str, list[Any]]:
+    """KEY=VALUE pairs as a filter for QdrantSink.search: each key to the values its text may have been
+    stored as (see `_readings`); a key given twice accepts either value. Keys are passed on as given:
+    doc_id and source name embedkit's own fields, metadata.KEY or any other KEY a metadata key."""
+    out: dict[str, list[Any]] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise InputError(f"--filter {pair!r}: expected KEY=VALUE")
-        parsed: Any = int(value) if value.lstrip("-").isdigit() else value
-        out[key] = (
-            [*out[key], parsed] if isinstance(out.get(key), list) else ([out[key], parsed] if key in out else parsed)
-        )
+        accepted = out.setdefault(key, [])
+        accepted.extend(reading for reading in _readings(value) if not _listed(reading, accepted))
     return out
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")  # as JSON writes numbers: no nan, inf, 1_000
+
+
+def _readings(value: str) -> list[str | int | float | bool]:
+    """What a value typed on the command line may have been stored as in JSON: the string itself, and
+    the boolean (true / false, any case) or the number it spells. `year=2024` then finds "2024" and
+    2024, `draft=true` finds true and "true", `score=0.5` finds 0.5."""
+    readings: list[str | int | float | bool] = [value]
+    if value.lower() in ("true", "false"):
+        readings.append(value.lower() == "true")
+    elif _NUMBER.fullmatch(value):
+        readings.append(int(value) if re.fullmatch(r"[+-]?\d+", value) else float(value))
+    return readings
+
+
+def _listed(value: Any, accepted: list[Any]) -> bool:
+    # by type too: 1 == True and 1 == 1.0 in Python, but each matches different stored values
+    return any(type(value) is type(other) and value == other for other in accepted)
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -238,6 +313,7 @@ def _search(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise InputError(f"-k must be at least 1, got {args.k}")
+    metadata_filter = _filters(args.filter)  # a malformed --filter fails before the model loads
     sink = _sink(args)
     try:
         if not sink.exists():
@@ -247,7 +323,7 @@ def _search(args: argparse.Namespace) -> int:
         quantize = args.quantize or recorded.get("quantize")  # queries as the collection's vectors were made
         embedder = load(args.model or recorded.get("model_id"), backend=args.backend, quantize=quantize)
         vector = embedder.embed_query(args.query, dimensions=recorded.get("dimensions"))
-        hits = sink.search(vector, args.k, metadata_filter=_filters(args.filter))
+        hits = sink.search(vector, args.k, metadata_filter=metadata_filter)
     finally:
         sink.close()
     for rank, hit in enumerate(hits, 1):
@@ -256,10 +332,22 @@ def _search(args: argparse.Namespace) -> int:
             print(json.dumps({"rank": rank, "score": hit.score, "id": hit.id, **payload}, ensure_ascii=False))
             continue
         snippet = " ".join(str(payload.get("page_content", "")).split())[:160]
-        print(f"{rank}. {hit.score:.4f}  {payload.get('doc_id')} [chunk {payload.get('chunk_index')}]\n   {snippet}")
+        print(f"{rank}. {hit.score:.4f}  {_label(hit)}\n   {snippet}")
     if not hits:
         print("no results", file=sys.stderr)
     return 0
+
+
+def _label(hit: Any) -> str:
+    """Which chunk a hit is: its doc and chunk index, or for a point another tool wrote (langchain-qdrant's
+    add_texts stores only page_content and metadata) its point id and its metadata's source, if any."""
+    payload = hit.payload
+    if payload.get("doc_id") is not None:
+        index = payload.get("chunk_index")
+        return f"{payload['doc_id']}" + (f" [chunk {index}]" if index is not None else "")
+    metadata = payload.get("metadata")
+    source = metadata.get("source") if isinstance(metadata, dict) else None
+    return f"point {hit.id}" + (f" (source {source})" if source is not None else "")
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -327,6 +415,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmbedkitError as exc:
         print(f"embedkit {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as interrupt:
+        print(f"embedkit {args.command}: {_interrupted(args.command, interrupt)}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+
+
+def _interrupted(command: str, interrupt: KeyboardInterrupt) -> str:
+    """One line for a Ctrl-C: for ingest, what the run stored before it stopped (the pipeline attaches
+    its IngestReport as `.report`) and that running it again resumes, as every complete doc is skipped."""
+    if command != "ingest":
+        return "interrupted"
+    report = getattr(interrupt, "report", None)
+    stored = ""
+    if report is not None:
+        stored = f"; {report.embedded} docs stored complete before it stopped ({report.summary()})"
+    return f"interrupted{stored}; run the same command again to resume where it stopped"
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ embedded Qdrant store can be opened by one process only; see docs/scale.md for w
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,22 +33,27 @@ from tqdm import tqdm
 from embedkit.chunking import Chunk, Chunker, Strategy, default_chunker
 from embedkit.errors import EmbedkitError, InputError, MissingDependencyError
 from embedkit.ingest import (
-    DEFAULT_PATTERNS,
-    Document,
     IngestReport,
-    Unreadable,
     _content_hash,
-    _finish,
     _Pending,
+    _Run,
     _writing,
-    check_document,
     fingerprint,
-    id_key,
-    list_files,
-    load_jsonl,
-    read_document,
+    open_collection,
+    probe_vectors,
 )
 from embedkit.sinks.base import Sink
+from embedkit.sources import (
+    DEFAULT_PATTERNS,
+    Document,
+    Unreadable,
+    check_document,
+    list_files,
+    load_jsonl,
+    qualify,
+    read_document,
+    source_of,
+)
 
 __all__ = ["ingest_ray", "DEFAULT_BATCH_DOCS"]
 
@@ -74,6 +80,9 @@ def ingest_ray(
     reembed: bool = False,
     on_error: Literal["raise", "skip"] = "raise",
     delete_missing: bool = False,
+    force_delete: bool = False,
+    source_name: str | None = None,
+    include_hidden: bool = False,
     num_gpus: int = 0,
     num_actors: int | None = None,
     cpus_per_actor: int | None = None,
@@ -89,9 +98,12 @@ def ingest_ray(
 
     `source`: a ray.data.Dataset with `id_field`, `text_field` and optional `metadata_field` columns
     (metadata as a struct / map, or JSON text to keep it exactly: Arrow fills keys a row lacks with
-    null), or paths Ray can read: directories and text files (`patterns`, id = path relative to the
-    directory, as load_directory), .jsonl files (as load_jsonl) and .parquet files (columns as for a
-    Dataset). Each file is read by one task, so give large corpora as many files.
+    null), or paths Ray can read: directories and text files (`patterns`, ids and sources as
+    load_directory gives them, .jsonl files inside read as records), .jsonl files (as load_jsonl) and
+    .parquet files (columns as for a Dataset, ids qualified by the file's source). Each file is read
+    by one task, so give large corpora as many files. `source_name` names the source of every path (ids
+    stay the same when the corpus moves) or qualifies a Dataset's ids; `delete_missing` and
+    `force_delete` act on this run's sources as in embedkit.ingest.
 
     `model` and `load_options` (embedkit.load's keywords: dtype, backend, quantize, ...) are loaded
     once per actor. `num_gpus`: embed on that many GPU actors, one GPU each; with 0, on `num_actors`
@@ -102,8 +114,12 @@ def ingest_ray(
     """
     _check_options(on_error, num_gpus, num_actors, cpus_per_actor, prepare_actors, batch_docs)
     ray = _import_ray()
-    if not isinstance(source, ray.data.Dataset):
+    source_override = source_name
+    if isinstance(source, ray.data.Dataset):
+        sources: list[str] = [source_override or ""]
+    else:
         source = _source_paths(source)
+        sources = [source_override or source_of(path) for path in source]
     started = time.perf_counter()
     owns_cluster = not ray.is_initialized()
     if owns_cluster:
@@ -124,11 +140,12 @@ def ingest_ray(
         gpus = num_gpus
         actors = gpus or num_actors or 1
         cpus = cpus_per_actor or (1 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // actors))
-        docs = _read(ray, source, tuple(patterns), id_field, text_field, metadata_field)
+        listing = _Listing(patterns, source_override, include_hidden, id_field, text_field, metadata_field)
+        docs = _read(ray, source, listing)
         embedder = _Embedder(model, dict(load_options or {}), task, dimensions, normalize, threads=cpus)
         plan = _describe(ray, embedder, gpus, cpus, chunk_tokens, overlap_tokens, strategy)
-        print_ = plan["fingerprint"]
-        sink.prepare(print_["dimension"], print_, reembed=reembed)  # a mismatch fails before any work
+        # a mismatch fails before any work; hashes use the fingerprint the collection accepts
+        print_ = open_collection(sink, plan["fingerprint"], lambda: plan["probes"], reembed=reembed)
         complete = ray.put(_complete_keys(sink))
         prepared = docs.map_batches(
             _Prepare,
@@ -153,7 +170,10 @@ def ingest_ray(
             num_gpus=1 if gpus else 0,
             num_cpus=1 if gpus else cpus,
         )
-        return _write(embedded, sink, plan["dimension"], on_error, delete_missing, show, started)
+        run = _write(embedded, sink, plan["dimension"], on_error, show, started)
+        return run.finish(
+            sink, delete_missing=delete_missing, force_delete=force_delete, sources=sources, started=started
+        )
     except ray.exceptions.RayTaskError as error:
         cause = getattr(error, "cause", None)
         if isinstance(cause, EmbedkitError):  # an embedkit error inside an actor: raise it as itself
@@ -266,12 +286,14 @@ def _describe_on_worker(
     chunker = default_chunker(
         loaded, max_tokens=chunk_tokens, overlap_tokens=overlap_tokens, strategy=strategy, task=embedder.task
     )
-    probe = embedder.embed(loaded, ["dimension probe"])  # bad task / dimensions fail here, not mid-run
+    # bad task / dimensions fail here, not mid-run; the probes decide whether the collection accepts us
+    probes = probe_vectors(loaded, task=embedder.task, dimensions=embedder.dimensions, normalize=embedder.normalize)
     return {
         "fingerprint": fingerprint(
             loaded, task=embedder.task, dimensions=embedder.dimensions, normalize=embedder.normalize
         ),
-        "dimension": int(probe.shape[1]),
+        "probes": probes,
+        "dimension": int(probes.shape[1]),
         "settings": chunker.settings,
         "budget": _TokenBudget(
             loaded.tokenizer, loaded.max_input_tokens, embedder.task, loaded.input_overhead(embedder.task)
@@ -328,6 +350,43 @@ def _complete_keys(sink: Sink) -> np.ndarray:
 # -- read: sources to documents ------------------------------------------------------------------
 
 
+class _Listing:
+    """How paths and rows become documents: the same ids, sources and checks as embedkit.sources (picklable)."""
+
+    def __init__(
+        self,
+        patterns: Iterable[str],
+        source_name: str | None,
+        include_hidden: bool,
+        id_field: str,
+        text_field: str,
+        metadata_field: str | None,
+    ) -> None:
+        self.patterns = tuple(patterns)
+        self.source_name = source_name
+        self.include_hidden = include_hidden
+        self.columns = {"id_field": id_field, "text_field": text_field, "metadata_field": metadata_field}
+
+    def files(self, path: Path) -> list[dict[str, str]]:
+        """One row per file to read under `path`: kind (text, jsonl, parquet), source, doc id or id prefix."""
+        source = self.source_name if self.source_name is not None else source_of(path)
+        if path.is_file():
+            kind = path.suffix.lower()[1:] if path.suffix.lower() in (".jsonl", ".parquet") else "text"
+            doc_id = source if self.source_name is None else qualify(source, path.name)
+            return [{"path": str(path), "kind": kind, "source": source, "doc_id": doc_id, "prefix": ""}]
+        rows = []
+        for file, relative in list_files(path, self.patterns, include_hidden=self.include_hidden):
+            jsonl = file.suffix.lower() == ".jsonl"
+            rows.append({
+                "path": str(file),
+                "kind": "jsonl" if jsonl else "text",
+                "source": source,
+                "doc_id": "" if jsonl else qualify(source, relative),
+                "prefix": relative if jsonl else "",
+            })  # fmt: skip
+        return rows
+
+
 def _source_paths(source: Any) -> list[Path]:
     """The paths of a source that is not a Dataset, each checked to exist."""
     if isinstance(source, (str, os.PathLike)):
@@ -343,47 +402,66 @@ def _source_paths(source: Any) -> list[Path]:
     return paths
 
 
-def _read(
-    ray: Any, source: Any, patterns: tuple[str, ...], id_field: str, text_field: str, metadata_field: str | None
-) -> Any:
-    """A dataset of documents: columns id, text, metadata (JSON) and error ('' when readable)."""
-    columns = {"id_field": id_field, "text_field": text_field, "metadata_field": metadata_field}
+def _read(ray: Any, source: Any, listing: _Listing) -> Any:
+    """A dataset of documents: one row each, the columns of _DOC_COLUMNS ('' error when readable)."""
     if isinstance(source, ray.data.Dataset):
-        return source.map_batches(_rows_to_docs, fn_kwargs=columns, batch_format="pyarrow", num_cpus=0)
+        return source.map_batches(
+            _rows_to_docs,
+            fn_kwargs={**listing.columns, "source": listing.source_name or "", "origin": "dataset"},
+            batch_format="pyarrow",
+            num_cpus=0,
+        )
     paths: list[Path] = source
-    files: list[dict[str, str]] = []
-    for path in paths:
-        if path.suffix in (".jsonl", ".parquet"):
-            files.append({"path": str(path), "doc_id": "", "kind": path.suffix[1:]})
-        else:
-            files.extend({"path": str(p), "doc_id": i, "kind": "text"} for p, i in list_files(path, patterns))
+    files = [row for path in paths for row in listing.files(path)]
     if not files:
-        raise InputError(f"no files matching {', '.join(patterns)} under {', '.join(map(str, paths))}")
+        log.warning("no files matching %s under %s", ", ".join(listing.patterns), ", ".join(map(str, paths)))
+        return ray.data.from_items(
+            [{"path": "", "kind": "none", "source": "", "doc_id": "", "prefix": ""}]
+        ).map_batches(_files_to_docs, fn_kwargs=listing.columns, batch_size=1, batch_format="numpy", num_cpus=0)
     # one row per file; a task reads its file with the single-process loaders (same ids, same errors)
-    listing = ray.data.from_items(files, override_num_blocks=min(len(files), 256))
-    return listing.map_batches(_files_to_docs, fn_kwargs=columns, batch_size=1, batch_format="numpy", num_cpus=0)
+    rows = ray.data.from_items(files, override_num_blocks=min(len(files), 256))
+    return rows.map_batches(_files_to_docs, fn_kwargs=listing.columns, batch_size=1, batch_format="numpy", num_cpus=0)
+
+
+_DOC_COLUMNS = ("id", "text", "metadata", "error", "source", "origin", "strategy", "offset", "empty")
 
 
 def _doc_rows(items: Iterable[Document | Unreadable]) -> dict[str, np.ndarray]:
-    rows: dict[str, list[str]] = {"id": [], "text": [], "metadata": [], "error": []}
+    rows: dict[str, list[Any]] = {column: [] for column in _DOC_COLUMNS}
     for item in items:
+        error, empty = "", False
         if isinstance(item, Unreadable):
-            row = (item.id, "", "{}", item.reason)
+            error, empty = item.reason, item.empty
         else:
             try:
-                check_document(item, f"doc {item.id!r}")
-                row = (item.id, item.text, json.dumps(item.metadata, ensure_ascii=False, default=str), "")
+                item = check_document(item, item.origin or f"doc {item.id!r}")  # metadata made JSON-safe here
             except InputError as exc:
-                row = (item.id, "", "{}", str(exc))
-        for column, value in zip(("id", "text", "metadata", "error"), row, strict=True):
+                error = str(exc)
+        document = item if isinstance(item, Document) and not error else None
+        values = (
+            item.id if item.id is not None else _NO_ID,
+            document.text if document else "",
+            json.dumps(document.metadata, ensure_ascii=False) if document else "{}",
+            error,
+            item.source,
+            item.origin,
+            (document.strategy or "") if document else "",
+            document.offset if document else 0,
+            empty,
+        )
+        for column, value in zip(_DOC_COLUMNS, values, strict=True):
             rows[column].append(value)
     return {column: np.array(values, dtype=object) for column, values in rows.items()}
 
 
 def _files_to_docs(batch: dict[str, np.ndarray], **columns: str | None) -> Iterator[dict[str, np.ndarray]]:
-    for path, doc_id, kind in zip(batch["path"], batch["doc_id"], batch["kind"], strict=True):
-        if kind == "jsonl":
-            loaded = load_jsonl(path, **columns)  # type: ignore[arg-type]
+    for path, kind, source, doc_id, prefix in zip(
+        batch["path"], batch["kind"], batch["source"], batch["doc_id"], batch["prefix"], strict=True
+    ):
+        if kind == "none":
+            yield _doc_rows([])
+        elif kind == "jsonl":
+            loaded = load_jsonl(path, source=str(source), prefix=str(prefix), **columns)  # type: ignore[arg-type]
             while window := list(islice(loaded, 1024)):
                 yield _doc_rows(window)
         elif kind == "parquet":
@@ -391,12 +469,15 @@ def _files_to_docs(batch: dict[str, np.ndarray], **columns: str | None) -> Itera
             import pyarrow.parquet as pq
 
             for record_batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-                yield _rows_to_docs(pa.Table.from_batches([record_batch]), **columns)  # type: ignore[arg-type]
+                table = pa.Table.from_batches([record_batch])
+                yield _rows_to_docs(table, **columns, source=str(source), origin=str(path))  # type: ignore[arg-type]
         else:
-            yield _doc_rows([read_document(Path(path), str(doc_id))])
+            yield _doc_rows([read_document(Path(path), str(doc_id), source=str(source))])
 
 
-def _rows_to_docs(table: Any, *, id_field: str, text_field: str, metadata_field: str | None) -> dict[str, np.ndarray]:
+def _rows_to_docs(
+    table: Any, *, id_field: str, text_field: str, metadata_field: str | None, source: str, origin: str
+) -> dict[str, np.ndarray]:
     names = set(table.column_names)
     for needed in (id_field, text_field):
         if needed not in names:
@@ -405,10 +486,13 @@ def _rows_to_docs(table: Any, *, id_field: str, text_field: str, metadata_field:
     texts = table.column(text_field).to_pylist()
     metadata = table.column(metadata_field).to_pylist() if metadata_field in names else [None] * len(ids)
     items: list[Document | Unreadable] = []
-    for doc_id, text, meta in zip(ids, texts, metadata, strict=True):
-        if doc_id is None:
-            items.append(Unreadable(_NO_ID, f"a row has no {id_field!r}"))
+    for local_id, text, meta in zip(ids, texts, metadata, strict=True):
+        if local_id is None:
+            where = f"{origin}: a row"
+            items.append(Unreadable(None, f"{where} has no {id_field!r}", source, where))
             continue
+        where = f"{origin} (id {str(local_id)!r})"
+        doc_id = qualify(source, str(local_id))
         if isinstance(meta, str):
             try:
                 meta = json.loads(meta)
@@ -417,9 +501,9 @@ def _rows_to_docs(table: Any, *, id_field: str, text_field: str, metadata_field:
         if isinstance(meta, list):  # Arrow's map type: a list of (key, value) pairs
             meta = dict(meta)
         if meta is not None and not isinstance(meta, dict):
-            items.append(Unreadable(str(doc_id), f"doc {str(doc_id)!r}: {metadata_field!r} must be an object"))
+            items.append(Unreadable(doc_id, f"{where}: {metadata_field!r} must be an object", source, where))
             continue
-        items.append(Document(str(doc_id), text, dict(meta or {})))
+        items.append(Document(doc_id, text, dict(meta or {}), source, where))
     return _doc_rows(items)
 
 
@@ -445,6 +529,7 @@ class _Prepare:
             overlap_tokens=settings["overlap_tokens"],
             strategy=settings["strategy"],
             task=task,
+            heading_context=settings["heading_context"],
         )
         if self._chunker.settings != settings:  # would give other chunks and hashes than the driver's plan
             raise RuntimeError(f"chunker settings {self._chunker.settings} differ from the plan's {settings}")
@@ -452,37 +537,32 @@ class _Prepare:
         self._complete = ray.get(complete) if isinstance(complete, ray.ObjectRef) else complete
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, list[Any]] = {"status": [], "content_hash": [], "chunks": []}
-        rows = zip(batch["id"], batch["text"], batch["metadata"], batch["error"], strict=True)
-        for doc_id, text, metadata, error in rows:
+        out: dict[str, list[Any]] = {"status": [], "content_hash": [], "chunks": [], "error": []}
+        rows = zip(batch["id"], batch["text"], batch["metadata"], batch["error"], batch["strategy"], strict=True)
+        for doc_id, text, metadata, error, strategy in rows:
             status, content_hash, chunks = "bad", "", []
             if not error:
-                doc = Document(str(doc_id), str(text), json.loads(metadata))
+                doc = Document(str(doc_id), str(text), json.loads(metadata), strategy=strategy or None)
                 content_hash = _content_hash(doc, self._chunker.settings, self._fingerprint)
                 key = np.array(_doc_key(doc.id, content_hash), dtype=_KEY)
                 at = int(np.searchsorted(self._complete, key))
                 if at < len(self._complete) and self._complete[at] == key:
                     status = "unchanged"
                 else:
-                    status, chunks = "pending", self._chunker.split(doc.text)
+                    try:
+                        status, chunks = "pending", self._chunker.split(doc.text, strategy=doc.strategy)
+                    except InputError as exc:  # reported by the driver as the single-process run does
+                        status, error = "bad", str(exc)
             out["status"].append(status)
             out["content_hash"].append(content_hash)
-            out["chunks"].append(json.dumps([_chunk_fields(c) for c in chunks], ensure_ascii=False))
-        return {
-            "id": batch["id"],
-            "metadata": batch["metadata"],
-            "error": batch["error"],
-            **{column: np.array(values, dtype=object) for column, values in out.items()},
-        }
+            out["chunks"].append(json.dumps([dataclasses.asdict(c) for c in chunks], ensure_ascii=False))
+            out["error"].append(error)
+        passed = {column: batch[column] for column in _DOC_COLUMNS if column not in ("text", "error")}
+        return {**passed, **{column: np.array(values, dtype=object) for column, values in out.items()}}
 
 
-def _chunk_fields(chunk: Chunk) -> list[Any]:
-    return [chunk.text, chunk.start, chunk.end, chunk.index, chunk.token_count, list(chunk.headings)]
-
-
-def _chunk(fields: list[Any]) -> Chunk:
-    text, start, end, index, token_count, headings = fields
-    return Chunk(text, start, end, index, token_count, tuple(headings))
+def _chunk(fields: dict[str, Any]) -> Chunk:
+    return Chunk(**{**fields, "headings": tuple(fields["headings"])})
 
 
 # -- embed ---------------------------------------------------------------------------------------
@@ -498,7 +578,7 @@ class _EmbedActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         statuses = zip(batch["status"], batch["chunks"], strict=True)
         chunk_lists = [json.loads(chunks) if status == "pending" else [] for status, chunks in statuses]
-        texts = [fields[0] for chunks in chunk_lists for fields in chunks]
+        texts = [_chunk(fields).embedding_text for chunks in chunk_lists for fields in chunks]
         vectors = self._spec.embed(self._embedder, texts) if texts else np.zeros((0, 0), np.float32)
         blobs, cursor = [], 0
         for chunks in chunk_lists:
@@ -510,18 +590,10 @@ class _EmbedActor:
 # -- write, in the driver ------------------------------------------------------------------------
 
 
-def _write(
-    embedded: Any,
-    sink: Sink,
-    dimension: int,
-    on_error: str,
-    delete_missing: bool,
-    show: bool,
-    started: float,
-) -> IngestReport:
-    report = IngestReport()
-    seen: set[bytes] = set()
-    kept_ids: list[str] | None = [] if delete_missing else None
+def _write(embedded: Any, sink: Sink, dimension: int, on_error: str, show: bool, started: float) -> _Run:
+    """Write the embedded documents in source order, with the single-process run's bookkeeping."""
+    run = _Run(on_error, IngestReport())
+    report = run.report
     with _writing(sink, report, started) as writer:
         with tqdm(desc="ingest (ray)", unit="doc", disable=not show) as bar:
             for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
@@ -529,28 +601,27 @@ def _write(
                 vectors: list[np.ndarray] = []
                 for row in range(len(batch["id"])):
                     report.docs += 1
-                    doc_id, status = str(batch["id"][row]), batch["status"][row]
-                    reason = batch["error"][row] if status == "bad" else ""
-                    key = id_key(doc_id)
-                    if not reason and key in seen:
-                        reason = f"doc id {doc_id!r} was already seen in this run"
-                    if reason:
-                        if on_error == "raise":
-                            raise InputError(reason)
-                        report.skipped.append((doc_id, reason))
-                        log.warning("skipped %s: %s", doc_id, reason)
+                    doc_id, status, source = str(batch["id"][row]), batch["status"][row], str(batch["source"][row])
+                    where = str(batch["origin"][row]) or f"doc {doc_id!r}"
+                    known = None if doc_id == _NO_ID else doc_id
+                    if status == "bad":
+                        run.bad(known, source, where, str(batch["error"][row]), empty=bool(batch["empty"][row]))
                         continue
-                    seen.add(key)
-                    if kept_ids is not None:
-                        kept_ids.append(doc_id)
+                    try:
+                        run.accept(doc_id, source, where)
+                    except InputError as exc:
+                        run.bad(doc_id, source, where, str(exc))
+                        continue
                     if status == "unchanged":
                         report.unchanged += 1
                         continue
                     chunks = [_chunk(fields) for fields in json.loads(batch["chunks"][row])]
-                    doc = Document(doc_id, "", json.loads(batch["metadata"][row]))  # the writer needs id + metadata
+                    # the writer needs what the payload holds: id, metadata, source and the span offset
+                    metadata = json.loads(batch["metadata"][row])
+                    doc = Document(doc_id, "", metadata, source, where, None, int(batch["offset"][row]))
                     pending.append(_Pending(doc, chunks, batch["content_hash"][row]))
                     vectors.append(np.frombuffer(batch["vectors"][row], dtype=np.float32).reshape(-1, dimension))
                 if pending:
                     writer.put(pending, np.concatenate(vectors))
                 bar.update(len(batch["id"]))
-    return _finish(sink, report, kept_ids, started)
+    return run

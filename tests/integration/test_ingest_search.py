@@ -30,30 +30,31 @@ def sink(tmp_path: Path) -> QdrantSink:
 
 
 def test_search_finds_the_obvious_document_first(minilm, sink: QdrantSink, example_docs: Path) -> None:  # noqa: ANN001
-    report = ingest(load_directory(example_docs), minilm, sink, progress=False)
+    report = ingest(load_directory(example_docs, source="docs"), minilm, sink, progress=False)
     assert report.docs == report.embedded == 20 and not report.skipped
     assert report.chunks == sink.count() > 20
     for query, expected in QUERIES.items():
         hits = sink.search(minilm.embed_query(query), k=3)
-        assert hits[0].payload["doc_id"] == expected, (query, [h.payload["doc_id"] for h in hits])
+        assert hits[0].payload["doc_id"] == f"docs/{expected}", (query, [h.payload["doc_id"] for h in hits])
 
 
 def test_rerun_embeds_nothing_and_keeps_the_count(minilm, sink: QdrantSink, example_docs: Path) -> None:  # noqa: ANN001
-    first = ingest(load_directory(example_docs), minilm, sink, progress=False)
+    first = ingest(load_directory(example_docs, source="docs"), minilm, sink, progress=False)
     points = sink.count()
-    second = ingest(load_directory(example_docs), minilm, sink, progress=False)
+    second = ingest(load_directory(example_docs, source="docs"), minilm, sink, progress=False)
     assert second.embedded == 0 and second.unchanged == 20 and second.chunks == 0
     assert sink.count() == points == first.chunks
 
 
 def test_payload_and_ids_are_deterministic(minilm, sink: QdrantSink, example_docs: Path) -> None:  # noqa: ANN001
-    ingest(load_directory(example_docs), minilm, sink, progress=False)
+    ingest(load_directory(example_docs, source="docs"), minilm, sink, progress=False)
     source = (example_docs / "honeybees.md").read_text()
-    records = sink.client.retrieve("kb", ids=[point_id("honeybees.md", 0)], with_payload=True)
+    records = sink.client.retrieve("kb", ids=[point_id("docs/honeybees.md", 0)], with_payload=True)
     payload = records[0].payload
-    assert payload["doc_id"] == "honeybees.md" and payload["chunk_index"] == 0
+    assert payload["doc_id"] == "docs/honeybees.md" and payload["chunk_index"] == 0
+    assert payload["source"] == "docs"
     assert source[payload["start"] : payload["end"]] == payload["page_content"]
-    assert payload["metadata"] == {"source": "honeybees.md"} and len(payload["content_hash"]) == 64
+    assert payload["metadata"] == {"source": "docs/honeybees.md"} and len(payload["content_hash"]) == 64
 
 
 def test_changed_document_replaces_its_chunks_and_deletes_surplus(minilm, sink: QdrantSink) -> None:  # noqa: ANN001
@@ -92,6 +93,35 @@ def test_other_embedder_is_refused_without_reembed(minilm, tiny_bert_dir: Path, 
     assert report.embedded == 1 and sink.recorded_fingerprint()["normalize"] is False
 
 
+def test_collections_accept_the_weights_that_reproduce_their_probes(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """Compatibility is decided by what the vectors are, not by a name: the same weights on another
+    backend may write; other weights saved under the same path (the same model id) may not."""
+    import shutil
+
+    import embedkit
+    from tests.conftest import write_tiny_bert
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, model)
+    docs = [Document("a", "Tides follow the moon."), Document("b", "Glaciers carve valleys.")]
+    sink = QdrantSink("kb", location=":memory:")
+    ingest(docs, embedkit.load(model, backend="torch"), sink, progress=False)
+    probes = sink.recorded_probes()
+    assert len(probes["vectors"]) == len(probes["texts"]) == 3 and len(probes["vectors"][0]) == 32
+
+    onnx = embedkit.load(model, backend="onnx")
+    assert onnx.backend == "onnx"
+    again = ingest(docs, onnx, sink, progress=False)  # same weights, other runtime: nothing to re-embed
+    assert (again.embedded, again.unchanged) == (0, 2)
+
+    write_tiny_bert(model, tiny_bert_dir, seed=1)  # fine-tuned in place: same path, other vectors
+    with pytest.raises(StoreError, match=r"does not reproduce its vectors \(probe cosine .*reembed=True"):
+        ingest(docs, embedkit.load(model, backend="torch"), sink, progress=False)
+    assert sink.recorded_probes() == probes  # nothing was written
+    replaced = ingest(docs, embedkit.load(model, backend="torch"), sink, reembed=True, progress=False)
+    assert replaced.embedded == 2 and sink.recorded_probes() != probes
+
+
 def test_bad_documents_raise_or_are_skipped(minilm, sink: QdrantSink, tmp_path: Path) -> None:  # noqa: ANN001
     folder = tmp_path / "docs"
     folder.mkdir()
@@ -102,8 +132,8 @@ def test_bad_documents_raise_or_are_skipped(minilm, sink: QdrantSink, tmp_path: 
         ingest(load_directory(folder), minilm, sink, progress=False)
     report = ingest(load_directory(folder), minilm, sink, on_error="skip", progress=False)
     assert report.embedded == 1
-    assert sorted(doc_id for doc_id, _ in report.skipped) == ["binary.txt", "empty.md"]
-    with pytest.raises(InputError, match=r"docs\[2\]: doc id 'x' was already seen in this run"):
+    assert sorted(where for where, _ in report.skipped) == [str(folder / "binary.txt"), str(folder / "empty.md")]
+    with pytest.raises(InputError, match=r"docs\[2\] \(id 'x'\): doc id 'x' was already read in this run"):
         ingest(
             [{"id": "x", "text": "one"}, {"id": "y", "text": "two"}, {"id": "x", "text": "three"}],
             minilm,

@@ -40,13 +40,14 @@ from embedkit.ingest import ingest
 
 class NullSink:
     '''Keeps nothing, so what is measured is the pipeline's own memory.'''
-    def prepare(self, dimension, fingerprint, *, reembed=False): pass
+    def prepare(self, dimension, fingerprint, *, probes=None, rewrite=False): pass
     def recorded_fingerprint(self): return None
+    def recorded_probes(self): return None
     def complete_counts(self, hashes): return {}
     def upsert(self, points): self.points = getattr(self, "points", 0) + len(points)
     def delete_surplus(self, doc_id, keep): return 0
     def mark_complete(self, doc_id, content_hash): pass
-    def delete_docs_except(self, keep): return (0, 0)
+    def delete_missing(self, sources, keep): return (0, 0)
     def search(self, vector, k): return []
 
 count, model = int(sys.argv[1]), sys.argv[2]
@@ -129,3 +130,59 @@ def test_a_long_stream_keeps_memory_flat(tmp_path: Path, tiny_bert_dir: Path) ->
     print(result["summary"])
     # what remains is the duplicate-id set: 8-byte digests, well under 100 bytes per doc
     assert growth < 30, marks
+
+
+@pytest.mark.slow
+def test_killed_during_a_delete_missing_run_then_rerun_equals_a_clean_run(tmp_path: Path, example_docs: Path) -> None:
+    """`embedkit ingest --delete-missing` after half the corpus was removed and some of it edited, SIGKILLed
+    at random moments (reading, embedding, writing, deleting), then run to the end: the collection equals
+    the one an uninterrupted run leaves."""
+    import shutil
+
+    exe = shutil.which("embedkit", path=str(Path(sys.executable).parent))
+    assert exe, f"the embedkit console script is installed beside {sys.executable}"
+    corpus = tmp_path / "corpus"
+
+    def write(version: int) -> None:
+        shutil.rmtree(corpus, ignore_errors=True)
+        for copy in range(4):
+            for path in sorted(example_docs.glob("*.md")):
+                if version == 2 and (copy + len(path.name)) % 2:  # v2: about half of the files are gone
+                    continue
+                edit = f"\n\nEdited in v2, copy {copy}." if version == 2 and copy == 0 else ""
+                target = corpus / f"copy-{copy}" / path.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(path.read_text() + edit)
+
+    def command(store: Path, *extra: str) -> list[str]:
+        return [exe, "ingest", "corpus", "--collection", "kb", "--quiet", "--qdrant-path", str(store), *extra]
+
+    def run(store: Path, *extra: str) -> float:
+        started = time.monotonic()
+        done = subprocess.run(command(store, *extra), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return time.monotonic() - started
+
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    write(1)
+    run(clean)
+    run(killed)
+    write(2)
+    duration = run(clean, "--delete-missing")
+    expected = snapshot(clean)
+    rng = random.Random(11)
+    sizes = []
+    for _ in range(5):
+        child = subprocess.Popen(command(killed, "--delete-missing"), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(rng.uniform(0.3, 1.0) * duration)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        sizes.append(len(snapshot(killed)))
+    run(killed, "--delete-missing")
+    got = snapshot(killed)
+    print(f"\npoints after each kill: {sizes}; clean run {duration:.1f} s, {len(expected)} points")
+    assert got.keys() == expected.keys()
+    for key, (payload, vector) in expected.items():
+        assert got[key][0] == payload, key
+        np.testing.assert_allclose(got[key][1], vector, atol=1e-6)

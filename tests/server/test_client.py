@@ -173,3 +173,13 @@ def test_ingest_through_the_server_equals_local_ingest(remote: TEIClient, minilm
         same = {k: v for k, v in point.payload.items() if k != "content_hash"}
         assert same == {k: v for k, v in other.payload.items() if k != "content_hash"}
         assert float(np.dot(point.vector, other.vector)) >= 0.99999
+
+    # one collection, both ways: the server reproduces the local collection's probe vectors, so it may
+    # write there without --reembed, and finds every document already stored
+    with QdrantSink("kb", path=tmp_path / "local") as sink:
+        again = ingest(load_directory(example_docs), remote, sink, progress=False)
+        assert (again.embedded, again.unchanged) == (0, 20)
+        assert sink.recorded_fingerprint()["weights_digest"] is not None  # still the local writer's record
+    with QdrantSink("kb", path=tmp_path / "remote") as sink:  # and the other way round
+        again = ingest(load_directory(example_docs), minilm, sink, progress=False)
+        assert (again.embedded, again.unchanged) == (0, 20)

@@ -37,8 +37,8 @@ class EmbedkitRetriever(BaseRetriever):
         ```python
         from langchain_embedkit import EmbedkitRetriever
 
-        retriever = EmbedkitRetriever(collection="kb", path="./qdrant", k=4)
-        docs = retriever.invoke("how do I reset my password")
+        with EmbedkitRetriever(collection="kb", path="./qdrant", k=4) as retriever:
+            docs = retriever.invoke("how do I reset my password")
         ```
     """
 
@@ -69,6 +69,17 @@ class EmbedkitRetriever(BaseRetriever):
         where = self.path or self.url or "the given client"
         self.embeddings = embeddings_for_collection(self._sink, where, self.embeddings)
         return self
+
+    def close(self) -> None:
+        """Close the Qdrant client this retriever opened (a `client` given to it stays open); a local
+        path's client is shared in the process, so this closes it for every user of that path there."""
+        self._sink.close()
+
+    def __enter__(self) -> EmbedkitRetriever:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _search(self, vector: list[float], k: int | None, score_threshold: float | None, filter: Any) -> list[Document]:
         hits = self._sink.search(

@@ -62,8 +62,10 @@ def qdrant_path(tmp_path_factory: pytest.TempPathFactory, local_embedder) -> Ite
 
     path = str(tmp_path_factory.mktemp("qdrant"))
     docs = [
-        Document(doc.id, doc.text, {**doc.metadata, "topic": "tech" if doc.id in TECH else "life"})
-        for doc in load_directory(EXAMPLE_DOCS)
+        Document(
+            doc.id, doc.text, {**doc.metadata, "topic": "tech" if doc.id.removeprefix("docs/") in TECH else "life"}
+        )
+        for doc in load_directory(EXAMPLE_DOCS, source="docs")
     ]
     sink = QdrantSink(COLLECTION, path=path)
     report = ingest(docs, local_embedder, sink, progress=False)

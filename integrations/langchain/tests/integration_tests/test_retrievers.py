@@ -50,7 +50,7 @@ def test_documents_carry_metadata_score_and_span(retriever: EmbedkitRetriever) -
     docs = retriever.invoke("how do I reset my password")
     assert len(docs) == 5
     best = docs[0]
-    assert best.metadata["doc_id"] == "password-reset.md" and best.metadata["source"] == "password-reset.md"
+    assert best.metadata["doc_id"] == "docs/password-reset.md" and best.metadata["source"] == "docs/password-reset.md"
     scores = [doc.metadata["score"] for doc in docs]
     assert scores == sorted(scores, reverse=True)
     from pathlib import Path
@@ -61,9 +61,9 @@ def test_documents_carry_metadata_score_and_span(retriever: EmbedkitRetriever) -
 
 def test_filter_and_score_threshold(retriever: EmbedkitRetriever) -> None:
     tech = retriever.invoke("volcanoes and lava", filter={"topic": "tech"})
-    assert tech and all(doc.metadata["doc_id"] in TECH for doc in tech)
+    assert tech and all(doc.metadata["doc_id"].removeprefix("docs/") in TECH for doc in tech)
     either = retriever.invoke("volcanoes and lava", filter={"topic": ["tech", "life"]})
-    assert either[0].metadata["doc_id"] == "volcanoes.md"
+    assert either[0].metadata["doc_id"] == "docs/volcanoes.md"
     strict = retriever.invoke("volcanoes and lava", score_threshold=0.5)
     assert strict and all(doc.metadata["score"] >= 0.5 for doc in strict) and len(strict) < 5
 
@@ -76,7 +76,7 @@ def test_async_equals_sync(retriever: EmbedkitRetriever) -> None:
 
 def test_the_model_is_read_from_the_collection(qdrant_path: str) -> None:
     retriever = EmbedkitRetriever(collection=COLLECTION, path=qdrant_path, k=1)  # no embeddings given
-    assert retriever.invoke("how do I reset my password")[0].metadata["doc_id"] == "password-reset.md"
+    assert retriever.invoke("how do I reset my password")[0].metadata["doc_id"] == "docs/password-reset.md"
 
 
 def test_a_missing_collection_is_a_clear_error(qdrant_path: str) -> None:
@@ -106,7 +106,7 @@ def test_rag_example_runs(tmp_path) -> None:  # noqa: ANN001
     args = [sys.executable, str(example), question, "--qdrant-path", str(tmp_path), "-k", "2"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
-    assert "20 docs (20 embedded" in done.stdout and "[password-reset.md]" in done.stdout
+    assert "20 docs (20 embedded" in done.stdout and "password-reset.md]" in done.stdout
     assert done.stdout.rstrip().endswith(question)
     again = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert "(0 embedded" in again.stdout and "20 unchanged" in again.stdout  # the re-run embeds nothing
