@@ -309,6 +309,7 @@ def _listed(value: Any, accepted: list[Any]) -> bool:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from embedkit.ingest import check_reader
     from embedkit.runtime import load
 
     if args.k < 1:
@@ -322,6 +323,7 @@ def _search(args: argparse.Namespace) -> int:
         recorded = sink.recorded_fingerprint() or {}
         quantize = args.quantize or recorded.get("quantize")  # queries as the collection's vectors were made
         embedder = load(args.model or recorded.get("model_id"), backend=args.backend, quantize=quantize)
+        check_reader(sink, embedder)  # other weights under the recorded name would rank nonsense
         vector = embedder.embed_query(args.query, dimensions=recorded.get("dimensions"))
         hits = sink.search(vector, args.k, metadata_filter=metadata_filter)
     finally:

@@ -58,6 +58,7 @@ __all__ = [
     "chunk_payload",
     "probe_vectors",
     "open_collection",
+    "check_reader",
     "NAMESPACE",
     "DEFAULT_PATTERNS",
     "PROBE_TEXTS",
@@ -213,6 +214,29 @@ def open_collection(
             "reembed=True (--reembed) or use another collection."
         )
     return recorded
+
+
+def check_reader(sink: Sink, embedder: Embedder) -> None:
+    """StoreError unless `embedder` reproduces the collection's probe vectors with the settings the
+    collection was written with, so that its query vectors compare with the stored ones (a model id
+    whose weights changed since, say). Collections without probes pass; nothing is embedded when the
+    recorded fingerprint names these very weights."""
+    recorded, stored = sink.recorded_fingerprint(), sink.recorded_probes()
+    if recorded is None or stored is None:
+        return
+    settings = {key: recorded.get(key) for key in ("task", "dimensions")} | {
+        "normalize": recorded.get("normalize", True)
+    }
+    print_ = fingerprint(embedder, **settings)
+    if print_.get("weights_digest") is not None and all(recorded.get(k) == print_.get(k) for k in _COMPARED):
+        return
+    agreement = _agreement(stored, list(PROBE_TEXTS), probe_vectors(embedder, **settings))
+    if agreement < PROBE_AGREEMENT:
+        raise StoreError(
+            f"collection {getattr(sink, 'collection', '')!r} was written by embedder {recorded.get('model_id')!r}, "
+            f"and {embedder.model_id!r} does not reproduce its vectors (probe cosine {agreement:.6f}): its query "
+            "vectors would not compare with the stored ones. Search with the model that wrote it."
+        )
 
 
 def _agreement(stored: dict[str, Any], texts: list[str], probes: np.ndarray) -> float:

@@ -283,3 +283,21 @@ def test_metadata_json_cannot_hold_is_converted_or_refused(tmp_path: Path, minil
     assert stored["a"] == {"n": 3, "w": 0.5, "ok": True, "at": "2024-05-01T12:30:00+00:00"}
     assert stored["c"] == {"day": "2024-05-02", "nested": [{"k": [1, 2]}]}
     assert point_id("a", 0)  # ids of dict/Document docs given without a source stay as given
+
+
+def test_search_refuses_weights_that_changed_under_the_recorded_name(
+    workdir: Path, tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from tests.conftest import write_tiny_bert
+
+    model = workdir / "model"
+    shutil.copytree(tiny_bert_dir, model)
+    write(workdir / "docs/a.md", "Tides follow the moon.")
+    assert cli("ingest", "docs", "--model", str(model)) == 0
+    assert main(["search", "tides", "--collection", "kb"]) == 0 and "docs/a.md" in capsys.readouterr().out
+    write_tiny_bert(model, tiny_bert_dir, seed=3)  # the same folder, retrained
+    assert main(["search", "tides", "--collection", "kb"]) == 1
+    err = capsys.readouterr().err
+    assert "does not reproduce its vectors" in err and "Traceback" not in err
