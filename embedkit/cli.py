@@ -315,6 +315,8 @@ def _search(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise InputError(f"-k must be at least 1, got {args.k}")
     metadata_filter = _filters(args.filter)  # a malformed --filter fails before the model loads
+    if not args.qdrant_url and not os.path.exists(args.qdrant_path):  # opening it would create an empty store
+        raise StoreError(f"no Qdrant store at {args.qdrant_path}; ingest first, or give --qdrant-path")
     sink = _sink(args)
     try:
         if not sink.exists():
@@ -420,6 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         print(f"embedkit {args.command}: {_interrupted(args.command, interrupt)}", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+    except BrokenPipeError:  # `embedkit search ... | head` closed the pipe: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush is quiet too
+        return 141  # 128 + SIGPIPE, as the shell reports it
 
 
 def _interrupted(command: str, interrupt: KeyboardInterrupt) -> str:

@@ -207,10 +207,14 @@ def open_collection(
         raise _refused(label, recorded, print_, differing)
     agreement = _agreement(stored, list(PROBE_TEXTS), np.asarray(probes(), dtype=np.float32))
     if agreement < PROBE_AGREEMENT:
+        differing = [k for k in ("weights_digest", "quantize") if recorded.get(k) != print_.get(k)]
+        known = (
+            f" (recorded {_fields(recorded, differing)}; this one {_fields(print_, differing)})" if differing else ""
+        )
         raise StoreError(
             f"{label} was written by embedder {recorded.get('model_id')!r} and this embedder "
             f"({print_.get('model_id')!r}) does not reproduce its vectors (probe cosine {agreement:.6f} < "
-            f"{PROBE_AGREEMENT}): other weights, or another quantisation. Re-embed everything with "
+            f"{PROBE_AGREEMENT}): other weights, or another quantisation{known}. Re-embed everything with "
             "reembed=True (--reembed) or use another collection."
         )
     return recorded
@@ -251,13 +255,15 @@ def _agreement(stored: dict[str, Any], texts: list[str], probes: np.ndarray) -> 
     return float(np.min(dots / np.maximum(norms, 1e-12)))
 
 
+def _fields(print_: dict[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{key}={print_.get(key)!r}" for key in keys)
+
+
 def _refused(label: str, recorded: dict[str, Any], print_: dict[str, Any], differing: list[str]) -> StoreError:
-    theirs = ", ".join(f"{k}={recorded.get(k)!r}" for k in differing)
-    ours = ", ".join(f"{k}={print_.get(k)!r}" for k in differing)
     return StoreError(
-        f"{label} was written by embedder {recorded.get('model_id')!r} ({theirs}); this one is "
-        f"{print_.get('model_id')!r} ({ours}). Re-embed everything with reembed=True (--reembed) "
-        "or use another collection."
+        f"{label} was written by embedder {recorded.get('model_id')!r} ({_fields(recorded, differing)}); this "
+        f"one is {print_.get('model_id')!r} ({_fields(print_, differing)}). Re-embed everything with "
+        "reembed=True (--reembed) or use another collection."
     )
 
 

@@ -248,11 +248,11 @@ def test_cli_engine_ray_then_local_finds_it_complete_and_search_works(tmp_path):
     # the command starts (and stops) its own local cluster: no cluster fixture here
     through_ray = run_cli(tmp_path, "ingest", str(EXAMPLE_DOCS), "--collection", "kb", "--quiet", "--engine", "ray")
     assert through_ray.returncode == 0, through_ray.stderr
-    assert "20 docs (20 embedded, 0 unchanged, 0 skipped), 71 chunks upserted" in through_ray.stdout
+    assert "20 docs (20 embedded, 0 unchanged, 0 skipped), 44 chunks upserted" in through_ray.stdout
     # the single-process engine agrees that everything is stored: same ids and content hashes
     local = run_cli(tmp_path, "ingest", str(EXAMPLE_DOCS), "--collection", "kb", "--quiet")
     assert local.returncode == 0, local.stderr
-    assert "(0 embedded, 20 unchanged" in local.stdout and "71 points in the collection" in local.stdout
+    assert "(0 embedded, 20 unchanged" in local.stdout and "44 points in the collection" in local.stdout
     found = run_cli(tmp_path, "search", "how do I reset my password", "--collection", "kb", "-k", "1")
     assert found.returncode == 0 and "password-reset.md" in found.stdout.splitlines()[0]
 

@@ -39,7 +39,7 @@ def test_ingest_twice_then_search(tmp_path: Path, example_docs: Path) -> None:
     ("args", "message"),
     [
         (("ingest", "/nonexistent/docs", "--collection", "kb"), "no such file or directory: /nonexistent/docs"),
-        (("search", "anything", "--collection", "absent"), "collection 'absent' does not exist"),
+        (("search", "anything", "--collection", "absent"), "no Qdrant store at ./qdrant; ingest first"),
         (("ingest", ".", "--collection", "kb", "--model", "/nonexistent/model"), "no such model directory"),
     ],
 )

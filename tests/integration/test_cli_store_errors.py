@@ -50,7 +50,10 @@ def test_store_path_is_a_file(tmp_path: Path, example_docs: Path, command: str) 
     assert_one_line(result, command, f"store at {target}: it is a file, not a directory")
     assert target.read_text() == "my notes, not a store"
     below = run(tmp_path, *store_args(tmp_path, example_docs, command, target / "sub"))
-    assert_one_line(below, command, f"store at {target / 'sub'}: {target} is a file, not a directory")
+    if command == "ingest":
+        assert_one_line(below, command, f"store at {target / 'sub'}: {target} is a file, not a directory")
+    else:  # search never creates a store, so one that is not there is named as missing
+        assert_one_line(below, command, f"no Qdrant store at {target / 'sub'}")
 
 
 @pytest.mark.skipif(
@@ -79,9 +82,11 @@ def test_store_where_not_even_root_can_write(tmp_path: Path, example_docs: Path)
     else:
         store.rmdir()
         pytest.skip("/sys accepts new directories here, so no place refuses root")
-    for command in ("ingest", "search"):
-        result = run(tmp_path, *store_args(tmp_path, example_docs, command, store))
-        assert_one_line(result, command, f"cannot open the embedded Qdrant store at {store}")
+    result = run(tmp_path, *store_args(tmp_path, example_docs, "ingest", store))
+    assert_one_line(result, "ingest", f"cannot open the embedded Qdrant store at {store}")
+    # search creates nothing: a store that is not there is named as missing
+    result = run(tmp_path, *store_args(tmp_path, example_docs, "search", store))
+    assert_one_line(result, "search", f"no Qdrant store at {store}; ingest first")
 
 
 @pytest.mark.parametrize(
@@ -97,6 +102,7 @@ def test_collection_name_qdrant_refuses(
     tmp_path: Path, example_docs: Path, command: str, collection: str, refusal: str
 ) -> None:
     store = tmp_path / "qdrant"
+    store.mkdir()  # an existing store, so that search opens it (it never creates one)
     result = run(tmp_path, *store_args(tmp_path, example_docs, command, store, collection))
     assert_one_line(result, command, "collection name", f"is refused by the Qdrant store at {store}", refusal)
 

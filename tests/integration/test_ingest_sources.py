@@ -301,3 +301,22 @@ def test_search_refuses_weights_that_changed_under_the_recorded_name(
     assert main(["search", "tides", "--collection", "kb"]) == 1
     err = capsys.readouterr().err
     assert "does not reproduce its vectors" in err and "Traceback" not in err
+
+
+def test_search_into_a_closed_pipe_ends_quietly(workdir: Path) -> None:
+    """`embedkit search ... | head -1`: the reader is gone before the results are written."""
+    import shutil
+    import subprocess
+    import sys
+
+    write(workdir / "docs/a.md", "Tides follow the moon.")
+    assert cli("ingest", "docs") == 0
+    exe = shutil.which("embedkit", path=str(Path(sys.executable).parent))
+    assert exe
+    child = subprocess.Popen([exe, "search", "tides", "--collection", "kb"], cwd=workdir,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()  # closed while the model is still loading: every write hits a broken pipe
+    err = child.stderr.read()
+    child.stderr.close()
+    assert child.wait(timeout=300) == 141 and "Traceback" not in err and "Exception ignored" not in err, err

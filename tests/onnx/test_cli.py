@@ -21,5 +21,6 @@ def test_int8_ingest_search_and_no_silent_mixing(tmp_path: Path, example_docs: P
     assert "running on ONNX Runtime int8" in found.stderr  # the query followed the collection's recorded int8
     # the same docs through fp32 would put other vectors beside the int8 ones: refused, naming the difference
     mixed = run(tmp_path, "ingest", str(example_docs), "--collection", "kb", "--quiet", "--backend", "onnx")
-    assert mixed.returncode != 0 and "quantize" in mixed.stderr
+    assert mixed.returncode != 0 and "does not reproduce its vectors" in mixed.stderr
+    assert "quantize='int8'" in mixed.stderr and "quantize=None" in mixed.stderr
     assert "Traceback" not in first.stderr + found.stderr + mixed.stderr
