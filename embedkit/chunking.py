@@ -20,14 +20,16 @@ the token states inside each chunk's span, so every chunk vector carries the doc
 from __future__ import annotations
 
 import bisect
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from embedkit.errors import InputError
+from embedkit.errors import InputError, ModelLoadError
 
 __all__ = ["Chunk", "Chunker", "TokenCounter", "STRATEGIES", "default_chunker", "embed_chunks"]
 
@@ -108,23 +110,57 @@ class Chunk:
 
 
 class _Tokens:
-    """Counting and token spans through a fast tokenizer, or through an embedder's own methods."""
+    """Counting and token spans through a fast tokenizer, or through an embedder's own methods.
 
-    def __init__(self, source: Any) -> None:
-        tokenizer = getattr(source, "tokenizer", None) if not _is_tokenizer(source) else source
-        tokenizer = getattr(tokenizer, "backend_tokenizer", tokenizer)  # a transformers fast tokenizer
-        if _is_tokenizer(tokenizer) and (tokenizer.padding or tokenizer.truncation):
-            # a tokenizer.json often pads and truncates (all-MiniLM-L6-v2's to 128): counts would be wrong
-            tokenizer = type(tokenizer).from_str(tokenizer.to_str())
-            tokenizer.no_padding()
-            tokenizer.no_truncation()
-        self._tokenizer = tokenizer if _is_tokenizer(tokenizer) else None
+    `tokenizer` counts for an embedder that cannot (an OpenAI-style service has no /tokenize) or should
+    not (a local tokenizer saves a round trip per count); the embedder still gives the model's limit and
+    the task's prompt. Nothing here reads a limit or sends a request: a remote embedder answers on the
+    Chunker's first split.
+    """
+
+    def __init__(self, source: Any, tokenizer: Any = None) -> None:
         self._source = source
-        if self._tokenizer is None and not isinstance(source, TokenCounter):
+        # a remote client reads its limit and prompts from the server: the Chunker asks on first use
+        self.remote = getattr(type(source), "remote", False) is True
+        if tokenizer is not None:
+            if _as_tokenizer(source) is not None:
+                raise InputError(
+                    "give the tokenizer once: Chunker(tokenizer, max_tokens) or Chunker(embedder, tokenizer=...)"
+                )
+            if not callable(getattr(type(source), "embed", None)):
+                raise InputError(
+                    f"Chunker(embedder, tokenizer=...) needs an embedkit embedder first, got {type(source).__name__}"
+                )
+            found = _load_tokenizer(tokenizer)
+            self._explicit = True
+        else:
+            # a tokenizer itself, or the embedder's own (a local model has one; a remote client has none)
+            found = _as_tokenizer(source) or _as_tokenizer(getattr(source, "tokenizer", None))
+            self._explicit = False
+        if found is not None and (found.padding or found.truncation):
+            # a tokenizer.json often pads and truncates (all-MiniLM-L6-v2's to 128): counts would be wrong
+            found = type(found).from_str(found.to_str())
+            found.no_padding()
+            found.no_truncation()
+        self._tokenizer = found
+        if self._tokenizer is not None:
+            return
+        if not _counts_tokens(source):
             raise InputError(
                 "Chunker needs a tokenizers.Tokenizer, a transformers fast tokenizer, or an embedkit embedder; "
                 f"got {type(source).__name__}"
             )
+        if getattr(source, "counts_tokens", True) is False:  # e.g. TEIClient(url, api="openai"): no /tokenize
+            raise InputError(
+                f"{source!r} cannot count tokens (the service has no /tokenize), and chunking needs counts: give "
+                "the Chunker the model's tokenizer, Chunker(embedder, tokenizer=tokenizers.Tokenizer.from_file("
+                "'tokenizer.json'), max_tokens=...) or default_chunker(embedder, tokenizer='path/to/tokenizer.json'"
+                " or a model folder); on the command line, --tokenizer PATH"
+            )
+
+    def limit(self) -> int | None:
+        """The model's input limit in tokens; None for a bare tokenizer (a remote client may ask its server)."""
+        return getattr(self._source, "max_input_tokens", None)
 
     def count(self, texts: list[str]) -> list[int]:
         if self._tokenizer is not None:
@@ -145,29 +181,95 @@ class _Tokens:
         ]
 
     def overhead(self, task: str | None) -> int:
-        if self._tokenizer is not None:
-            if isinstance(self._source, TokenCounter):
-                return self._source.input_overhead(task)
-            return len(self._tokenizer.encode("x").ids) - len(self._tokenizer.encode("x", add_special_tokens=False).ids)
-        return self._source.input_overhead(task)
+        """Tokens an input costs beyond its own text: special tokens plus the task's prompt."""
+        if self._tokenizer is None:
+            return self._source.input_overhead(task)
+        prompt_text = getattr(self._source, "prompt_text", None)
+        if self._explicit and callable(prompt_text):
+            # a remote embedder knows its prompt as text; this tokenizer counts it as the model will
+            prefix = prompt_text(task)
+        elif _counts_tokens(self._source):
+            return self._source.input_overhead(task)
+        else:
+            prefix = ""
+        with_everything = len(self._tokenizer.encode(prefix + "x").ids)
+        return with_everything - len(self._tokenizer.encode("x", add_special_tokens=False).ids)
 
 
 def _is_tokenizer(obj: Any) -> bool:
     return type(obj).__name__ == "Tokenizer" and hasattr(obj, "encode_batch") and hasattr(obj, "get_vocab_size")
 
 
+def _as_tokenizer(obj: Any) -> Any:
+    """A tokenizers.Tokenizer for `obj` (itself, or a transformers fast tokenizer's backend), else None."""
+    if _is_tokenizer(obj):
+        return obj
+    backend = getattr(type(obj), "backend_tokenizer", None) and obj.backend_tokenizer
+    return backend if _is_tokenizer(backend) else None
+
+
+def _counts_tokens(obj: Any) -> bool:
+    """Whether `obj` can count tokens itself (an embedkit embedder): its type has the TokenCounter methods.
+
+    Not isinstance(obj, TokenCounter): a runtime_checkable Protocol with properties evaluates them, and a
+    remote client's `max_input_tokens` asks its server, so a mere check would send requests.
+    """
+    return all(callable(getattr(type(obj), name, None)) for name in ("count_tokens", "input_overhead"))
+
+
+def _load_tokenizer(tokenizer: Any) -> Any:
+    """A tokenizers.Tokenizer from one, from a transformers fast tokenizer, or from a path to a tokenizer.json
+    (or a model folder holding one). InputError for a missing path; ModelLoadError for a file that is not one."""
+    found = _as_tokenizer(tokenizer)
+    if found is not None:
+        return found
+    if not isinstance(tokenizer, (str, os.PathLike)):
+        raise InputError(
+            "tokenizer must be a tokenizers.Tokenizer, a transformers fast tokenizer, or the path of a "
+            f"tokenizer.json or of a model folder holding one; got {type(tokenizer).__name__}"
+        )
+    path = Path(tokenizer).expanduser()
+    if path.is_dir():
+        path = path / "tokenizer.json"
+        if not path.is_file():
+            raise InputError(f"{path.parent} holds no tokenizer.json; give the file itself or the model's folder")
+    elif not path.is_file():
+        raise InputError(f"tokenizer {str(tokenizer)!r} does not exist: give a tokenizer.json or a model folder")
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as error:  # tokenizers raises a bare Exception for a file it cannot parse
+        raise ModelLoadError(f"{path} is not a tokenizers tokenizer.json: {error}") from None
+
+
+@dataclass(frozen=True)
+class _Sizing:
+    """The sizes a caller asked for; what is None comes from the model's limit when it is first needed."""
+
+    max_tokens: int | None
+    overlap_tokens: int | None  # None: an eighth of max_tokens (default_chunker)
+    cap: int | None = None  # default_chunker: at most this many tokens when max_tokens is None
+
+
 class Chunker:
     """Split documents into chunks that fit `max_tokens` of the embedding model, prompt included.
 
     `tokenizer_or_embedder`: an embedkit embedder (local or TEIClient: its tokenizer, limit, special
-    tokens and task prompt are used) or a tokenizer (then `max_tokens` is required). `overlap_tokens`
+    tokens and task prompt are used) or a tokenizer (then `max_tokens` is required). `tokenizer`, beside an
+    embedder, counts tokens in its place (a tokenizers.Tokenizer, a transformers fast tokenizer, or the path
+    of a tokenizer.json or a model folder): a service without /tokenize (TEIClient(url, api="openai"))
+    needs one; the limit and the task's prompt still come from the embedder. A remote embedder's limit and
+    prompt are read on the first split (or `budget`, `settings`), so building a Chunker sends no request;
+    for a local one, size errors show at construction. `overlap_tokens`
     of each chunk's end are repeated at the start of the next (whole words where the text has spaces).
     `strategy`: "markdown" (ATX heading sections, then paragraphs ...), "rst" (reStructuredText section
     titles), "text", "code" (top-level definitions first), or "auto" (markdown when the text has an ATX
     heading, else text; `split(text, strategy=...)` can choose per document). `heading_context`: embed each
     sectioned chunk with its heading path in front (see `Chunk.context`); the budget counts it.
 
-    Raises InputError for a max_tokens, overlap_tokens or strategy out of range.
+    Raises InputError for a max_tokens, overlap_tokens or strategy out of range, and for a remote embedder
+    that cannot count tokens when no `tokenizer` is given (the message says how to give one).
     """
 
     def __init__(
@@ -179,32 +281,74 @@ class Chunker:
         strategy: Strategy = "auto",
         task: str | None = "document",
         heading_context: bool = True,
+        tokenizer: Any = None,
     ) -> None:
-        self._tokens = _Tokens(tokenizer_or_embedder)
-        limit = getattr(tokenizer_or_embedder, "max_input_tokens", None)
-        if max_tokens is None and limit is None:
-            raise InputError("max_tokens is required when chunking with a tokenizer (no model limit to read)")
-        max_tokens = limit if max_tokens is None else max_tokens
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        sizing = _Sizing(max_tokens, overlap_tokens)
+        self._setup(tokenizer_or_embedder, tokenizer, sizing, strategy, task, heading_context)
+
+    def _setup(
+        self, source: Any, tokenizer: Any, sizing: _Sizing, strategy: Any, task: str | None, heading_context: Any
+    ) -> None:
+        self._tokens = _Tokens(source, tokenizer)
+        max_tokens, overlap_tokens = sizing.max_tokens, sizing.overlap_tokens
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
             raise InputError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
-        if limit is not None and max_tokens > limit:
-            raise InputError(f"max_tokens={max_tokens} exceeds the model's input limit of {limit}")
+        if overlap_tokens is not None and (
+            isinstance(overlap_tokens, bool) or not isinstance(overlap_tokens, int) or overlap_tokens < 0
+        ):
+            raise InputError(f"overlap_tokens must be an int >= 0, got {overlap_tokens!r}")
         if strategy not in STRATEGIES:
             raise InputError(f"strategy={strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        self.max_tokens = max_tokens
-        self.budget = max_tokens - self._tokens.overhead(task)
-        if self.budget < 1:
-            raise InputError(f"max_tokens={max_tokens} leaves no room for text after special tokens and the prompt")
-        if isinstance(overlap_tokens, bool) or not isinstance(overlap_tokens, int) or overlap_tokens < 0:
-            raise InputError(f"overlap_tokens must be an int >= 0, got {overlap_tokens!r}")
-        if overlap_tokens >= self.budget:
-            raise InputError(f"overlap_tokens={overlap_tokens} must be smaller than the chunk budget of {self.budget}")
         if not isinstance(heading_context, bool):
             raise InputError(f"heading_context must be True or False, got {heading_context!r}")
-        self.overlap_tokens = overlap_tokens
         self.strategy = strategy
         self.task = task
         self.heading_context = heading_context
+        self._sizing = sizing
+        self._sized: tuple[int, int, int] | None = None  # (max_tokens, budget, overlap_tokens) once known
+        if not self._tokens.remote:
+            # a local model or a tokenizer answers without I/O: a size error shows here, not at the first split
+            self._size()
+
+    def _size(self) -> tuple[int, int, int]:
+        """(max_tokens, budget, overlap_tokens), from the caller's sizes and the model's limit and prompt; read
+        once, on first use for a remote embedder (its server answers), so building a Chunker sends nothing."""
+        if self._sized is not None:
+            return self._sized
+        sizing = self._sizing
+        limit = self._tokens.limit()
+        if sizing.max_tokens is None and limit is None:
+            raise InputError("max_tokens is required when chunking with a tokenizer (no model limit to read)")
+        if sizing.max_tokens is not None:
+            max_tokens = sizing.max_tokens
+        else:
+            max_tokens = min(limit, sizing.cap) if sizing.cap is not None else limit
+        if limit is not None and max_tokens > limit:
+            raise InputError(f"max_tokens={max_tokens} exceeds the model's input limit of {limit}")
+        budget = max_tokens - self._tokens.overhead(self.task)
+        if budget < 1:
+            raise InputError(f"max_tokens={max_tokens} leaves no room for text after special tokens and the prompt")
+        overlap_tokens = max_tokens // 8 if sizing.overlap_tokens is None else sizing.overlap_tokens
+        if overlap_tokens >= budget:
+            raise InputError(f"overlap_tokens={overlap_tokens} must be smaller than the chunk budget of {budget}")
+        self._sized = (max_tokens, budget, overlap_tokens)
+        return self._sized
+
+    @property
+    def max_tokens(self) -> int:
+        """Tokens a chunk may cost the model, special tokens and prompt included."""
+        return self._size()[0]
+
+    @property
+    def budget(self) -> int:
+        """Tokens left for a chunk's own text (heading context included) after special tokens and prompt."""
+        return self._size()[1]
+
+    @property
+    def overlap_tokens(self) -> int:
+        return self._size()[2]
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -423,6 +567,7 @@ DEFAULT_MAX_CHUNK_TOKENS = 512  # long-context models can take 8k tokens, but re
 
 def default_chunker(
     embedder: TokenCounter,
+    tokenizer: Any = None,
     *,
     max_tokens: int | None = None,
     overlap_tokens: int | None = None,
@@ -432,14 +577,19 @@ def default_chunker(
 ) -> Chunker:
     """The Chunker ingest and the CLI use: chunks of min(model limit, 512) tokens, an eighth of them repeated.
 
+    `tokenizer` counts tokens instead of the embedder: a tokenizers.Tokenizer, a transformers fast tokenizer,
+    or the path of a tokenizer.json or of a model folder holding one (the CLI's --tokenizer PATH). A service
+    without /tokenize (TEIClient(url, api="openai")) needs one. The limit and the task's prompt still come
+    from `embedder`; a remote one is asked on the first split, so building the chunker sends no request.
+
     Raises InputError (from Chunker) for max_tokens < 1 or a negative overlap_tokens: None, not 0, means
-    the default.
+    the default; InputError for a tokenizer path that does not exist, ModelLoadError for one that is not a
+    tokenizer.json.
     """
-    size = min(embedder.max_input_tokens, DEFAULT_MAX_CHUNK_TOKENS) if max_tokens is None else max_tokens
-    overlap = size // 8 if overlap_tokens is None and isinstance(size, int) else overlap_tokens
-    return Chunker(
-        embedder, size, overlap_tokens=overlap, strategy=strategy, task=task, heading_context=heading_context
-    )
+    sizing = _Sizing(max_tokens, overlap_tokens, cap=DEFAULT_MAX_CHUNK_TOKENS)
+    chunker = Chunker.__new__(Chunker)
+    chunker._setup(embedder, tokenizer, sizing, strategy, task, heading_context)
+    return chunker
 
 
 class _Plan:

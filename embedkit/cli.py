@@ -44,6 +44,29 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", choices=("int8",), help="int8 weights on the ONNX backend (CPU)")
 
 
+def _add_remote_options(parser: argparse.ArgumentParser, embedder: argparse._MutuallyExclusiveGroup) -> None:
+    embedder.add_argument("--tei-url", help="embed through a TEI-compatible server (key: $EMBEDKIT_API_KEY)")
+    parser.add_argument(
+        "--api",
+        choices=("tei", "openai"),
+        default="tei",
+        help="with --tei-url: the server's API: tei (/embed, default) or openai (/v1/embeddings, e.g. vLLM)",
+    )
+    parser.add_argument("--model-name", help="with --api openai: the model name the service expects")
+
+
+def _remote(args: argparse.Namespace) -> Any:
+    """The TEIClient the --tei-url options describe, or None; --api / --model-name without it are errors."""
+    if not args.tei_url:
+        for flag, given in (("--api", args.api != "tei"), ("--model-name", args.model_name)):
+            if given:
+                raise InputError(f"{flag} goes with --tei-url")
+        return None
+    from embedkit.remote import TEIClient
+
+    return TEIClient(args.tei_url, api=args.api, model=args.model_name)
+
+
 def _add_store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collection", required=True, help="Qdrant collection name")
     where = parser.add_mutually_exclusive_group()
@@ -55,16 +78,31 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--qdrant-url", help="Qdrant server URL, e.g. http://localhost:6333 (key: $QDRANT_API_KEY)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("embedkit")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedkit", description="Embed text into Qdrant and search it.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what embedkit decides")
+    parser.add_argument("--version", action="version", version=f"embedkit {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     ingest = commands.add_parser("ingest", help="chunk, embed and upsert .md/.txt files (idempotent)")
     ingest.add_argument("paths", nargs="+", help="directories, text files or .jsonl files (id, text, metadata)")
     embedder = ingest.add_mutually_exclusive_group()
     embedder.add_argument("--model", help="model directory or hub id (default: all-MiniLM-L6-v2)")
-    embedder.add_argument("--tei-url", help="embed through a TEI-compatible server (key: $EMBEDKIT_API_KEY)")
+    _add_remote_options(ingest, embedder)
+    ingest.add_argument(
+        "--tokenizer",
+        help="tokenizer.json or model folder to count chunk tokens with (for services without /tokenize, "
+        "such as OpenAI-style ones); default: the embedder's own",
+    )
     ingest.add_argument(
         "--glob",
         "--pattern",
@@ -113,7 +151,9 @@ def _parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="rank the collection's chunks against a query")
     search.add_argument("query")
     search.add_argument("-k", type=int, default=5, help="number of results (default 5)")
-    search.add_argument("--model", help="override the model recorded in the collection")
+    search_embedder = search.add_mutually_exclusive_group()
+    search_embedder.add_argument("--model", help="override the model recorded in the collection")
+    _add_remote_options(search, search_embedder)
     search.add_argument("--json", action="store_true", help="print results as JSON lines")
     _add_backend_options(search)
     search.add_argument(
@@ -124,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve a model over TEI's HTTP API (needs embedkit[server])")
     serve.add_argument("model", nargs="?", help="model directory or hub id (default: all-MiniLM-L6-v2)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     serve.add_argument(
         "--api-key",
         default=os.environ.get("EMBEDKIT_API_KEY"),
@@ -134,7 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-client-batch-size", type=int, default=32, help="inputs per request (default 32)")
     serve.add_argument("--max-batch-tokens", type=int, default=16384, help="tokens per forward pass (default 16384)")
     serve.add_argument("--max-batch-requests", type=int, help="requests packed per forward pass (default: no limit)")
-    serve.add_argument("--max-concurrent-requests", type=int, default=512, help="texts queued before 429")
+    serve.add_argument(
+        "--max-concurrent-requests", type=int, default=512, help="embedding requests in flight before 429 (default 512)"
+    )
     serve.add_argument("--max-input-length", type=int, help="tokens per input (default: the model's limit)")
     serve.add_argument("--payload-limit", type=int, default=2_000_000, help="request body bytes (default 2 MB)")
     serve.add_argument(
@@ -145,10 +187,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--auto-truncate",
+        nargs="?",
+        const="true",
         choices=("true", "false"),
         default="true",
-        help="cut over-long inputs when a request does not say (default true, as TEI >= 1.9)",
+        help="cut over-long inputs when a request does not say: --auto-truncate [true|false] (default true, "
+        "as TEI >= 1.9); --no-auto-truncate refuses them",
     )
+    serve.add_argument("--no-auto-truncate", dest="auto_truncate", action="store_const", const="false")
     serve.add_argument("--dtype", choices=("float32", "float16", "bfloat16"))
     serve.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     _add_backend_options(serve)
@@ -175,22 +221,23 @@ def _ingest(args: argparse.Namespace) -> int:
     from embedkit.sources import load_paths, source_of
 
     patterns = args.pattern or DEFAULT_PATTERNS
-    _check_paths(args, patterns)
+    total = _check_paths(args, patterns)
     if args.engine == "ray":
         return _ingest_ray(args, patterns)
     for flag, given in (("--ray-address", args.ray_address), ("--num-gpus", args.num_gpus), ("--actors", args.actors)):
         if given:
             raise InputError(f"{flag} needs --engine ray")
-    if args.tei_url:
-        from embedkit.remote import TEIClient
-
-        embedder: Any = TEIClient(args.tei_url)
-    else:
+    embedder = _remote(args)
+    if embedder is None:
         from embedkit.runtime import load
 
         embedder = load(args.model, backend=args.backend, quantize=args.quantize)
     chunker = default_chunker(
-        embedder, max_tokens=args.chunk_tokens, overlap_tokens=args.overlap, strategy=args.strategy
+        embedder,
+        tokenizer=args.tokenizer,
+        max_tokens=args.chunk_tokens,
+        overlap_tokens=args.overlap,
+        strategy=args.strategy,
     )
     sink = _sink(args)
     docs = load_paths(args.paths, patterns, source=args.source, include_hidden=args.include_hidden)
@@ -206,6 +253,7 @@ def _ingest(args: argparse.Namespace) -> int:
             delete_missing=args.delete_missing,
             force_delete=args.force_delete,
             progress=False if args.quiet else None,
+            total=total,
         )
         _print_report(args, report, sink)
     finally:
@@ -213,17 +261,22 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_paths(args: argparse.Namespace, patterns: Sequence[str]) -> None:
+def _check_paths(args: argparse.Namespace, patterns: Sequence[str]) -> int | None:
     """Every path exists; one that yields no files is a warning, or with --delete-missing an error (deleting
-    everything its source stored because of a typo in --glob is not what anyone means) unless forced."""
+    everything its source stored because of a typo in --glob is not what anyone means) unless forced.
+    Returns the number of documents when the files tell it (no .jsonl among them), for the progress bar."""
     from embedkit.sources import list_files
 
+    total: int | None = 0
     if args.force_delete and not args.delete_missing:
         raise InputError("--force-delete goes with --delete-missing")
     for path in args.paths:
         if not os.path.exists(path):
             raise InputError(f"no such file or directory: {path}")
-        if os.path.isdir(path) and not list_files(path, patterns, include_hidden=args.include_hidden):
+        files = list_files(path, patterns, include_hidden=args.include_hidden)
+        if total is not None:
+            total = None if any(file.suffix.lower() == ".jsonl" for file, _ in files) else total + len(files)
+        if os.path.isdir(path) and not files:
             what = f"{path} holds no files matching {', '.join(patterns)}"
             if args.delete_missing and not args.force_delete:
                 raise InputError(
@@ -231,13 +284,17 @@ def _check_paths(args: argparse.Namespace, patterns: Sequence[str]) -> None:
                     "Check the path and --glob (patterns are case-sensitive), or add --force-delete"
                 )
             print(f"embedkit ingest: warning: {what}", file=sys.stderr)
+    return total
 
 
 def _ingest_ray(args: argparse.Namespace, patterns: Sequence[str]) -> int:
     from embedkit.distributed import ingest_ray
 
-    if args.tei_url:
-        raise InputError("--engine ray embeds with a local model in each actor; drop --tei-url or the engine")
+    if args.tei_url or args.tokenizer:
+        raise InputError(
+            "--engine ray embeds and counts tokens with a local model in each actor; drop --tei-url / --tokenizer "
+            "or the engine"
+        )
     sink = _sink(args)
     try:
         report = ingest_ray(
@@ -270,8 +327,7 @@ def _print_report(args: argparse.Namespace, report: Any, sink: Any) -> None:
     print(f"{args.collection}: {report.summary()}; {sink.count()} points in the collection")
     if not args.quiet:
         print(report.table())
-    for where, reason in report.skipped:
-        print(f"skipped {where}: {reason}" if not reason.startswith(where) else f"skipped {reason}", file=sys.stderr)
+    # each skipped document was already logged as a warning when it was skipped; the summary counts them
 
 
 def _filters(pairs: Sequence[str]) -> dict[str, list[Any]]:
@@ -323,8 +379,10 @@ def _search(args: argparse.Namespace) -> int:
             hint = f"run `embedkit ingest ... --collection {args.collection}`"
             raise StoreError(f"collection {args.collection!r} does not exist; {hint}")
         recorded = sink.recorded_fingerprint() or {}
-        quantize = args.quantize or recorded.get("quantize")  # queries as the collection's vectors were made
-        embedder = load(args.model or recorded.get("model_id"), backend=args.backend, quantize=quantize)
+        embedder = _remote(args)
+        if embedder is None:
+            quantize = args.quantize or recorded.get("quantize")  # queries as the collection's vectors were made
+            embedder = load(args.model or recorded.get("model_id"), backend=args.backend, quantize=quantize)
         check_reader(sink, embedder)  # other weights under the recorded name would rank nonsense
         vector = embedder.embed_query(args.query, dimensions=recorded.get("dimensions"))
         hits = sink.search(vector, args.k, metadata_filter=metadata_filter)

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from tqdm import tqdm
 
 from embedkit.chunking import Chunk, Chunker, Strategy, default_chunker
 from embedkit.errors import EmbedkitError, InputError, MissingDependencyError
@@ -36,7 +35,9 @@ from embedkit.ingest import (
     IngestReport,
     _content_hash,
     _Pending,
+    _progress,
     _Run,
+    _show,
     _writing,
     fingerprint,
     open_collection,
@@ -121,21 +122,23 @@ def ingest_ray(
         source = _source_paths(source)
         sources = [source_override or source_of(path) for path in source]
     started = time.perf_counter()
+    show = sys.stderr.isatty() if progress is None else progress
     owns_cluster = not ray.is_initialized()
     if owns_cluster:
-        ray.init(address=ray_address, include_dashboard=False, logging_level=logging.WARNING)
+        # quiet means quiet: the workers' logs and Ray's own warnings stay out of the user's terminal
+        level = logging.WARNING if show else logging.ERROR
+        ray.init(address=ray_address, include_dashboard=False, logging_level=level, log_to_driver=show)
     elif ray_address is not None:
         log.warning("already connected to a Ray cluster; ray_address=%r is not used", ray_address)
     context = ray.data.DataContext.get_current()
     saved = (context.execution_options.preserve_order, context.enable_progress_bars)
-    show = sys.stderr.isatty() if progress is None else progress
     # documents reach the driver in source order, so "first occurrence wins" for a repeated id holds
     context.execution_options.preserve_order = True
     context.enable_progress_bars = show
     data_log = logging.getLogger("ray.data")
     saved_level = data_log.level
-    if not show:  # quiet means quiet: no per-dataset execution plans either
-        data_log.setLevel(logging.WARNING)
+    if not show:  # no per-dataset execution plans, nor the notice that progress bars are off
+        data_log.setLevel(logging.ERROR)
     try:
         gpus = num_gpus
         actors = gpus or num_actors or 1
@@ -146,15 +149,15 @@ def ingest_ray(
         plan = _describe(ray, embedder, gpus, cpus, chunk_tokens, overlap_tokens, strategy)
         # a mismatch fails before any work; hashes use the fingerprint the collection accepts
         print_ = open_collection(sink, plan["fingerprint"], lambda: plan["probes"], reembed=reembed)
-        complete = ray.put(_complete_keys(sink))
+        # the token budget (the tokenizer) and the snapshot of complete docs, put once for every prepare actor
+        shared = [ray.put(plan["budget"]), ray.put(_complete_keys(sink))]
         prepared = docs.map_batches(
             _Prepare,
             fn_constructor_kwargs={
-                "budget": plan["budget"],
+                "shared": shared,
                 "settings": plan["settings"],
                 "fingerprint": print_,
                 "task": task,
-                "complete": complete,
             },
             batch_size=batch_docs,
             batch_format="numpy",
@@ -514,15 +517,11 @@ class _Prepare:
     """Chunks and hashes documents; marks each bad, unchanged, or pending (to embed)."""
 
     def __init__(
-        self,
-        budget: _TokenBudget,
-        settings: dict[str, Any],
-        fingerprint: dict[str, Any],
-        task: str | None,
-        complete: Any,
+        self, shared: list[Any], settings: dict[str, Any], fingerprint: dict[str, Any], task: str | None
     ) -> None:
         import ray
 
+        budget, self._complete = ray.get(shared)  # the token budget and the snapshot of complete docs
         self._chunker = Chunker(
             budget,
             settings["max_tokens"],
@@ -534,7 +533,6 @@ class _Prepare:
         if self._chunker.settings != settings:  # would give other chunks and hashes than the driver's plan
             raise RuntimeError(f"chunker settings {self._chunker.settings} differ from the plan's {settings}")
         self._fingerprint = fingerprint
-        self._complete = ray.get(complete) if isinstance(complete, ray.ObjectRef) else complete
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, list[Any]] = {"status": [], "content_hash": [], "chunks": [], "error": []}
@@ -594,8 +592,8 @@ def _write(embedded: Any, sink: Sink, dimension: int, on_error: str, show: bool,
     """Write the embedded documents in source order, with the single-process run's bookkeeping."""
     run = _Run(on_error, IngestReport())
     report = run.report
-    with _writing(sink, report, started) as writer:
-        with tqdm(desc="ingest (ray)", unit="doc", disable=not show) as bar:
+    with _progress("ingest (ray)", None, show) as bar:
+        with _writing(sink, report, started) as writer:
             for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
                 pending: list[_Pending] = []
                 vectors: list[np.ndarray] = []
@@ -624,4 +622,9 @@ def _write(embedded: Any, sink: Sink, dimension: int, on_error: str, show: bool,
                 if pending:
                     writer.put(pending, np.concatenate(vectors))
                 bar.update(len(batch["id"]))
+                if show:
+                    _show(bar, report)
+        if show:  # the writes have finished: show what they stored
+            _show(bar, report)
+            bar.refresh()
     return run

@@ -21,6 +21,7 @@ __all__ = [
     "validate_texts",
     "iter_windows",
     "check_dimensions",
+    "check_embed_args",
     "postprocess",
 ]
 
@@ -135,6 +136,19 @@ def check_dimensions(dimensions: int | None, full_dimension: int, allowed: Seque
     if allowed and dimensions not in allowed:
         sizes = ", ".join(str(size) for size in allowed)
         raise InputError(f"dimensions={dimensions} is not one of this model's Matryoshka sizes: {sizes}")
+
+
+def check_embed_args(*, normalize: object, truncate: object = True, dimensions: object = None) -> None:
+    """Raise InputError unless `normalize` and `truncate` are bools and `dimensions` is an int or None.
+
+    Every embedder calls this first: `normalize="no"` is truthy and would silently normalise, and a
+    `dimensions` of "8" or 8.0 must not depend on how far it travels before something indexes with it.
+    """
+    for name, value in (("normalize", normalize), ("truncate", truncate)):
+        if not isinstance(value, bool):
+            raise InputError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)):
+        raise InputError(f"dimensions must be an int or None, got {type(dimensions).__name__} {dimensions!r}")
 
 
 def postprocess(vectors: np.ndarray, *, dimensions: int | None = None, normalize: bool = True) -> np.ndarray:

@@ -181,18 +181,18 @@ def open_collection(
     `probes` is called only when needed: not when the recorded fingerprint names these very weights.
     """
     recorded = sink.recorded_fingerprint()
+    label = f"collection {getattr(sink, 'collection', '')!r}"
+    if recorded is not None and recorded.get("id_scheme") != ID_SCHEME:  # re-embedding would not help either
+        raise StoreError(
+            f"{label} was written by an earlier embedkit whose doc ids did not carry their source; "
+            "ingest into a new collection (or remove this one first): re-using it would store every document twice"
+        )
     if recorded is None or reembed:  # a new collection, or one another tool made, or re-recorded on purpose
         vectors = np.asarray(probes(), dtype=np.float32)
         record = {"texts": list(PROBE_TEXTS), "vectors": vectors.round(7).tolist()}
         sink.prepare(print_["dimension"], print_, probes=record, rewrite=True)
         return print_
     sink.prepare(print_["dimension"], print_, probes=None, rewrite=False)  # dimension and distance checks
-    label = f"collection {getattr(sink, 'collection', '')!r}"
-    if recorded.get("id_scheme") != ID_SCHEME:
-        raise StoreError(
-            f"{label} was written by an earlier embedkit whose doc ids did not carry their source; "
-            "ingest into a new collection (or remove this one first): re-using it would store every document twice"
-        )
     same_weights = print_.get("weights_digest") is not None
     if same_weights and all(recorded.get(key) == print_.get(key) for key in _COMPARED):
         return recorded  # these very weights, run the same way, wrote it: nothing to probe
@@ -459,6 +459,7 @@ def ingest(
     delete_missing: bool = False,
     force_delete: bool = False,
     progress: bool | None = None,
+    total: int | None = None,
 ) -> IngestReport:
     """Embed `docs` into `sink`; re-running on an unchanged corpus embeds nothing.
 
@@ -478,6 +479,9 @@ def ingest(
 
     The collection accepts this embedder when it reproduces the collection's probe vectors (see the
     module docstring); else StoreError before any write, unless `reembed=True`.
+
+    `progress` shows a bar on stderr (default: when it is a terminal) with the documents read out of
+    `total` (default: len(docs) when it has one), the rate, chunks stored and tokens/s.
 
     An error that stops the run carries `.report`: what was written before it stopped. If the run
     stops (an error, Ctrl-C, or the process killed), what was written is consistent: a doc counts
@@ -531,8 +535,8 @@ def ingest(
                 flush()
         candidates.clear()
 
-    with _writing(sink, report, started) as writer:
-        with tqdm(desc="ingest", unit="doc", disable=not show) as bar:
+    with _progress("ingest", total if total is not None else _length(docs), show) as bar:
+        with _writing(sink, report, started) as writer:
             for position, item in enumerate(docs):
                 report.docs += 1
                 bar.update(1)
@@ -551,12 +555,32 @@ def ingest(
                 candidates.append(_Pending(doc, chunks, _content_hash(doc, chunker.settings, hash_print)))
                 if len(candidates) >= CHECK_WINDOW:
                     check()
-                if show and report.docs % 100 == 0:
-                    elapsed = max(bar.format_dict["elapsed"], 1e-9)
-                    bar.set_postfix(chunks=report.chunks, tokens_per_s=f"{report.tokens / elapsed:.0f}")
+                if show:
+                    _show(bar, report)
             check()
             flush()
+        if show:  # the writes have finished: show what they stored
+            _show(bar, report)
+            bar.refresh()
     return run.finish(sink, delete_missing=delete_missing, force_delete=force_delete, sources=sources, started=started)
+
+
+def _length(docs: Any) -> int | None:
+    try:
+        return len(docs)
+    except TypeError:  # a generator: the bar counts without a total
+        return None
+
+
+def _progress(desc: str, total: int | None, show: bool) -> tqdm:
+    """The documents read, of `total` when known, with tqdm's rate and a postfix set by `_show`."""
+    return tqdm(desc=desc, total=total, unit="doc", disable=not show, dynamic_ncols=True)
+
+
+def _show(bar: tqdm, report: IngestReport) -> None:
+    """What was stored so far beside the bar (tqdm redraws it at most every 0.1 s, so this is cheap)."""
+    elapsed = max(bar.format_dict["elapsed"], 1e-9)
+    bar.set_postfix_str(f"{report.chunks} chunks, {report.tokens / elapsed:.0f} tokens/s", refresh=False)
 
 
 @contextmanager

@@ -5,7 +5,9 @@ local and remote by changing one line. Every decision lives in `_ClientBase` and
 and fields to send, how texts are cut into batches (the server's `max_client_batch_size` from /info and
 a request-body budget), how a task becomes a `prompt_name` or a prefix, what an answer means (retry,
 split, or a typed error), and whether the vectors in it can be trusted. The two shells only send, sleep
-and run batches concurrently, with the same tenacity policy.
+and run batches concurrently, with the same tenacity policy; the async one keeps a connection pool per
+event loop, so one client serves successive `asyncio.run` calls. `from_client` makes either shell's twin of
+the other with every setting. Inputs are texts or token-id lists (TEI's and OpenAI's token-array input).
 
 Normalisation follows embedkit's one policy: /embed is always asked for raw vectors (`normalize: false`)
 and `embedder.postprocess` normalises here, so `normalize=False` means the same locally and remotely.
@@ -26,18 +28,27 @@ import math
 import os
 import random
 import re
+import threading
 import time
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
 import numpy as np
 import tenacity
 
-from embedkit.embedder import EmbedderBase, check_dimensions, iter_windows, postprocess, validate_text, validate_texts
+from embedkit.embedder import (
+    EmbedderBase,
+    check_dimensions,
+    check_embed_args,
+    iter_windows,
+    postprocess,
+    validate_text,
+    validate_texts,
+)
 from embedkit.errors import AuthError, InputError, RemoteError
 from embedkit.tasks import ALIASES, TaskTable, known_prompts
 
@@ -56,8 +67,10 @@ FALLBACK_BATCH_SIZE = 32
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 _BATCH_SIZE_MESSAGE = re.compile(r"batch size (\d+) > maximum allowed batch size (\d+)")
 _INPUT_INDEX = re.compile(r"inputs\[(\d+)\]")
+MAX_TOKEN_ID = 2**32 - 1  # TEI reads token ids as u32
 
 Api = Literal["tei", "openai"]
+Input = str | list[int]  # a text, or one sequence of token ids (TEI's and OpenAI's token-array input)
 
 
 @dataclass(frozen=True)
@@ -122,7 +135,7 @@ class _Options:
 @dataclass
 class _Batch:
     indices: list[int]  # positions in the caller's list, so results land in input order
-    texts: list[str]
+    texts: list[Input]  # all texts or all token-id lists: OpenAI's `input` takes one kind per request
     options: _Options
 
 
@@ -145,6 +158,9 @@ class _TooLarge(Exception):
 
 class _ClientBase(EmbedderBase):
     """Everything the sync and async clients share; no I/O here."""
+
+    # the model lives behind a server: its limit and prompts cost a request, so a Chunker reads them late
+    remote: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -200,6 +216,40 @@ class _ClientBase(EmbedderBase):
             f"{type(self).__name__}(base_url={self.base_url!r}, api={self.api!r}, "
             f"max_concurrency={self.max_concurrency}, api_key={'set' if self._api_key else None})"
         )
+
+    def _settings(self) -> dict[str, Any]:
+        """Every constructor setting (but base_url and info) as this client holds it now: what a twin copies."""
+        return {
+            "api": self.api,
+            "model": self._model,
+            "api_key": self._api_key,
+            "timeout": self._timeout,
+            "max_concurrency": self.max_concurrency,
+            "batch_size": self._batch_size,
+            "retry": self.retry,
+            "prompts": self._prompts,
+            "max_input_tokens": self._max_input_tokens,
+            "encoding_format": self._encoding_format,
+            "max_request_bytes": self._max_request_bytes,
+            "max_response_bytes": self._max_response_bytes,
+        }
+
+    def _adopt(self, other: _ClientBase) -> None:
+        """Take what `other` learned or was told beyond its settings, so this twin answers exactly as it does."""
+        self._api_key = other._api_key  # as resolved there: EMBEDKIT_API_KEY is not read a second time
+        self._info, self._info_missing, self._dimension = other._info, other._info_missing, other._dimension
+        self.query_task, self.document_task = other.query_task, other.document_task
+
+    @staticmethod
+    def _twin_of(client: object, kind: str) -> _ClientBase:
+        if not isinstance(client, _ClientBase):
+            raise InputError(f"{kind}.from_client needs a TEIClient or an AsyncTEIClient, got {type(client).__name__}")
+        return client
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether the service can count tokens (TEI's /tokenize): an OpenAI-style one cannot. No request."""
+        return self.api == "tei"
 
     # -- what /info taught us ------------------------------------------------------------------
 
@@ -263,7 +313,7 @@ class _ClientBase(EmbedderBase):
 
     def _embed_request(self, batch: _Batch) -> httpx.Request:
         options = batch.options
-        texts = [options.prefix + text for text in batch.texts]
+        texts = [options.prefix + text if isinstance(text, str) else text for text in batch.texts]
         if self.api == "tei":
             body: dict[str, Any] = {
                 "inputs": texts,
@@ -342,7 +392,7 @@ class _ClientBase(EmbedderBase):
 
     def _plan(
         self,
-        texts: list[str],
+        texts: list[Input],
         task: str | Sequence[str | None] | None,
         *,
         dimensions: int | None,
@@ -350,7 +400,8 @@ class _ClientBase(EmbedderBase):
         truncate: bool,
         direction: str,
     ) -> list[_Batch]:
-        """Cut one call into batches: per task group, at most the server's batch size and the byte budget."""
+        """Cut one call into batches: per task and kind of input (texts, token ids), at most the server's batch
+        size and the byte budget."""
         if task is None or isinstance(task, str):
             tasks: list[str | None] = [task] * len(texts)
         elif isinstance(task, Sequence):
@@ -364,13 +415,23 @@ class _ClientBase(EmbedderBase):
         }
         limit = self._batch_limit()
         batches: list[_Batch] = []
-        for name, chosen in options.items():
+        for (name, chosen), ids in ((item, ids) for item in options.items() for ids in (False, True)):
             current: _Batch | None = None
             size = 0
             for index, text in enumerate(texts):
-                if tasks[index] != name:
+                if tasks[index] != name or isinstance(text, list) != ids:
                     continue
-                cost = len(text.encode()) + len(chosen.prefix.encode()) + 8  # quotes, comma, escapes
+                if isinstance(text, list):
+                    if chosen.prefix:
+                        raise InputError(
+                            f"texts[{index}] is token ids, but task={name!r} means prepending the prompt "
+                            f"{chosen.prefix!r} as text here (the server applies no prompt by name); put the "
+                            "prompt's ids in front of them yourself and pass task=None, or embed the text",
+                            index=index,
+                        )
+                    cost = sum(len(str(token)) + 1 for token in text) + 2  # digits, commas, brackets
+                else:
+                    cost = len(text.encode()) + len(chosen.prefix.encode()) + 8  # quotes, comma, escapes
                 if current is None or len(current.texts) >= limit or size + cost > self._max_request_bytes:
                     current = _Batch([], [], chosen)
                     batches.append(current)
@@ -379,6 +440,17 @@ class _ClientBase(EmbedderBase):
                 current.texts.append(text)
                 size += cost
         return batches
+
+    def prompt_text(self, task: str | None = None) -> str:
+        """The text each input of `task` is prefixed with, by the server (prompt_name) or by this client;
+        "" when none. What a Chunker counts with its own tokenizer beside the special tokens. Needs /info:
+        TEIClient reads it; on an AsyncTEIClient, await info() first (else RemoteError)."""
+        return self._prefix_text(self._options(task, None, True, True, "right"))
+
+    def _prefix_text(self, options: _Options) -> str:
+        if options.prompt_name is None:
+            return options.prefix
+        return (self._require_info().prompts or {}).get(options.prompt_name, "")
 
     def _halves(self, batch: _Batch, refusal: _TooLarge) -> list[_Batch]:
         """Smaller batches after a size refusal; a single text that is still too large is the caller's."""
@@ -602,6 +674,51 @@ class _ClientBase(EmbedderBase):
         return window or self._batch_limit() * self.max_concurrency * 4
 
 
+def _validate_inputs(texts: Any) -> list[Input]:
+    """`texts` as a list of strings and token-id lists, or InputError naming the first bad entry.
+
+    Strings are checked as everywhere (validate_texts). A token-id input is a list, tuple or 1-D integer
+    array of ints in 0..MAX_TOKEN_ID; a 2-D integer array is one such input per row. A flat list of ints is
+    refused rather than read as one input (as TEI would): embed returns one row per entry of `texts`.
+    """
+    if isinstance(texts, np.ndarray) and texts.ndim == 2 and texts.dtype.kind in "iu":
+        texts = list(texts)
+    if isinstance(texts, (bytes, bytearray)):
+        raise InputError("texts must be a list of strings or of token-id lists, not bytes")
+    if not isinstance(texts, Sequence) or isinstance(texts, str) or all(isinstance(text, str) for text in texts):
+        return list(validate_texts(texts))
+    return [
+        validate_text(text, index) if isinstance(text, str) else _token_ids(text, index)
+        for index, text in enumerate(texts)
+    ]
+
+
+def _token_ids(item: object, index: int) -> list[int]:
+    if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+        raise InputError(
+            f"texts[{index}] is an int: give token ids as one list per input, [[101, 7592, 102]], not [101, 7592, 102]",
+            index=index,
+        )
+    if isinstance(item, np.ndarray) and item.ndim == 1 and item.dtype.kind in "iu":
+        ids: list[Any] = item.tolist()
+    elif isinstance(item, (list, tuple)):
+        ids = list(item)
+    else:
+        raise InputError(f"texts[{index}] is {type(item).__name__}, expected a str or a list of token ids", index=index)
+    if not ids:
+        raise InputError(f"texts[{index}] is an empty token-id list", index=index)
+    for position, token in enumerate(ids):
+        if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+            raise InputError(
+                f"texts[{index}][{position}] is {type(token).__name__} {token!r}: token ids are ints", index=index
+            )
+        if not 0 <= token <= MAX_TOKEN_ID:
+            raise InputError(
+                f"texts[{index}][{position}] is {token}: token ids are ints from 0 to {MAX_TOKEN_ID}", index=index
+            )
+    return [int(token) for token in ids]
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     """Retry-After in seconds (a number or an HTTP date), None when absent or unreadable."""
     value = response.headers.get("retry-after")
@@ -672,7 +789,8 @@ class TEIClient(_ClientBase):
     `retry` (connection errors, timeouts, 429, 502-504, honouring Retry-After); a batch the server finds
     too large is split; 400/413/422 for one text raise InputError with its index; 401/403 AuthError.
     The API key comes from `api_key` or the EMBEDKIT_API_KEY environment variable and is never shown.
-    `transport` is httpx's seam (a MockTransport, a proxy transport).
+    `transport` is httpx's seam (a MockTransport, a proxy transport). Building a client sends nothing:
+    /info is read on the first call that needs it.
     """
 
     def __init__(self, base_url: str, *, transport: httpx.BaseTransport | None = None, **settings: Any) -> None:
@@ -680,6 +798,18 @@ class TEIClient(_ClientBase):
         self._http = httpx.Client(timeout=self._timeout, transport=transport)
         # a client dropped without close() (e.g. inside a LangChain object) still releases its sockets
         weakref.finalize(self, self._http.close)
+
+    @classmethod
+    def from_client(
+        cls, client: TEIClient | AsyncTEIClient, *, transport: httpx.BaseTransport | None = None
+    ) -> TEIClient:
+        """A TEIClient with every setting of `client` (an AsyncTEIClient's sync twin): URL, api, model, API
+        key, timeout, batch size, concurrency, retry policy, prompts, limits, encoding, query/document tasks,
+        and the /info and dimension it has learned. No request is sent. InputError for anything else."""
+        source = cls._twin_of(client, "TEIClient")
+        twin = cls(source.base_url, transport=transport, **source._settings())
+        twin._adopt(source)
+        return twin
 
     def __enter__(self) -> TEIClient:
         return self
@@ -760,7 +890,7 @@ class TEIClient(_ClientBase):
 
     def embed(
         self,
-        texts: Sequence[str],
+        texts: Sequence[str] | Sequence[Sequence[int]],
         *,
         task: str | Sequence[str | None] | None = None,
         dimensions: int | None = None,
@@ -768,8 +898,16 @@ class TEIClient(_ClientBase):
         truncate: bool = True,
         truncation_direction: str = "right",
     ) -> np.ndarray:
-        """Embed `texts` -> float32 array (len(texts), dim), input order kept; see LocalEmbedder.embed."""
-        texts = validate_texts(texts)
+        """Embed `texts` -> float32 array (len(texts), dim), input order kept; see LocalEmbedder.embed.
+
+        An entry may also be one input's token ids, `[[101, 7592, 102], ...]` (a list, tuple or integer
+        array of ints in 0..2**32-1), sent as TEI's and OpenAI's token-array input. TEI decodes them and
+        tokenizes again, so they carry the model's special tokens themselves. A task prompt reaches ids
+        only as a server-side prompt_name: a task whose prompt is prepended here is an InputError for
+        them. InputError names the first bad entry (texts[i], or texts[i][j] for a bad id) before any request.
+        """
+        check_embed_args(normalize=normalize, truncate=truncate, dimensions=dimensions)
+        texts = _validate_inputs(texts)
         self.info()
         batches = self._plan(
             texts, task, dimensions=dimensions, normalize=normalize, truncate=truncate, direction=truncation_direction
@@ -803,7 +941,12 @@ class TEIClient(_ClientBase):
     ) -> list[list[Token]]:
         """The server's tokens for each text (with the task's prompt), offsets in characters."""
         if self.api != "tei":
-            raise InputError("tokenize needs TEI's /tokenize route (api='tei')")
+            raise InputError(
+                f"tokenize needs TEI's /tokenize route, which an api='openai' service ({self.base_url}) lacks; "
+                "to chunk for it, count tokens with the model's tokenizer: Chunker(client, tokenizer="
+                "tokenizers.Tokenizer.from_file('tokenizer.json')) or default_chunker(client, tokenizer=PATH) "
+                "(CLI: --tokenizer PATH)"
+            )
         texts = validate_texts(texts)
         self.info()
         options = self._options(task, None, True, True, "right")
@@ -825,19 +968,60 @@ class TEIClient(_ClientBase):
         with_everything = len(self.tokenize(["x"], task=task)[0])
         return with_everything - len(self.tokenize(["x"], add_special_tokens=False)[0])
 
-    def _prefix_text(self, options: _Options) -> str:
-        if options.prompt_name is None:
-            return options.prefix
-        return (self._require_info().prompts or {}).get(options.prompt_name, "")
+    def prompt_text(self, task: str | None = None) -> str:
+        """The text each input of `task` is prefixed with (see _ClientBase.prompt_text); reads /info once."""
+        self.info()
+        return super().prompt_text(task)
+
+
+@dataclass
+class _LoopClient:
+    """The connections one event loop may use, and what closes them when that loop shuts down."""
+
+    http: httpx.AsyncClient
+    info_lock: asyncio.Lock
+    closer: AsyncGenerator[None, None]
+
+
+async def _close_with_loop(http: httpx.AsyncClient, owned: bool) -> AsyncGenerator[None, None]:
+    """Suspended for the life of its event loop. asyncio.run (any loop.shutdown_asyncgens()) closes it while
+    the loop still runs, and so the connections opened there are closed on the loop that owns them; when the
+    client is dropped first, the loop's finaliser closes them."""
+    try:
+        yield
+    finally:
+        if owned:  # a transport the caller gave is theirs, shared by every loop: aclose() closes it
+            await http.aclose()
 
 
 class AsyncTEIClient(_ClientBase):
-    """The asyncio twin of TEIClient: the same settings and behaviour, awaitable methods."""
+    """The asyncio twin of TEIClient: the same settings and behaviour, awaitable methods.
+
+    One client may serve any number of event loops, one after another (a script's or notebook's
+    successive `asyncio.run` calls) or at once (threads each running a loop): httpx's connections belong
+    to the loop that opened them, so each loop gets its own pool, made on its first request there and
+    closed when that loop shuts down (asyncio.run does) or by `aclose()` on it. Building a client sends
+    nothing. `from_client(TEIClient(...))` makes the async twin of a sync client, settings and all.
+    """
 
     def __init__(self, base_url: str, *, transport: httpx.AsyncBaseTransport | None = None, **settings: Any) -> None:
         super().__init__(base_url, **settings)
-        self._http = httpx.AsyncClient(timeout=self._timeout, transport=transport)
-        self._info_lock = asyncio.Lock()
+        self._transport = transport
+        # keyed weakly by loop: a loop that is gone takes its entry along
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = weakref.WeakKeyDictionary()
+        self._loops_lock = threading.Lock()  # loops in other threads may use this client at the same time
+
+    @classmethod
+    def from_client(
+        cls, client: TEIClient | AsyncTEIClient, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> AsyncTEIClient:
+        """An AsyncTEIClient with every setting of `client` (a TEIClient's async twin): URL, api, model, API
+        key, timeout, batch size, concurrency, retry policy, prompts, limits, encoding, query/document tasks,
+        and the /info and dimension it has learned. No request is sent. InputError for anything else."""
+        source = cls._twin_of(client, "AsyncTEIClient")
+        twin = cls(source.base_url, transport=transport, **source._settings())
+        twin._adopt(source)
+        return twin
 
     async def __aenter__(self) -> AsyncTEIClient:
         return self
@@ -846,13 +1030,43 @@ class AsyncTEIClient(_ClientBase):
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        """Close the connections of the running event loop (a transport given to the client too); those of
+        other loops close when their loop shuts down. The client stays usable: a later call reconnects."""
+        with self._loops_lock:
+            current = self._loops.pop(asyncio.get_running_loop(), None)
+        if current is not None:
+            await current.closer.aclose()  # closes the pool it made for this loop
+        if self._transport is not None:
+            await self._transport.aclose()
 
     # -- I/O -----------------------------------------------------------------------------------
 
+    async def _loop_client(self) -> _LoopClient:
+        """The running loop's connections, made on its first request (a pool used from another loop fails
+        with 'Event loop is closed' or hangs)."""
+        loop = asyncio.get_running_loop()
+        with self._loops_lock:
+            current = self._loops.get(loop)
+            for ended in [other for other in self._loops if other.is_closed()]:
+                # its connections were closed at its shutdown, or (closed without shutdown_asyncgens()) can
+                # no longer be: nothing runs on a closed loop
+                del self._loops[ended]
+        if current is not None:
+            return current
+        http = httpx.AsyncClient(timeout=self._timeout, transport=self._transport)
+        closer = _close_with_loop(http, owned=self._transport is None)
+        await closer.__anext__()  # its first step registers it with the loop, which closes it at shutdown
+        made = _LoopClient(http, asyncio.Lock(), closer)
+        with self._loops_lock:
+            current = self._loops.setdefault(loop, made)
+        if current is not made:  # another task of this loop got there first
+            await closer.aclose()
+        return current
+
     async def _exchange(self, request: httpx.Request) -> tuple[httpx.Response, bytes]:
+        http = (await self._loop_client()).http
         try:
-            response = await self._http.send(request, stream=True)
+            response = await http.send(request, stream=True)
             try:
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
@@ -875,7 +1089,9 @@ class AsyncTEIClient(_ClientBase):
 
     async def info(self) -> ServerInfo:
         """The server's /info, read once."""
-        async with self._info_lock:
+        if self._info is not None:
+            return self._info
+        async with (await self._loop_client()).info_lock:
             if self._info is None:
 
                 async def attempt() -> ServerInfo | None:
@@ -922,7 +1138,7 @@ class AsyncTEIClient(_ClientBase):
 
     async def embed(  # type: ignore[override]
         self,
-        texts: Sequence[str],
+        texts: Sequence[str] | Sequence[Sequence[int]],
         *,
         task: str | Sequence[str | None] | None = None,
         dimensions: int | None = None,
@@ -930,8 +1146,10 @@ class AsyncTEIClient(_ClientBase):
         truncate: bool = True,
         truncation_direction: str = "right",
     ) -> np.ndarray:
-        """Embed `texts` -> float32 array (len(texts), dim), input order kept; see TEIClient.embed."""
-        texts = validate_texts(texts)
+        """Embed `texts` (strings or token-id lists) -> float32 array (len(texts), dim), input order kept;
+        see TEIClient.embed."""
+        check_embed_args(normalize=normalize, truncate=truncate, dimensions=dimensions)
+        texts = _validate_inputs(texts)
         await self.info()
         batches = self._plan(
             texts, task, dimensions=dimensions, normalize=normalize, truncate=truncate, direction=truncation_direction

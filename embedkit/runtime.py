@@ -21,6 +21,7 @@ from torch import nn
 from embedkit.embedder import (
     EmbedderBase,
     check_dimensions,
+    check_embed_args,
     check_encodable,
     iter_windows,
     postprocess,
@@ -125,12 +126,11 @@ class LocalEmbedder(EmbedderBase):
         self._pooling = pipeline.pooling_modes or family.default_pooling
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
-        self.truncated_count = 0  # texts cut to max_input_tokens over this embedder's life
+        self.truncated_count = 0  # inputs cut (to max_input_tokens or a caller's max_length) over this embedder's life
         self._pad_id = tokenizer.padding["pad_id"] if tokenizer.padding else 0
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(max_seq_length)
-        self._tokenizer = tokenizer
+        # a private copy without padding or truncation; truncating copies are made per limit (_truncating)
         self._untruncated = Tokenizer.from_str(tokenizer.to_str())
+        self._untruncated.no_padding()
         self._untruncated.no_truncation()
         self._dimension = self._probe_dimension()
 
@@ -235,16 +235,69 @@ class LocalEmbedder(EmbedderBase):
         L2-normalises (the default); `dimensions` keeps the first k Matryoshka dimensions, then
         normalises; `truncate=False` raises InputError for a text longer than `max_input_tokens`
         instead of cutting it; `truncation_direction="left"` keeps a long text's end instead of its start.
+        Equals `embed_ids(encode(texts, task=task), task=task, ...)`.
         """
         texts = validate_texts(texts)
+        check_embed_args(normalize=normalize, truncate=truncate, dimensions=dimensions)
         check_dimensions(dimensions, self._dimension, self._matryoshka)
         plan = self._plan(task, len(texts))
-        inputs = [prefix + text for prefix, text in zip(plan.prefixes, texts, strict=True)]
-        if self._pipeline.do_lower_case:
-            inputs = [text.lower() for text in inputs]
-        encodings = self._encode(inputs, truncate=truncate, direction=truncation_direction)
-        vectors = self._run(encodings, plan.adapter_ids, plan.prompt_lengths)
-        return postprocess(vectors, dimensions=dimensions, normalize=normalize)
+        limit = self._max_seq_length if truncate else None
+        ids = self._encode(texts, plan.prefixes, max_length=limit, direction=truncation_direction, name="texts")
+        return self._embed_encoded(ids, plan, dimensions=dimensions, normalize=normalize, name="texts")
+
+    def embed_ids(
+        self,
+        ids: Sequence[Sequence[int]],
+        *,
+        task: str | Sequence[str | None] | None = None,
+        dimensions: int | None = None,
+        normalize: bool = True,
+        truncate: bool = True,
+        truncation_direction: str = "right",
+    ) -> np.ndarray:
+        """Embed pre-tokenised inputs -> float32 array (len(ids), dimensions or dimension), input order kept.
+
+        Each entry is the model's whole input as `encode` gives it: special tokens (and the task's
+        prompt, if any) included, since nothing is added here. `task` selects the adapter and the
+        prompt tokens pooling leaves out, so `embed_ids(encode(texts, task=t), task=t) == embed(texts,
+        task=t)`. A sequence longer than `max_input_tokens` is cut plainly (its trailing special token
+        goes too, as TEI cuts raw ids), or refused with `truncate=False`. Raises InputError naming the
+        entry for an empty list, a non-int, or an id outside the vocabulary (and its position).
+        """
+        check_embed_args(normalize=normalize, truncate=truncate, dimensions=dimensions)
+        check_dimensions(dimensions, self._dimension, self._matryoshka)
+        rows = self._check_id_lists(ids)
+        plan = self._plan(task, len(rows))
+        limit = self._max_seq_length if truncate else None
+        rows = self._encode(rows, [""] * len(rows), max_length=limit, direction=truncation_direction, name="inputs")
+        return self._embed_encoded(rows, plan, dimensions=dimensions, normalize=normalize, name="inputs")
+
+    def encode(
+        self,
+        inputs: Sequence[str | Sequence[int]],
+        *,
+        task: str | Sequence[str | None] | None = None,
+        max_length: int | None = None,
+        truncation_direction: str = "right",
+    ) -> list[list[int]]:
+        """The token ids the model runs for each input (texts and token-id lists may be mixed).
+
+        A text gets its task's prompt and the special tokens; past `max_length` its own tokens are cut
+        and the special tokens kept (as the tokenizer truncates). A token-id list is taken as given: the
+        caller includes the special tokens, as TEI expects; past `max_length` it is cut plainly. With a
+        task that has a prompt, a token-id list is decoded without its special tokens and tokenized
+        again behind the prompt, as TEI does. `max_length=None` cuts nothing (at most
+        `max_input_tokens`; the caller checks lengths). Raises InputError naming the input for an empty
+        or unencodable text, a bad id list (see `embed_ids`), or a `max_length` out of range.
+        """
+        if isinstance(inputs, str) or not isinstance(inputs, Sequence) or len(inputs) == 0:
+            raise InputError("inputs must be a non-empty list of texts or token-id lists")
+        items: list[str | list[int]] = [
+            validate_text(item, index) if isinstance(item, str) else self._check_ids(item, index)
+            for index, item in enumerate(inputs)
+        ]
+        prefixes = self._plan(task, len(items)).prefixes
+        return self._encode(items, prefixes, max_length=max_length, direction=truncation_direction, name="inputs")
 
     def embed_iter(
         self,
@@ -345,37 +398,124 @@ class LocalEmbedder(EmbedderBase):
         return self._untruncated.encode_batch(inputs, add_special_tokens=add_special_tokens)
 
     @cached_property
-    def _left_truncating(self) -> Tokenizer:
-        tokenizer = Tokenizer.from_str(self._tokenizer.to_str())
-        tokenizer.enable_truncation(self._max_seq_length, direction="left")
-        return tokenizer
+    def _vocabulary_size(self) -> int:
+        return max(self._untruncated.get_vocab(with_added_tokens=True).values()) + 1
 
-    def _encode(self, inputs: list[str], *, truncate: bool, direction: str = "right") -> list[Encoding]:
-        if direction.lower() not in ("right", "left"):
+    @cached_property
+    def _truncating_tokenizers(self) -> dict[tuple[int, str], Tokenizer]:
+        return {}
+
+    def _truncating(self, max_length: int, direction: str) -> Tokenizer:
+        """A copy of the tokenizer truncating at `max_length` from `direction` (a server uses one or two)."""
+        key = (max_length, direction)
+        if key not in self._truncating_tokenizers:
+            tokenizer = Tokenizer.from_str(self._untruncated.to_str())
+            tokenizer.enable_truncation(max_length, direction=direction)
+            self._truncating_tokenizers[key] = tokenizer
+        return self._truncating_tokenizers[key]
+
+    @cached_property
+    def _special_token_count(self) -> int:
+        processor = self._untruncated.post_processor
+        return processor.num_special_tokens_to_add(False) if processor is not None else 0
+
+    def _check_ids(self, ids: object, index: int) -> list[int]:
+        """`ids` as a list of ints, or InputError naming `inputs[index]` (and the position of a bad id)."""
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)):
+            raise InputError(
+                f"inputs[{index}] is {type(ids).__name__}, expected a str or a list of token ids", index=index
+            )
+        values = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+        if not values:
+            raise InputError(f"inputs[{index}] is an empty list of token ids", index=index)
+        vocabulary = self._vocabulary_size
+        for position, value in enumerate(values):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise InputError(
+                    f"inputs[{index}][{position}] is {type(value).__name__}, expected an int token id", index=index
+                )
+            if not 0 <= value < vocabulary:
+                raise InputError(
+                    f"inputs[{index}][{position}]: token id {int(value)} is outside this model's vocabulary "
+                    f"(ids 0..{vocabulary - 1})",
+                    index=index,
+                )
+        return [int(value) for value in values]
+
+    def _check_id_lists(self, ids: object) -> list[list[int]]:
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)) or len(ids) == 0:
+            raise InputError("ids must be a non-empty list of token-id lists")
+        return [self._check_ids(row, index) for index, row in enumerate(ids)]
+
+    def _encode(
+        self,
+        items: Sequence[str | list[int]],
+        prefixes: Sequence[str],
+        *,
+        max_length: int | None,
+        direction: str,
+        name: str,
+    ) -> list[list[int]]:
+        """Checked items (texts, id lists) -> the ids the model runs, cut to `max_length` (None: never);
+        `name` is what messages call the caller's list."""
+        if not isinstance(direction, str) or direction.lower() not in ("right", "left"):
             raise InputError(f"truncation_direction={direction!r}; use 'right' or 'left'")
-        if not truncate:
-            encodings = self._untruncated.encode_batch(inputs)
-            for index, encoding in enumerate(encodings):
-                if len(encoding.ids) > self._max_seq_length:
-                    raise InputError(
-                        f"texts[{index}] is {len(encoding.ids)} tokens long, over this model's limit of "
-                        f"{self._max_seq_length}; shorten it or pass truncate=True"
-                    )
-            return encodings
-        tokenizer = self._left_truncating if direction.lower() == "left" else self._tokenizer
-        encodings = tokenizer.encode_batch(inputs)
-        cut = [index for index, encoding in enumerate(encodings) if encoding.overflowing]
+        direction = direction.lower()
+        specials = self._special_token_count
+        if max_length is not None and (
+            isinstance(max_length, bool)
+            or not isinstance(max_length, int)
+            or not specials < max_length <= self._max_seq_length
+        ):
+            raise InputError(
+                f"max_length={max_length!r}: expected an int from {specials + 1} to this model's limit of "
+                f"{self._max_seq_length}"
+            )
+        texts: dict[int, str] = {}
+        out: list[list[int]] = [[] for _ in items]
+        cut: list[int] = []
+        for index, (prefix, item) in enumerate(zip(prefixes, items, strict=True)):
+            if isinstance(item, str):
+                texts[index] = prefix + item
+            elif prefix:
+                # TEI (core/src/tokenization.rs): behind a prompt, token ids are decoded without their
+                # special tokens and tokenized again as text
+                texts[index] = prefix + self._untruncated.decode(item, skip_special_tokens=True)
+            elif max_length is not None and len(item) > max_length:
+                # as TEI cuts raw ids: tokenized again without special tokens and truncated, so a
+                # trailing [SEP] goes too
+                out[index] = item[:max_length] if direction == "right" else item[-max_length:]
+                cut.append(index)
+            else:
+                out[index] = item
+        if self._pipeline.do_lower_case:
+            texts = {index: text.lower() for index, text in texts.items()}
+        # the tokenizer's own truncation cuts a text's tokens and keeps the special tokens
+        tokenizer = self._untruncated if max_length is None else self._truncating(max_length, direction)
+        for index, encoding in zip(texts, tokenizer.encode_batch(list(texts.values())), strict=True):
+            out[index] = encoding.ids
+            if encoding.overflowing:
+                cut.append(index)
         if cut:
             self.truncated_count += len(cut)
-            shown = ", ".join(str(i) for i in cut[:10]) + (" ..." if len(cut) > 10 else "")
+            shown = ", ".join(str(i) for i in sorted(cut)[:10]) + (" ..." if len(cut) > 10 else "")
             log.warning(
-                "%d of %d texts were truncated to %d tokens (indices %s)",
-                len(cut),
-                len(inputs),
-                self._max_seq_length,
-                shown,
+                "%d of %d %s were truncated to %d tokens (indices %s)", len(cut), len(out), name, max_length, shown
             )
-        return encodings
+        return out
+
+    def _embed_encoded(
+        self, ids: list[list[int]], plan: _TextPlan, *, dimensions: int | None, normalize: bool, name: str
+    ) -> np.ndarray:
+        for index, row in enumerate(ids):
+            if len(row) > self._max_seq_length:
+                raise InputError(
+                    f"{name}[{index}] is {len(row)} tokens long, over this model's limit of "
+                    f"{self._max_seq_length}; shorten it or pass truncate=True",
+                    index=index,
+                )
+        vectors = self._run(ids, plan.adapter_ids, plan.prompt_lengths)
+        return postprocess(vectors, dimensions=dimensions, normalize=normalize)
 
     def _prompt_length(self, prefix: str) -> int:
         # sentence-transformers' include_prompt=False: drop the prompt's tokens (with the leading
@@ -389,21 +529,21 @@ class LocalEmbedder(EmbedderBase):
     # -- forward --------------------------------------------------------------------------------
 
     def _batches(
-        self, encodings: list[Encoding], adapter_ids: np.ndarray | None, prompt_lengths: np.ndarray | None
+        self, ids: Sequence[Sequence[int]], adapter_ids: np.ndarray | None, prompt_lengths: np.ndarray | None
     ) -> list[_Batch]:
-        lengths = [len(e.ids) for e in encodings]
+        lengths = [len(row) for row in ids]
         out = []
         for indices in _token_budget_batches(lengths, self.batch_tokens, self.max_batch_size):
             width = lengths[indices[0]]
-            ids = np.full((len(indices), width), self._pad_id, dtype=np.int64)
+            padded = np.full((len(indices), width), self._pad_id, dtype=np.int64)
             mask = np.zeros((len(indices), width), dtype=bool)
             for row, index in enumerate(indices):
-                ids[row, : lengths[index]] = encodings[index].ids
+                padded[row, : lengths[index]] = ids[index]
                 mask[row, : lengths[index]] = True
             out.append(
                 _Batch(
                     indices,
-                    torch.from_numpy(ids),
+                    torch.from_numpy(padded),
                     torch.from_numpy(mask),
                     None if adapter_ids is None else torch.from_numpy(adapter_ids[indices]),
                     None if prompt_lengths is None else torch.from_numpy(prompt_lengths[indices]),
@@ -414,19 +554,20 @@ class LocalEmbedder(EmbedderBase):
     @torch.inference_mode()
     def _run(
         self,
-        encodings: list[Encoding],
+        ids: Sequence[Sequence[int]],
         adapter_ids: np.ndarray | None = None,
         prompt_lengths: np.ndarray | None = None,
     ) -> np.ndarray:
+        """Pooled raw vectors of the model's input ids (specials and prompt included), input order kept."""
         pooled: list[torch.Tensor] = []
         order: list[int] = []
-        for batch in self._batches(encodings, adapter_ids, prompt_lengths):
-            ids = batch.input_ids.to(self._device, non_blocking=True)
+        for batch in self._batches(ids, adapter_ids, prompt_lengths):
+            input_ids = batch.input_ids.to(self._device, non_blocking=True)
             mask = batch.attention_mask.to(self._device, non_blocking=True)
             if batch.adapter_ids is None:
-                hidden = self._model(ids, mask)
+                hidden = self._model(input_ids, mask)
             else:
-                hidden = self._model(ids, mask, batch.adapter_ids.to(self._device, non_blocking=True))
+                hidden = self._model(input_ids, mask, batch.adapter_ids.to(self._device, non_blocking=True))
             skip = 0 if batch.prompt_lengths is None else batch.prompt_lengths
             pooled.append(pool(hidden, mask, self._pooling, prompt_length=skip))
             order.extend(batch.indices)
@@ -460,6 +601,7 @@ class LocalEmbedder(EmbedderBase):
         if not isinstance(text, str) or not text.strip():
             raise InputError("text must be a non-blank str")
         check_encodable(text, "text")
+        check_embed_args(normalize=normalize, dimensions=dimensions)
         check_dimensions(dimensions, self._dimension, self._matryoshka)
         plan = self._plan(task, 1)
         prefix = plan.prefixes[0]

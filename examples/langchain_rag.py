@@ -30,7 +30,8 @@ PROMPT = ChatPromptTemplate.from_messages(
 
 
 def format_context(docs: list[Document]) -> str:
-    return "\n\n".join(f"[{doc.metadata['doc_id']}] {doc.page_content}" for doc in docs)
+    # embedkit's own fields live under one reserved key, apart from the documents' metadata
+    return "\n\n".join(f"[{doc.metadata['embedkit']['doc_id']}] {doc.page_content}" for doc in docs)
 
 
 def main() -> None:

@@ -1,11 +1,13 @@
 """Dynamic batching: concurrent requests share forward passes, packed by token budget.
 
-Requests wait in one bounded queue. A single worker takes the oldest request and every queued
-request behind it that fits the token budget (and `max_batch_requests`, when set), runs them as ONE
-`embed` call on a dedicated thread (the model runs one batch at a time; torch's own threads
-parallelise inside it), and hands each request its rows. A full queue refuses at once (the caller
-answers 429) instead of growing without limit. Vectors come back raw (unnormalised): each request
-applies its own dimensions / normalize afterwards.
+Requests arrive tokenized and truncated (token ids, prompt and special tokens included), so the
+budget counts exactly the tokens that run. A single worker takes the oldest request and every queued
+request behind it that fits `max_batch_tokens` (and `max_batch_requests`, when set), runs them as ONE
+`embed_ids` call on a dedicated thread (the model runs one batch at a time; torch's own threads
+parallelise inside it), and hands each request its rows. If a shared call fails, each of its requests
+runs again alone, so one request's failure is never another's. Vectors come back raw
+(unnormalised): each request applies its own dimensions / normalize afterwards. How many requests
+may wait is the app's decision (it answers 429 before queueing), not this queue's.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import collections
 import concurrent.futures
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,17 +28,19 @@ __all__ = ["Overloaded", "DynamicBatcher"]
 
 
 class Overloaded(Exception):
-    """The queue holds as many texts as it may; try again later."""
+    """The batcher takes no more work (the server is shutting down)."""
 
 
 @dataclass
 class _Request:
-    texts: list[str]
+    ids: list[list[int]]  # per input: the model's input ids, already truncated
     task: str | None
-    tokens: int  # after truncation: what the request costs in a forward pass
-    direction: str
     future: asyncio.Future[np.ndarray]
     queued_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(row) for row in self.ids)
 
 
 class DynamicBatcher:
@@ -45,15 +49,13 @@ class DynamicBatcher:
         embedder: LocalEmbedder,
         *,
         max_batch_tokens: int,
-        max_queued_texts: int,
         max_batch_requests: int | None = None,
         on_batch: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self._embedder = embedder
         self._max_batch_tokens = max_batch_tokens
-        self._max_queued_texts = max_queued_texts
         self._max_batch_requests = max_batch_requests
-        self._on_batch = on_batch  # (texts, tokens, seconds) after each forward call, for metrics
+        self._on_batch = on_batch  # (inputs, tokens, seconds) after each forward call, for metrics
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued_texts = 0
         self._wake = asyncio.Event()
@@ -63,6 +65,7 @@ class DynamicBatcher:
 
     @property
     def queued_texts(self) -> int:
+        """Inputs waiting for the model (the te_queue_size gauge)."""
         return self._queued_texts
 
     def start(self) -> None:
@@ -76,15 +79,15 @@ class DynamicBatcher:
             await self._worker
         self._executor.shutdown(wait=True)
 
-    async def embed(self, texts: Sequence[str], *, task: str | None, tokens: int, direction: str) -> np.ndarray:
-        """Raw vectors for `texts` (one task), computed together with whatever else is queued."""
+    async def embed(self, ids: list[list[int]], *, task: str | None) -> np.ndarray:
+        """Raw vectors [len(ids), dimension] for one request's token ids (one task), computed together
+        with whatever else is queued. Raises Overloaded while shutting down, and whatever the model
+        call raised (InputError included) for this request alone."""
         if self._closing:
             raise Overloaded("the server is shutting down")
-        if self._queued_texts + len(texts) > self._max_queued_texts:
-            raise Overloaded(f"{self._queued_texts} texts are queued (limit {self._max_queued_texts})")
-        request = _Request(list(texts), task, tokens, direction, asyncio.get_running_loop().create_future())
+        request = _Request(ids, task, asyncio.get_running_loop().create_future())
         self._queue.append(request)
-        self._queued_texts += len(texts)
+        self._queued_texts += len(ids)
         self._wake.set()
         return await request.future
 
@@ -96,11 +99,10 @@ class DynamicBatcher:
                 break
             tokens += self._queue[0].tokens
             taken.append(self._queue.popleft())
-        self._queued_texts -= sum(len(r.texts) for r in taken)
+        self._queued_texts -= sum(len(r.ids) for r in taken)
         return taken
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 if self._closing:
@@ -109,31 +111,50 @@ class DynamicBatcher:
                 await self._wake.wait()
                 continue
             requests = self._take()
-            start = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self._executor, self._forward, requests)
-            except Exception as exc:  # every request of the failed call gets the error
-                for request in requests:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
+                results = await self._pass(requests)
+            except Exception as exc:
+                if len(requests) == 1:
+                    _fail(requests[0], exc)
+                    continue
+                for request in requests:  # alone, so only the request that fails gets the error
+                    try:
+                        (vectors,) = await self._pass([request])
+                    except Exception as alone:
+                        _fail(request, alone)
+                    else:
+                        _deliver(request, vectors)
                 continue
-            if self._on_batch is not None:
-                seconds = time.perf_counter() - start
-                self._on_batch(sum(len(r.texts) for r in requests), sum(r.tokens for r in requests), seconds)
             for request, vectors in zip(requests, results, strict=True):
-                if not request.future.done():  # the client may have gone away
-                    request.future.set_result(vectors)
+                _deliver(request, vectors)
+
+    async def _pass(self, requests: list[_Request]) -> list[np.ndarray]:
+        """One forward call on the model thread for `requests`, recorded by `on_batch` when it succeeds."""
+        start = time.perf_counter()
+        results = await asyncio.get_running_loop().run_in_executor(self._executor, self._forward, requests)
+        if self._on_batch is not None:
+            seconds = time.perf_counter() - start
+            self._on_batch(sum(len(r.ids) for r in requests), sum(r.tokens for r in requests), seconds)
+        return results
 
     def _forward(self, requests: list[_Request]) -> list[np.ndarray]:
-        out: list[np.ndarray | None] = [None] * len(requests)
-        for direction in dict.fromkeys(r.direction for r in requests):
-            group = [i for i, r in enumerate(requests) if r.direction == direction]
-            texts = [text for i in group for text in requests[i].texts]
-            tasks = [requests[i].task for i in group for _ in requests[i].texts]
-            vectors = self._embedder.embed(texts, task=tasks, normalize=False, truncation_direction=direction)
-            start = 0
-            for i in group:
-                out[i] = vectors[start : start + len(requests[i].texts)]
-                start += len(requests[i].texts)
+        ids = [row for request in requests for row in request.ids]
+        tasks = [request.task for request in requests for _ in request.ids]
+        # truncate=False: the app cut every input to its limit already; anything longer is a bug to report
+        vectors = self._embedder.embed_ids(ids, task=tasks, normalize=False, truncate=False)
         release_freed_memory()  # a busy server's RSS would otherwise creep (see embedkit.memory)
-        return [vectors for vectors in out if vectors is not None]
+        out, start = [], 0
+        for request in requests:
+            out.append(vectors[start : start + len(request.ids)])
+            start += len(request.ids)
+        return out
+
+
+def _deliver(request: _Request, vectors: np.ndarray) -> None:
+    if not request.future.done():  # the client may have gone away
+        request.future.set_result(vectors)
+
+
+def _fail(request: _Request, exc: BaseException) -> None:
+    if not request.future.done():
+        request.future.set_exception(exc)

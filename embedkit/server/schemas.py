@@ -1,14 +1,15 @@
 """Request and response bodies of the TEI-compatible routes, field for field as TEI names them.
 
 See ../shared/reference/tei-http-api.md. Unknown fields are ignored (TEI never denies them); `null`
-equals absent. Token-id inputs (lists of ints) are not accepted: embedkit serves text.
+equals absent. Types are strict, as TEI's serde: `"8"` or `8.0` is not an int, `"yes"` not a bool.
+`inputs` follows TEI's untagged grammar: a text, one token-id list, or a list of texts and token-id lists.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 __all__ = [
     "EmbedRequest",
@@ -25,12 +26,15 @@ __all__ = [
     "OpenAIErrorResponse",
 ]
 
-Inputs = str | list[str]
+TokenIds = list[StrictInt]
+# TEI's `Input`, tried in order: `[101, 2023]` is ONE token-id input, `[]` an empty one
+Inputs = StrictStr | TokenIds | list[StrictStr | TokenIds]
+Texts = StrictStr | list[StrictStr]
 TruncationDirection = Literal["left", "Left", "right", "Right"]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class EmbedRequest(_Request):
@@ -51,7 +55,7 @@ class OpenAIEmbeddingRequest(_Request):
 
 
 class TokenizeRequest(_Request):
-    inputs: Inputs
+    inputs: Texts  # TEI's /tokenize takes no token ids
     add_special_tokens: bool = True
     prompt_name: str | None = None
 

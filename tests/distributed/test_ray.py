@@ -249,6 +249,8 @@ def test_cli_engine_ray_then_local_finds_it_complete_and_search_works(tmp_path):
     through_ray = run_cli(tmp_path, "ingest", str(EXAMPLE_DOCS), "--collection", "kb", "--quiet", "--engine", "ray")
     assert through_ray.returncode == 0, through_ray.stderr
     assert "20 docs (20 embedded, 0 unchanged, 0 skipped), 44 chunks upserted" in through_ray.stdout
+    # --quiet: no Ray Data notices or worker logs (Ray's own core worker may still print its one line)
+    assert "WARNING" not in through_ray.stderr and "Progress bars" not in through_ray.stderr, through_ray.stderr
     # the single-process engine agrees that everything is stored: same ids and content hashes
     local = run_cli(tmp_path, "ingest", str(EXAMPLE_DOCS), "--collection", "kb", "--quiet")
     assert local.returncode == 0, local.stderr

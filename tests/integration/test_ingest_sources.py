@@ -136,14 +136,14 @@ def test_an_empty_run_in_python_deletes_nothing_unless_forced(tmp_path: Path, mi
         assert report.deleted_docs == 1 and sink.count() == 0
 
 
-def test_a_skipped_file_is_never_deleted(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_skipped_file_is_never_deleted(workdir: Path, capsys: pytest.CaptureFixture[str], caplog) -> None:  # noqa: ANN001
     write(workdir / "docs/good.md", "Good text about rivers.")
     bad = write(workdir / "docs/latin1.txt", "Café au lait, crème brûlée.")
     assert cli("ingest", "docs") == 0
     bad.write_bytes("Café au lait, now saved as Latin-1.".encode("latin-1"))
-    assert cli("ingest", "docs", "--delete-missing", "--on-error", "skip") == 0
-    captured = capsys.readouterr()
-    assert "removed" not in captured.out and "docs/latin1.txt: not UTF-8 text" in captured.err
+    with caplog.at_level(logging.WARNING):
+        assert cli("ingest", "docs", "--delete-missing", "--on-error", "skip") == 0
+    assert "removed" not in capsys.readouterr().out and "docs/latin1.txt: not UTF-8 text" in caplog.text
     assert {p["doc_id"] for p in points(workdir / "qdrant")} == {"docs/good.md", "docs/latin1.txt"}
 
 
@@ -320,3 +320,17 @@ def test_search_into_a_closed_pipe_ends_quietly(workdir: Path) -> None:
     err = child.stderr.read()
     child.stderr.close()
     assert child.wait(timeout=300) == 141 and "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_a_collection_from_before_source_ids_is_refused_not_doubled(minilm) -> None:  # noqa: ANN001
+    from embedkit.errors import StoreError
+    from embedkit.ingest import fingerprint
+
+    with QdrantSink("kb", location=":memory:") as sink:
+        earlier = fingerprint(minilm, task="document", dimensions=None, normalize=True)
+        del earlier["id_scheme"]  # what embedkit wrote before doc ids carried their source
+        sink.prepare(384, earlier)
+        for reembed in (False, True):
+            with pytest.raises(StoreError, match="earlier embedkit whose doc ids did not carry their source"):
+                ingest([{"id": "a", "text": "Tides."}], minilm, sink, reembed=reembed, progress=False)
+        assert sink.count() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -78,3 +79,36 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 @pytest.fixture()
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_KEY}"}
+
+
+def post(server: RunningServer, path: str, body: object, *, timeout: float = 60) -> httpx.Response:
+    """POST `body` as JSON with the API key. Encoded here with json.dumps (ASCII escapes), so a lone
+    surrogate travels as JSON's "\\ud800", as clients that send one do; httpx's own encoder would refuse it."""
+    return httpx.post(
+        f"{server.url}{path}",
+        content=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+        timeout=timeout,
+    )
+
+
+def assert_tei_error(response: httpx.Response, status: int, error_type: str) -> str:
+    """The response is TEI's error body for `error_type` with `status` (the OpenAI-route shape on its
+    paths), and `status` is what the server's one table gives that type; returns the message."""
+    from embedkit.server.app import ERROR_STATUS, OPENAI_PATHS
+
+    assert response.status_code == status, response.text
+    assert ERROR_STATUS[error_type] == status
+    assert response.headers["content-type"] == "application/json", response.headers
+    body = response.json()
+    if response.url.path in OPENAI_PATHS:
+        assert set(body) == {"message", "code", "type"}, body
+        assert (body["code"], body["type"]) == (status, error_type), body
+        message = body["message"]
+    else:
+        assert set(body) == {"error", "error_type"}, body
+        assert body["error_type"] == error_type, body
+        message = body["error"]
+    assert isinstance(message, str) and message, body
+    assert API_KEY not in response.text
+    return message

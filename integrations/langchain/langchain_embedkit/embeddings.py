@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 from langchain_core.embeddings import Embeddings
 from langchain_core.utils import secret_from_env
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
-from embedkit import AsyncTEIClient, Embedder, InputError, StoreError, TEIClient
+from embedkit import AsyncTEIClient, InputError, StoreError, TEIClient
 
 __all__ = ["EmbedkitEmbeddings", "embeddings_for_collection"]
 
@@ -24,6 +24,11 @@ class EmbedkitEmbeddings(BaseModel, Embeddings):
 
     `embed_query` uses `query_task` and `embed_documents` `document_task`, so the model's query prompt
     (or jina-embeddings-v3's query adapter) applies exactly as embedkit applies it everywhere else.
+
+    Over a TEIClient the async methods are native: they use its async twin (`AsyncTEIClient.from_client`),
+    which carries every setting of the client (API key, api, model, prompts, timeout, batch size,
+    concurrency, retry policy), so they give what the sync methods give. An AsyncTEIClient may be given
+    too; the sync methods then use its sync twin. Building the object sends no request.
 
     Example:
         ```python
@@ -54,25 +59,35 @@ class EmbedkitEmbeddings(BaseModel, Embeddings):
     max_concurrency: int = 4
     """Batches in flight at once against `tei_url`."""
 
+    _sync: Any = PrivateAttr(default=None)  # what the sync methods call: the embedder, or an async one's twin
+    _async: AsyncTEIClient | None = PrivateAttr(default=None)  # the remote client's async twin, made on first use
+    _async_of: dict[str, Any] | None = PrivateAttr(default=None)  # the settings that twin was made from
+
     @model_validator(mode="after")
     def _build_embedder(self) -> EmbedkitEmbeddings:
         given = [name for name in ("embedder", "model", "tei_url") if getattr(self, name) is not None]
         if len(given) > 1:
             raise InputError(f"EmbedkitEmbeddings takes one of embedder, model or tei_url; got {', '.join(given)}")
         if self.embedder is not None:
-            if isinstance(self.embedder, AsyncTEIClient):
-                raise InputError("pass tei_url= or a TEIClient: the async methods already talk to it natively")
-            if not isinstance(self.embedder, Embedder):
+            # by the type's methods, not isinstance(embedder, Embedder): checking that runtime Protocol reads
+            # its properties, and a TEIClient's `dimension` or `model_id` would ask the server right here
+            if not callable(getattr(type(self.embedder), "embed", None)):
                 raise InputError(
                     f"embedder must be an embedkit embedder (embedkit.load(...), TEIClient(...)), "
                     f"got {type(self.embedder).__name__}"
                 )
+            if isinstance(self.embedder, AsyncTEIClient):
+                self._sync, self._async = TEIClient.from_client(self.embedder), self.embedder
+            else:
+                self._sync = self.embedder
         elif self.tei_url is not None:
             self.embedder = TEIClient(self.tei_url, api_key=self._key(), max_concurrency=self.max_concurrency)
+            self._sync = self.embedder
         else:
             import embedkit
 
             self.embedder = embedkit.load(self.model, device=self.device)
+            self._sync = self.embedder
         return self
 
     def _key(self) -> str | None:
@@ -84,41 +99,35 @@ class EmbedkitEmbeddings(BaseModel, Embeddings):
         """Embed passages with the document task; an empty list gives an empty list."""
         if not texts:
             return []
-        vectors = self.embedder.embed(
-            texts, task=self.document_task, dimensions=self.dimensions, normalize=self.normalize
-        )
+        vectors = self._sync.embed(texts, task=self.document_task, dimensions=self.dimensions, normalize=self.normalize)
         return _as_lists(vectors)
 
     def embed_query(self, text: str) -> list[float]:
         """Embed one search query with the query task."""
-        vectors = self.embedder.embed(
-            [text], task=self.query_task, dimensions=self.dimensions, normalize=self.normalize
-        )
+        vectors = self._sync.embed([text], task=self.query_task, dimensions=self.dimensions, normalize=self.normalize)
         return _as_lists(vectors)[0]
 
     # -- async: native over HTTP, a worker thread for local models --------------------------------
 
     def _remote_async(self) -> AsyncTEIClient | None:
-        """An async twin of the TEIClient for one call (httpx's pool belongs to the loop that made it,
-        and LangChain may call from a new loop each time); it reuses the /info already read."""
+        """The async twin of the remote client, with all of its settings; None for a local model.
+
+        Kept across calls (an AsyncTEIClient serves any event loop, so LangChain may call from a new loop
+        each time) and made again if the TEIClient's settings were changed since."""
+        if isinstance(self.embedder, AsyncTEIClient):
+            return self.embedder
         if not isinstance(self.embedder, TEIClient):
             return None
-        remote = self.embedder
-        return AsyncTEIClient(
-            remote.base_url,
-            api=remote.api,
-            api_key=self._key(),
-            max_concurrency=remote.max_concurrency,
-            retry=remote.retry,
-            info=remote.server_info,
-        )
+        settings = self.embedder._settings()
+        if self._async is None or self._async_of != settings:
+            self._async, self._async_of = AsyncTEIClient.from_client(self.embedder), settings
+        return self._async
 
     async def _aembed(self, texts: list[str], task: str | None) -> list[list[float]] | None:
         client = self._remote_async()
         if client is None:
             return None
-        async with client:
-            vectors = await client.embed(texts, task=task, dimensions=self.dimensions, normalize=self.normalize)
+        vectors = await client.embed(texts, task=task, dimensions=self.dimensions, normalize=self.normalize)
         return _as_lists(vectors)
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:

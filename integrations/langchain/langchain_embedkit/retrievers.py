@@ -27,9 +27,17 @@ class EmbedkitRetriever(BaseRetriever):
     Queries are embedded with the query task by `embeddings`; when none is given, the model the
     collection records is loaded, so the query vector is comparable with the stored ones.
 
-    Each Document carries the chunk's text, its document's metadata, and `score`, `doc_id`,
-    `chunk_index`, `start` and `end` (the chunk's character span in its source) and `headings`
-    (its markdown section path). `k`,
+    Each Document carries the chunk's text as `page_content`, the chunk's point id as `id`, and as
+    `metadata` its document's metadata exactly as it was ingested (what langchain-qdrant's
+    QdrantVectorStore reads from the same collection), plus one reserved key, `embedkit_key`
+    ("embedkit" by default), holding embedkit's own fields:
+
+        doc.metadata["embedkit"] == {"score": 0.83, "doc_id": "docs/a.md", "source": "docs",
+            "chunk_index": 0, "chunk_count": 3, "start": 0, "end": 412, "headings": ["Guide", "Install"]}
+
+    (`start`/`end`: the chunk's character span in its source; `headings`: its section path). A user's
+    `score`, `doc_id`, `start` ... keys are never overwritten; a document whose metadata already uses the
+    reserved key is an InputError asking for another `embedkit_key`, never a silent merge. `k`,
     `score_threshold` and `filter` (metadata key -> value, or a list of accepted values) may also be
     given per call: `retriever.invoke(query, k=3, filter={"lang": "en"})`.
 
@@ -54,6 +62,8 @@ class EmbedkitRetriever(BaseRetriever):
     k: int = 4
     score_threshold: float | None = None
     filter: dict[str, Any] | None = None
+    embedkit_key: str = "embedkit"
+    """The metadata key that holds embedkit's fields (score, doc_id, source, span, headings)."""
 
     _sink: QdrantSink = PrivateAttr()
 
@@ -61,6 +71,8 @@ class EmbedkitRetriever(BaseRetriever):
     def _open(self) -> EmbedkitRetriever:
         if isinstance(self.k, bool) or self.k < 1:
             raise InputError(f"k must be an int >= 1, got {self.k!r}")
+        if not self.embedkit_key:
+            raise InputError("embedkit_key must be a non-empty metadata key")
         key = self.qdrant_api_key.get_secret_value() if self.qdrant_api_key is not None and self.url else None
         location = None if (self.path or self.url or self.client) else ":memory:"
         self._sink = QdrantSink(
@@ -88,7 +100,7 @@ class EmbedkitRetriever(BaseRetriever):
             metadata_filter=self.filter if filter is None else filter,
             score_threshold=self.score_threshold if score_threshold is None else score_threshold,
         )
-        return [_document(hit) for hit in hits]
+        return [_document(hit, self.embedkit_key) for hit in hits]
 
     def _get_relevant_documents(
         self,
@@ -117,15 +129,24 @@ class EmbedkitRetriever(BaseRetriever):
         return await asyncio.to_thread(self._search, vector, k, score_threshold, filter)
 
 
-def _document(hit: SearchHit) -> Document:
+def _document(hit: SearchHit, key: str) -> Document:
+    """The hit as a Document: the user's metadata as stored, embedkit's fields under `key` alone."""
     payload = hit.payload
-    metadata = dict(payload.get("metadata") or {})
-    metadata.update(
-        score=hit.score,
-        doc_id=payload.get("doc_id"),
-        chunk_index=payload.get("chunk_index"),
-        start=payload.get("start"),
-        end=payload.get("end"),
-        headings=payload.get("headings", []),
-    )
+    stored = payload.get("metadata")
+    metadata = dict(stored) if isinstance(stored, dict) else {}
+    if key in metadata:
+        raise InputError(
+            f"document {payload.get('doc_id')!r} has its own metadata key {key!r}, where this retriever puts "
+            f"embedkit's fields; choose another: EmbedkitRetriever(..., embedkit_key='_{key}')"
+        )
+    metadata[key] = {
+        "score": hit.score,
+        "doc_id": payload.get("doc_id"),
+        "source": payload.get("source"),
+        "chunk_index": payload.get("chunk_index"),
+        "chunk_count": payload.get("chunk_count"),
+        "start": payload.get("start"),
+        "end": payload.get("end"),
+        "headings": payload.get("headings", []),
+    }
     return Document(id=hit.id, page_content=str(payload.get("page_content", "")), metadata=metadata)

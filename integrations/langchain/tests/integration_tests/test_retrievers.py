@@ -50,22 +50,24 @@ def test_documents_carry_metadata_score_and_span(retriever: EmbedkitRetriever) -
     docs = retriever.invoke("how do I reset my password")
     assert len(docs) == 5
     best = docs[0]
-    assert best.metadata["doc_id"] == "docs/password-reset.md" and best.metadata["source"] == "docs/password-reset.md"
-    scores = [doc.metadata["score"] for doc in docs]
+    fields = best.metadata["embedkit"]
+    assert fields["doc_id"] == "docs/password-reset.md" and best.metadata["source"] == "docs/password-reset.md"
+    assert 0 <= fields["chunk_index"] < fields["chunk_count"] and "source" in fields
+    scores = [doc.metadata["embedkit"]["score"] for doc in docs]
     assert scores == sorted(scores, reverse=True)
     from pathlib import Path
 
     source = (Path(__file__).resolve().parents[4] / "examples" / "docs" / "password-reset.md").read_text()
-    assert source[best.metadata["start"] : best.metadata["end"]] == best.page_content
+    assert source[fields["start"] : fields["end"]] == best.page_content
 
 
 def test_filter_and_score_threshold(retriever: EmbedkitRetriever) -> None:
     tech = retriever.invoke("volcanoes and lava", filter={"topic": "tech"})
-    assert tech and all(doc.metadata["doc_id"].removeprefix("docs/") in TECH for doc in tech)
+    assert tech and all(doc.metadata["embedkit"]["doc_id"].removeprefix("docs/") in TECH for doc in tech)
     either = retriever.invoke("volcanoes and lava", filter={"topic": ["tech", "life"]})
-    assert either[0].metadata["doc_id"] == "docs/volcanoes.md"
+    assert either[0].metadata["embedkit"]["doc_id"] == "docs/volcanoes.md"
     strict = retriever.invoke("volcanoes and lava", score_threshold=0.5)
-    assert strict and all(doc.metadata["score"] >= 0.5 for doc in strict) and len(strict) < 5
+    assert strict and all(doc.metadata["embedkit"]["score"] >= 0.5 for doc in strict) and len(strict) < 5
 
 
 def test_async_equals_sync(retriever: EmbedkitRetriever) -> None:
@@ -76,7 +78,7 @@ def test_async_equals_sync(retriever: EmbedkitRetriever) -> None:
 
 def test_the_model_is_read_from_the_collection(qdrant_path: str) -> None:
     retriever = EmbedkitRetriever(collection=COLLECTION, path=qdrant_path, k=1)  # no embeddings given
-    assert retriever.invoke("how do I reset my password")[0].metadata["doc_id"] == "docs/password-reset.md"
+    assert retriever.invoke("how do I reset my password")[0].metadata["embedkit"]["doc_id"] == "docs/password-reset.md"
 
 
 def test_a_missing_collection_is_a_clear_error(qdrant_path: str) -> None:
@@ -92,8 +94,12 @@ def test_same_ranking_as_langchain_qdrant(retriever: EmbedkitRetriever, qdrant_p
         assert [doc.id for doc in ours] == [doc.metadata["_id"] for doc, _ in theirs], query  # its id lives there
         assert [doc.page_content for doc in ours] == [doc.page_content for doc, _ in theirs]
         for doc, (their_doc, score) in zip(ours, theirs, strict=True):
-            assert doc.metadata["score"] == pytest.approx(score, abs=1e-6)
-            assert isinstance(their_doc, Document) and their_doc.metadata["source"] == doc.metadata["source"]
+            assert doc.metadata["embedkit"]["score"] == pytest.approx(score, abs=1e-6)
+            assert isinstance(their_doc, Document)
+            # both see the user's metadata as ingested; langchain-qdrant adds its _id and _collection_name
+            ours_user = {key: value for key, value in doc.metadata.items() if key != "embedkit"}
+            theirs_user = {key: value for key, value in their_doc.metadata.items() if not key.startswith("_")}
+            assert ours_user == theirs_user
 
 
 def test_rag_example_runs(tmp_path) -> None:  # noqa: ANN001
