@@ -13,7 +13,7 @@ Normalisation follows embedkit's one policy: /embed is always asked for raw vect
 and `embedder.postprocess` normalises here, so `normalize=False` means the same locally and remotely.
 The OpenAI route only gives unit vectors: `normalize=False` there is an InputError.
 
-Reference: ../shared/reference/tei-http-api.md (TEI 1.7 - 1.9.3) and DESIGN.md "Remote".
+Reference: TEI's router/src/http/server.rs and types.rs (TEI 1.7 - 1.9.3), and the OpenAI embeddings API.
 """
 
 from __future__ import annotations

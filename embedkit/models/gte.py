@@ -6,8 +6,8 @@ names (`encoder.layer.N.attention.qkv_proj`, `attn_ln`, `mlp.up_gate_proj`, ...,
 under `new.` when saved from a `NewFor*` head class).
 
 Sources: new-impl `modeling.py` (NewEmbeddings, RotaryEmbedding, NTKScalingRotaryEmbedding,
-NewAttention, NewGatedMLP, NewLayer, NewModel), checked against the golden vectors in
-shared/fixtures/gte-v1.5; transformers' native `gte` port (which chunks `up_gate_proj` into
+NewAttention, NewGatedMLP, NewLayer, NewModel), checked against golden vectors from
+the original code (tests/models/test_gte.py); transformers' native `gte` port (which chunks `up_gate_proj` into
 [up | gate] and expresses NTK as linear scaling); TEI `backends/candle/src/models/gte.rs`.
 
 RoPE: `NTKScalingRotaryEmbedding` rebuilds its cache in its constructor for

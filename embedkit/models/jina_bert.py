@@ -19,7 +19,7 @@ Two on-disk layouts, told apart by their tensor names:
   Inference's `jina_code.rs` and `backends/python/.../jinaBert_model.py`.
 
 The GLU halves, the exact-erf GELU (`nn.GELU()` for "geglu", whatever `hidden_act` says) and the
-ALiBi slopes follow those sources; the golden vectors in `shared/fixtures/jina-bert-v2` pin them.
+ALiBi slopes follow those sources; golden vectors from the original code pin them (tests/models/test_jina_bert.py).
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ The pooler (and its LoRA) and any `lm_head` are not part of the embedding and ar
 
 Sources: upstream `modeling_lora.py` (LoRAParametrization, XLMRobertaLoRA), `modeling_xlm_roberta.py`,
 `mha.py`, `rotary.py`, `configuration_xlm_roberta.py` (as vendored in GitHub `aoncevay/jina-wrapper`);
-transformers' `jina_embeddings_v3` port and its `conversion_mapping.py`; checked against the golden
-vectors in shared/fixtures/jina-embeddings-v3.
+transformers' `jina_embeddings_v3` port and its `conversion_mapping.py`; checked against golden
+vectors the original code computed (tests/models/test_jina_v3.py).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ encoding a sample, not by the model's name.
 Sources: transformers `models/qwen2/modeling_qwen2.py`, `models/qwen3/modeling_qwen3.py` (5.23);
 TEI `backends/candle/src/models/{qwen2,flash_qwen2,qwen3}.rs`, `router/src/lib.rs`, PRs #762 and #808;
 QwenLM/Qwen3-Embedding README and issues #9, #54; gte-Qwen2-1.5B-instruct config_sentence_transformers.json;
-checked against the golden vectors in shared/fixtures/qwen3-embedding.
+checked against golden vectors from sentence-transformers (tests/models/test_qwen.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A TEI-compatible HTTP API over embedkit's local runtime (`embedkit serve`).
 
 Routes, bodies, status codes and error shapes follow Text Embeddings Inference >= 1.9
-(../shared/reference/tei-http-api.md): validation 422, empty 400, overloaded 429, bad key 401, body
+(TEI's router/src/http/server.rs): validation 422, empty 400, overloaded 429, bad key 401, body
 too large 413. Every error, the framework's own (404, 405, a body that is not JSON) included, is
 answered from ONE table (`ERROR_STATUS`) in TEI's shape: {"error", "error_type"} on native routes,
 {"message", "code", "type"} on the OpenAI route. `/info` adds `prompts`: the task and prompt names a

@@ -1,7 +1,7 @@
 """Request and response bodies of the TEI-compatible routes, field for field as TEI names them.
 
-See ../shared/reference/tei-http-api.md. Unknown fields are ignored (TEI never denies them); `null`
-equals absent. Types are strict, as TEI's serde: `"8"` or `8.0` is not an int, `"yes"` not a bool.
+As TEI's OpenAPI schema (router/src/http/types.rs) defines them. Unknown fields are ignored (TEI never
+denies them); `null` equals absent. Types are strict, as TEI's serde: `"8"` or `8.0` is not an int, `"yes"` not a bool.
 `inputs` follows TEI's untagged grammar: a text, one token-id list, or a list of texts and token-id lists.
 """
 
