@@ -193,8 +193,7 @@ def open_collection(
         sink.prepare(print_["dimension"], print_, probes=record, rewrite=True)
         return print_
     sink.prepare(print_["dimension"], print_, probes=None, rewrite=False)  # dimension and distance checks
-    same_weights = print_.get("weights_digest") is not None
-    if same_weights and all(recorded.get(key) == print_.get(key) for key in _COMPARED):
+    if _same_weights(recorded, print_):
         return recorded  # these very weights, run the same way, wrote it: nothing to probe
     stored = sink.recorded_probes()
     if stored is None:  # written before collections had probes: the fingerprint fields decide
@@ -205,7 +204,7 @@ def open_collection(
     differing = [key for key in _SETTINGS if recorded.get(key) != print_.get(key)]
     if differing:
         raise _refused(label, recorded, print_, differing)
-    agreement = _agreement(stored, list(PROBE_TEXTS), np.asarray(probes(), dtype=np.float32))
+    agreement = _agreement(stored, probes())
     if agreement < PROBE_AGREEMENT:
         differing = [k for k in ("weights_digest", "quantize") if recorded.get(k) != print_.get(k)]
         known = (
@@ -231,10 +230,9 @@ def check_reader(sink: Sink, embedder: Embedder) -> None:
     settings = {key: recorded.get(key) for key in ("task", "dimensions")} | {
         "normalize": recorded.get("normalize", True)
     }
-    print_ = fingerprint(embedder, **settings)
-    if print_.get("weights_digest") is not None and all(recorded.get(k) == print_.get(k) for k in _COMPARED):
+    if _same_weights(recorded, fingerprint(embedder, **settings)):
         return
-    agreement = _agreement(stored, list(PROBE_TEXTS), probe_vectors(embedder, **settings))
+    agreement = _agreement(stored, probe_vectors(embedder, **settings))
     if agreement < PROBE_AGREEMENT:
         raise StoreError(
             f"collection {getattr(sink, 'collection', '')!r} was written by embedder {recorded.get('model_id')!r}, "
@@ -243,10 +241,16 @@ def check_reader(sink: Sink, embedder: Embedder) -> None:
         )
 
 
-def _agreement(stored: dict[str, Any], texts: list[str], probes: np.ndarray) -> float:
-    """The lowest cosine between the stored probe vectors and these (texts must be the same)."""
-    if stored.get("texts") != texts:
+def _same_weights(recorded: dict[str, Any], print_: dict[str, Any]) -> bool:
+    """Whether the fingerprints name the same known weights run the same way (then the vectors are the same)."""
+    return print_.get("weights_digest") is not None and all(recorded.get(k) == print_.get(k) for k in _COMPARED)
+
+
+def _agreement(stored: dict[str, Any], probes: np.ndarray) -> float:
+    """The lowest cosine between the stored probe vectors and `probes`, the vectors of PROBE_TEXTS."""
+    if stored.get("texts") != list(PROBE_TEXTS):
         return -1.0  # probes of other texts cannot be compared; treat as disagreement
+    probes = np.asarray(probes, dtype=np.float32)
     reference = np.asarray(stored.get("vectors"), dtype=np.float32)
     if reference.shape != probes.shape:
         return -1.0
