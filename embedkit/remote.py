@@ -34,7 +34,7 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import httpx
 import numpy as np
@@ -70,6 +70,7 @@ _INPUT_INDEX = re.compile(r"inputs\[(\d+)\]")
 MAX_TOKEN_ID = 2**32 - 1  # TEI reads token ids as u32
 
 Api = Literal["tei", "openai"]
+_Client = TypeVar("_Client", bound="_ClientBase")
 Input = str | list[int]  # a text, or one sequence of token ids (TEI's and OpenAI's token-array input)
 
 
@@ -234,17 +235,22 @@ class _ClientBase(EmbedderBase):
             "max_response_bytes": self._max_response_bytes,
         }
 
-    def _adopt(self, other: _ClientBase) -> None:
-        """Take what `other` learned or was told beyond its settings, so this twin answers exactly as it does."""
-        self._api_key = other._api_key  # as resolved there: EMBEDKIT_API_KEY is not read a second time
-        self._info, self._info_missing, self._dimension = other._info, other._info_missing, other._dimension
-        self.query_task, self.document_task = other.query_task, other.document_task
-
-    @staticmethod
-    def _twin_of(client: object, kind: str) -> _ClientBase:
+    @classmethod
+    def from_client(cls: type[_Client], client: _ClientBase, *, transport: Any = None) -> _Client:
+        """This class's twin of `client` (a TEIClient's async twin, or an AsyncTEIClient's sync one) with every
+        setting: URL, api, model, API key, timeout, batch size, concurrency, retry policy, prompts, limits,
+        encoding, query/document tasks, and the /info and dimension it has learned. `transport` is this
+        class's httpx transport. No request is sent. InputError for anything but a TEIClient/AsyncTEIClient."""
         if not isinstance(client, _ClientBase):
-            raise InputError(f"{kind}.from_client needs a TEIClient or an AsyncTEIClient, got {type(client).__name__}")
-        return client
+            raise InputError(
+                f"{cls.__name__}.from_client needs a TEIClient or an AsyncTEIClient, got {type(client).__name__}"
+            )
+        twin = cls(client.base_url, transport=transport, **client._settings())  # type: ignore[call-arg]
+        # what `client` learned or was told beyond its settings, so the twin answers exactly as it does
+        twin._api_key = client._api_key  # as resolved there: EMBEDKIT_API_KEY is not read a second time
+        twin._info, twin._info_missing, twin._dimension = client._info, client._info_missing, client._dimension
+        twin.query_task, twin.document_task = client.query_task, client.document_task
+        return twin
 
     @property
     def counts_tokens(self) -> bool:
@@ -799,18 +805,6 @@ class TEIClient(_ClientBase):
         # a client dropped without close() (e.g. inside a LangChain object) still releases its sockets
         weakref.finalize(self, self._http.close)
 
-    @classmethod
-    def from_client(
-        cls, client: TEIClient | AsyncTEIClient, *, transport: httpx.BaseTransport | None = None
-    ) -> TEIClient:
-        """A TEIClient with every setting of `client` (an AsyncTEIClient's sync twin): URL, api, model, API
-        key, timeout, batch size, concurrency, retry policy, prompts, limits, encoding, query/document tasks,
-        and the /info and dimension it has learned. No request is sent. InputError for anything else."""
-        source = cls._twin_of(client, "TEIClient")
-        twin = cls(source.base_url, transport=transport, **source._settings())
-        twin._adopt(source)
-        return twin
-
     def __enter__(self) -> TEIClient:
         return self
 
@@ -1010,18 +1004,6 @@ class AsyncTEIClient(_ClientBase):
         # keyed weakly by loop: a loop that is gone takes its entry along
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = weakref.WeakKeyDictionary()
         self._loops_lock = threading.Lock()  # loops in other threads may use this client at the same time
-
-    @classmethod
-    def from_client(
-        cls, client: TEIClient | AsyncTEIClient, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> AsyncTEIClient:
-        """An AsyncTEIClient with every setting of `client` (a TEIClient's async twin): URL, api, model, API
-        key, timeout, batch size, concurrency, retry policy, prompts, limits, encoding, query/document tasks,
-        and the /info and dimension it has learned. No request is sent. InputError for anything else."""
-        source = cls._twin_of(client, "AsyncTEIClient")
-        twin = cls(source.base_url, transport=transport, **source._settings())
-        twin._adopt(source)
-        return twin
 
     async def __aenter__(self) -> AsyncTEIClient:
         return self
