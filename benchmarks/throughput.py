@@ -42,6 +42,9 @@ import torch
 
 import embedkit
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tokenizers_built  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -132,11 +135,11 @@ def _vocab_size(tokenizer_dir: Path) -> int:
 
 
 def _xlmr_tokenizer() -> Path:
-    return ROOT.parent / "shared" / "fixtures" / "jina-embeddings-v3" / "model"
+    return tokenizers_built.xlmr_like(Path(tempfile.gettempdir()) / "embedkit-bench-tokenizers" / "xlmr")
 
 
 def _qwen_tokenizer() -> Path:
-    return ROOT.parent / "shared" / "fixtures" / "qwen3-embedding" / "model"
+    return tokenizers_built.qwen_like(Path(tempfile.gettempdir()) / "embedkit-bench-tokenizers" / "qwen")
 
 
 MODELS = {"minilm": minilm_dir, "bert-base": bert_base_dir, "jina-v3": jina_v3_dir, "qwen3-0.6b": qwen3_dir}
