@@ -20,6 +20,7 @@ the token states inside each chunk's span, so every chunk vector carries the doc
 from __future__ import annotations
 
 import bisect
+import inspect
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -214,7 +215,9 @@ def _counts_tokens(obj: Any) -> bool:
     Not isinstance(obj, TokenCounter): a runtime_checkable Protocol with properties evaluates them, and a
     remote client's `max_input_tokens` asks its server, so a mere check would send requests.
     """
-    return all(callable(getattr(type(obj), name, None)) for name in ("count_tokens", "input_overhead"))
+    methods = [getattr(type(obj), name, None) for name in ("count_tokens", "input_overhead")]
+    # an AsyncTEIClient has them as coroutines, which this synchronous chunker cannot call
+    return all(callable(method) and not inspect.iscoroutinefunction(method) for method in methods)
 
 
 def _load_tokenizer(tokenizer: Any) -> Any:

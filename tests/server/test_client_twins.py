@@ -6,6 +6,7 @@ ingest through the OpenAI-compatible route with a local tokenizer counting the c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import pytest
 
 from embedkit import AsyncTEIClient, InputError, TEIClient
 from embedkit.chunking import default_chunker
-from embedkit.remote import RetryPolicy, _ClientBase
+from embedkit.remote import ClientSettings, RetryPolicy
+from embedkit.remote.base import ClientBase
 
 from .conftest import API_KEY, RunningServer
 
@@ -32,12 +34,32 @@ def _no_key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_every_constructor_setting_is_copied_by_a_twin() -> None:
-    """A setting added to the constructor later must be added to what a twin copies, or this fails."""
-    settings = {
-        name for name, p in inspect.signature(_ClientBase.__init__).parameters.items() if p.kind is p.KEYWORD_ONLY
+    """A setting added to the constructor later must be a field of ClientSettings, which a twin takes whole,
+    and must land there, or this fails."""
+    keywords = {
+        name for name, p in inspect.signature(ClientBase.__init__).parameters.items() if p.kind is p.KEYWORD_ONLY
     }
-    sync = TEIClient("http://127.0.0.1:9", api_key="k-1")
-    assert set(sync._settings()) == settings - {"info"}  # info is adopted with what the client learned
+    fields = {field.name for field in dataclasses.fields(ClientSettings)}
+    assert keywords - {"info"} == fields - {"base_url"}  # info is adopted with what the client learned
+    given = {
+        "api": "openai",
+        "model": "m",
+        "api_key": "k-1",
+        "timeout": httpx.Timeout(7.0),
+        "max_concurrency": 3,
+        "batch_size": 5,
+        "retry": RetryPolicy(attempts=2),
+        "prompts": {"query": "q: "},
+        "max_input_tokens": 99,
+        "encoding_format": "float",
+        "max_request_bytes": 1234,
+        "max_response_bytes": 5678,
+    }
+    assert given.keys() == keywords - {"info"}
+    sync = TEIClient("http://127.0.0.1:9", **given)
+    assert {name: getattr(sync.settings, name) for name in given} == given
+    twin = AsyncTEIClient.from_client(sync)
+    assert twin.settings == sync.settings and TEIClient.from_client(twin).settings == sync.settings
 
 
 def test_async_twin_carries_the_key_and_every_setting(server: RunningServer) -> None:
@@ -48,7 +70,7 @@ def test_async_twin_carries_the_key_and_every_setting(server: RunningServer) -> 
         expected = sync.embed(TEXTS)
         query = sync.embed_query("what is x?")
         twin = AsyncTEIClient.from_client(sync)
-        assert twin._settings() == sync._settings() and twin.server_info == sync.server_info
+        assert twin.settings == sync.settings and twin.server_info == sync.server_info
 
         async def run() -> tuple[np.ndarray, np.ndarray]:
             return await twin.embed(TEXTS), await twin.embed_query("what is x?")
@@ -59,7 +81,7 @@ def test_async_twin_carries_the_key_and_every_setting(server: RunningServer) -> 
         # and back: the sync twin of an async client that never read /info
         fresh = AsyncTEIClient(server.url, api_key=API_KEY, batch_size=3)
         with TEIClient.from_client(fresh) as back:
-            assert back._settings() == fresh._settings()
+            assert back.settings == fresh.settings
             np.testing.assert_allclose(back.embed(TEXTS), expected, atol=ATOL)
 
 

@@ -11,6 +11,7 @@ from langchain_core.utils import secret_from_env
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from embedkit import AsyncTEIClient, InputError, StoreError, TEIClient
+from embedkit.remote import ClientSettings
 
 __all__ = ["EmbedkitEmbeddings", "embeddings_for_collection"]
 
@@ -61,7 +62,7 @@ class EmbedkitEmbeddings(BaseModel, Embeddings):
 
     _sync: Any = PrivateAttr(default=None)  # what the sync methods call: the embedder, or an async one's twin
     _async: AsyncTEIClient | None = PrivateAttr(default=None)  # the remote client's async twin, made on first use
-    _async_of: dict[str, Any] | None = PrivateAttr(default=None)  # the settings that twin was made from
+    _async_of: ClientSettings | None = PrivateAttr(default=None)  # the settings that twin was made from
 
     @model_validator(mode="after")
     def _build_embedder(self) -> EmbedkitEmbeddings:
@@ -118,7 +119,7 @@ class EmbedkitEmbeddings(BaseModel, Embeddings):
             return self.embedder
         if not isinstance(self.embedder, TEIClient):
             return None
-        settings = self.embedder._settings()
+        settings = self.embedder.settings  # frozen: a change on the client is a new object
         if self._async is None or self._async_of != settings:
             self._async, self._async_of = AsyncTEIClient.from_client(self.embedder), settings
         return self._async

@@ -61,13 +61,13 @@ def test_async_carries_prompts_api_timeout_batching_and_retry(server_url: str) -
     )
     embeddings = EmbedkitEmbeddings(embedder=client)
     both_ways(embeddings)
-    assert embeddings._remote_async()._settings() == client._settings()
+    assert embeddings._remote_async().settings == client.settings
     plain = EmbedkitEmbeddings(embedder=TEIClient(server_url, api_key=API_KEY))
     assert float(np.dot(plain.embed_query(TEXTS[0]), embeddings.embed_query(TEXTS[0]))) < 0.99  # prompts applied
     # a setting changed on the client after the first async call reaches the async path too
     client.max_concurrency = 1
     client.retry = RetryPolicy(attempts=1)
-    assert embeddings._remote_async()._settings() == client._settings()
+    assert embeddings._remote_async().settings == client.settings
     both_ways(embeddings)
 
 

@@ -6,6 +6,7 @@ import pytest
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 from embedkit import TEIClient
+from embedkit.remote import wire
 from langchain_embedkit import EmbedkitEmbeddings
 
 
@@ -43,7 +44,10 @@ def test_remote_key_is_secret_and_reaches_the_client() -> None:
     embeddings = EmbedkitEmbeddings(tei_url="http://127.0.0.1:9", api_key="sk-abc-987")
     assert isinstance(embeddings.embedder, TEIClient)
     assert "sk-abc-987" not in repr(embeddings) and "sk-abc-987" not in repr(embeddings.embedder)
-    assert embeddings.embedder._headers()["Authorization"] == "Bearer sk-abc-987"
+    settings = embeddings.embedder.settings
+    assert "sk-abc-987" not in repr(settings)
+    # what the client sends, as built from its settings
+    assert wire.get_request(settings, "/info").headers["Authorization"] == "Bearer sk-abc-987"
 
 
 def test_empty_documents_give_an_empty_list() -> None:
