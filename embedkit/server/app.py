@@ -62,13 +62,13 @@ log = logging.getLogger(__name__)
 def create_app(embedder: LocalEmbedder, settings: ServerSettings | None = None) -> FastAPI:
     """The FastAPI app serving `embedder`; run it with uvicorn (see `embedkit.server.serve`).
 
+    The embedder is not changed: the dynamic batcher packs within `settings.max_batch_tokens` by itself.
     Raises InputError when `settings.max_input_length` leaves no room for a token beyond the special ones.
     """
     settings = settings or ServerSettings()
     policy = InputPolicy(embedder, settings)
     served_name = settings.served_model_name or embedder.model_id
     metrics = Metrics()
-    embedder.batch_tokens = settings.max_batch_tokens
     state: dict[str, DynamicBatcher] = {}
     in_flight = [0]  # embedding requests admitted and not yet answered (the event loop is single-threaded)
 
