@@ -52,6 +52,7 @@ class DynamicBatcher:
     """Runs `embedder` over queued requests' token ids, a pass at a time, within `max_batch_tokens`.
 
     `on_batch(inputs, tokens, seconds)` is called after each pass that succeeds (the server's metrics).
+    The embedder is never changed: its own `batch_tokens` is its memory bound, this budget the server's.
     Start it inside the event loop that will call `embed`; `close` drains it.
     """
 
@@ -140,7 +141,8 @@ class DynamicBatcher:
                 _deliver(request, vectors)
 
     async def _pass(self, requests: list[_Request]) -> list[np.ndarray]:
-        """One forward call on the model thread for `requests`, recorded by `on_batch` when it succeeds."""
+        """One pass on the model thread for `requests` (a forward call per packed group), recorded by
+        `on_batch` when it succeeds."""
         start = time.perf_counter()
         results = await asyncio.get_running_loop().run_in_executor(self._executor, self._forward, requests)
         if self._on_batch is not None:
