@@ -13,6 +13,7 @@ from typing import Any
 
 from embedkit.chunking import STRATEGIES
 from embedkit.errors import EmbedkitError, InputError, StoreError
+from embedkit.server.settings import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
 
 __all__ = ["main"]
 
@@ -161,37 +162,76 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_store_options(search)
 
+    # every default below is ServerSettings' (or serve()'s host and port): one source, so --help never lies
+    defaults = ServerSettings()
     serve = commands.add_parser("serve", help="serve a model over TEI's HTTP API (needs embedkit[server])")
     serve.add_argument("model", nargs="?", help="model directory or hub id (default: all-MiniLM-L6-v2)")
-    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"interface to bind (default {DEFAULT_HOST}: this machine only)"
+    )
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
     serve.add_argument(
         "--api-key",
         default=os.environ.get("EMBEDKIT_API_KEY"),
         help="require this bearer key (prefer the env EMBEDKIT_API_KEY: arguments show in `ps`)",
     )
     serve.add_argument("--served-model-name", help="model name reported by /info and /v1/embeddings")
-    serve.add_argument("--max-client-batch-size", type=int, default=32, help="inputs per request (default 32)")
-    serve.add_argument("--max-batch-tokens", type=int, default=16384, help="tokens per forward pass (default 16384)")
-    serve.add_argument("--max-batch-requests", type=int, help="requests packed per forward pass (default: no limit)")
     serve.add_argument(
-        "--max-concurrent-requests", type=int, default=512, help="embedding requests in flight before 429 (default 512)"
-    )
-    serve.add_argument("--max-input-length", type=int, help="tokens per input (default: the model's limit)")
-    serve.add_argument("--payload-limit", type=int, default=2_000_000, help="request body bytes (default 2 MB)")
-    serve.add_argument(
-        "--body-timeout", type=float, default=10.0, help="seconds to receive a request body (default 10)"
+        "--max-client-batch-size",
+        type=int,
+        default=defaults.max_client_batch_size,
+        help=f"inputs per request (default {defaults.max_client_batch_size})",
     )
     serve.add_argument(
-        "--max-connections", type=int, default=1024, help="open connections; more get 503 (default 1024)"
+        "--max-batch-tokens",
+        type=int,
+        default=defaults.max_batch_tokens,
+        help=f"the dynamic batcher's padded tokens per forward pass (default {defaults.max_batch_tokens})",
+    )
+    serve.add_argument(
+        "--max-batch-requests",
+        type=int,
+        default=defaults.max_batch_requests,
+        help="requests packed per forward pass (default: no limit)",
+    )
+    serve.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=defaults.max_concurrent_requests,
+        help=f"embedding requests in flight before 429 (default {defaults.max_concurrent_requests})",
+    )
+    serve.add_argument(
+        "--max-input-length",
+        type=int,
+        default=defaults.max_input_length,
+        help="tokens per input (default: the model's limit)",
+    )
+    serve.add_argument(
+        "--payload-limit",
+        type=int,
+        default=defaults.payload_limit,
+        help=f"request body bytes (default {defaults.payload_limit / 1e6:g} MB)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=defaults.body_timeout,
+        help=f"seconds to receive a request body (default {defaults.body_timeout:g})",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        help=f"open connections; more get 503 (default {defaults.max_connections})",
     )
     serve.add_argument(
         "--auto-truncate",
         nargs="?",
         const="true",
         choices=("true", "false"),
-        default="true",
-        help="cut over-long inputs when a request does not say: --auto-truncate [true|false] (default true, "
+        default=str(defaults.auto_truncate).lower(),
+        help="cut over-long inputs when a request does not say: --auto-truncate [true|false] "
+        f"(default {str(defaults.auto_truncate).lower()}, "
         "as TEI >= 1.9); --no-auto-truncate refuses them",
     )
     serve.add_argument("--no-auto-truncate", dest="auto_truncate", action="store_const", const="false")
@@ -431,7 +471,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from embedkit.server import ServerSettings, serve
+    from embedkit.server import serve
 
     for name in ("max_client_batch_size", "max_batch_tokens", "max_batch_requests", "max_input_length", "port"):
         value = getattr(args, name)

@@ -1,29 +1,53 @@
-"""`embedkit serve`: a TEI-compatible embedding server over the local runtime (extra `server`)."""
+"""`embedkit serve`: a TEI-compatible embedding server over the local runtime (extra `server`).
+
+The package's modules, each one job: `settings` (ServerSettings and the defaults the CLI shares),
+`guard` (API key and body limits, in the ASGI layer), `errors` (the one error-to-status table and
+TEI's error bodies), `inputs` (request checks and the one tokenisation), `batching` (the dynamic
+batcher and its token budget), `metrics` (Prometheus text), `schemas` (request and response bodies)
+and `app` (the routes). `ServerSettings` imports without FastAPI; `create_app` and `serve` need the extra.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING, Any
 
 from embedkit.errors import MissingDependencyError
+from embedkit.server.settings import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
+
+if TYPE_CHECKING:
+    from embedkit.server.app import create_app
 
 __all__ = ["ServerSettings", "create_app", "serve"]
 
 log = logging.getLogger(__name__)
 
-try:
-    from embedkit.server.app import ServerSettings, create_app
-except ImportError as exc:  # fastapi / uvicorn are optional
-    raise MissingDependencyError(
-        f"embedkit serve needs the server extra ({exc.name} is missing): pip install 'embedkit[server]'"
-    ) from exc
+
+def _app_module() -> Any:
+    try:
+        import uvicorn  # noqa: F401 - checked here so that a missing one names the extra too
+
+        from embedkit.server import app
+    except ImportError as exc:  # fastapi / uvicorn are optional
+        raise MissingDependencyError(
+            f"embedkit serve needs the server extra ({exc.name} is missing): pip install 'embedkit[server]'"
+        ) from exc
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # create_app is imported on first use, so that ServerSettings (and the CLI's parser) need no FastAPI
+    if name == "create_app":
+        return _app_module().create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def serve(
     model: str | os.PathLike[str] | None = None,
     *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
     settings: ServerSettings | None = None,
     device: str | None = None,
     dtype: str | None = None,
@@ -32,7 +56,9 @@ def serve(
 ) -> None:
     """Load `model` and serve it until interrupted; SIGINT/SIGTERM let in-flight requests finish.
 
-    `device`, `dtype`, `backend` and `quantize` are `embedkit.load`'s."""
+    `device`, `dtype`, `backend` and `quantize` are `embedkit.load`'s. Raises MissingDependencyError
+    without the `server` extra."""
+    create_app = _app_module().create_app
     import uvicorn
 
     import embedkit

@@ -1,13 +1,17 @@
-"""Dynamic batching: concurrent requests share forward passes, packed by token budget.
+"""Dynamic batching: concurrent requests share forward passes, packed by the batcher's own token budget.
 
-Requests arrive tokenized and truncated (token ids, prompt and special tokens included), so the
-budget counts exactly the tokens that run. A single worker takes the oldest request and every queued
-request behind it that fits `max_batch_tokens` (and `max_batch_requests`, when set), runs them as ONE
-`embed_ids` call on a dedicated thread (the model runs one batch at a time; torch's own threads
-parallelise inside it), and hands each request its rows. If a shared call fails, each of its requests
-runs again alone, so one request's failure is never another's. Vectors come back raw
-(unnormalised): each request applies its own dimensions / normalize afterwards. How many requests
-may wait is the app's decision (it answers 429 before queueing), not this queue's.
+Requests arrive tokenized and truncated (token ids, prompt and special tokens included: the app's one
+tokenisation), so the budget counts exactly the tokens that run. A single worker takes the oldest
+request and every queued request behind it whose tokens fit `max_batch_tokens` (and
+`max_batch_requests`, when set): one pass. The pass's rows are packed longest first into groups of at
+most `max_batch_tokens` padded tokens (`embedkit.local.batching.token_budget_batches`, the runtime's
+own packing) and each group is handed to the model on a dedicated thread (the model runs one batch at a
+time; torch's own threads parallelise inside it). The budget is the batcher's: the embedder's own
+`batch_tokens` is never changed (it may cut a group finer for its memory, never coarser).
+
+If a pass fails, each of its requests runs again alone, so one request's failure is never another's.
+Vectors come back raw (unnormalised): each request applies its own dimensions / normalize afterwards.
+How many requests may wait is the app's decision (it answers 429 before queueing), not this queue's.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from embedkit.local.batching import token_budget_batches
 from embedkit.memory import release_freed_memory
 from embedkit.runtime import LocalEmbedder
 
@@ -44,6 +49,13 @@ class _Request:
 
 
 class DynamicBatcher:
+    """Runs `embedder` over queued requests' token ids, a pass at a time, within `max_batch_tokens`.
+
+    `on_batch(inputs, tokens, seconds)` is called after each pass that succeeds (the server's metrics).
+    The embedder is never changed: its own `batch_tokens` is its memory bound, this budget the server's.
+    Start it inside the event loop that will call `embed`; `close` drains it.
+    """
+
     def __init__(
         self,
         embedder: LocalEmbedder,
@@ -53,9 +65,9 @@ class DynamicBatcher:
         on_batch: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self._embedder = embedder
-        self._max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = max_batch_tokens  # padded tokens per forward pass: this batcher's, not the embedder's
         self._max_batch_requests = max_batch_requests
-        self._on_batch = on_batch  # (inputs, tokens, seconds) after each forward call, for metrics
+        self._on_batch = on_batch
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued_texts = 0
         self._wake = asyncio.Event()
@@ -95,7 +107,7 @@ class DynamicBatcher:
         taken = [self._queue.popleft()]
         tokens = taken[0].tokens
         while self._queue and (self._max_batch_requests is None or len(taken) < self._max_batch_requests):
-            if tokens + self._queue[0].tokens > self._max_batch_tokens:
+            if tokens + self._queue[0].tokens > self.max_batch_tokens:
                 break
             tokens += self._queue[0].tokens
             taken.append(self._queue.popleft())
@@ -129,7 +141,8 @@ class DynamicBatcher:
                 _deliver(request, vectors)
 
     async def _pass(self, requests: list[_Request]) -> list[np.ndarray]:
-        """One forward call on the model thread for `requests`, recorded by `on_batch` when it succeeds."""
+        """One pass on the model thread for `requests` (a forward call per packed group), recorded by
+        `on_batch` when it succeeds."""
         start = time.perf_counter()
         results = await asyncio.get_running_loop().run_in_executor(self._executor, self._forward, requests)
         if self._on_batch is not None:
@@ -140,14 +153,29 @@ class DynamicBatcher:
     def _forward(self, requests: list[_Request]) -> list[np.ndarray]:
         ids = [row for request in requests for row in request.ids]
         tasks = [request.task for request in requests for _ in request.ids]
-        # truncate=False: the app cut every input to its limit already; anything longer is a bug to report
-        vectors = self._embedder.embed_ids(ids, task=tasks, normalize=False, truncate=False)
+        vectors = self._run_rows(ids, tasks)
         release_freed_memory()  # a busy server's RSS would otherwise creep (see embedkit.memory)
         out, start = [], 0
         for request in requests:
             out.append(vectors[start : start + len(request.ids)])
             start += len(request.ids)
         return out
+
+    def _run_rows(self, ids: list[list[int]], tasks: list[str | None]) -> np.ndarray:
+        """Raw vectors [len(ids), dimension] in row order: the rows packed within this batcher's budget,
+        longest first, one model call per group. The one place the batcher calls the model."""
+        groups = token_budget_batches([len(row) for row in ids], self.max_batch_tokens, self._embedder.max_batch_size)
+        parts = [
+            # truncate=False: the app cut every input to its limit already; anything longer is a bug to report
+            self._embedder.embed_ids(
+                [ids[i] for i in group], task=[tasks[i] for i in group], normalize=False, truncate=False
+            )
+            for group in groups
+        ]
+        order = [i for group in groups for i in group]
+        vectors = np.empty((len(ids), parts[0].shape[1]), dtype=parts[0].dtype)
+        vectors[order] = np.concatenate(parts)
+        return vectors
 
 
 def _deliver(request: _Request, vectors: np.ndarray) -> None:

@@ -95,7 +95,7 @@ def post(server: RunningServer, path: str, body: object, *, timeout: float = 60)
 def assert_tei_error(response: httpx.Response, status: int, error_type: str) -> str:
     """The response is TEI's error body for `error_type` with `status` (the OpenAI-route shape on its
     paths), and `status` is what the server's one table gives that type; returns the message."""
-    from embedkit.server.app import ERROR_STATUS, OPENAI_PATHS
+    from embedkit.server.errors import ERROR_STATUS, OPENAI_PATHS
 
     assert response.status_code == status, response.text
     assert ERROR_STATUS[error_type] == status

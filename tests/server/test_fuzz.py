@@ -12,7 +12,7 @@ from __future__ import annotations
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from embedkit.server.app import ERROR_STATUS, OPENAI_PATHS
+from embedkit.server.errors import ERROR_STATUS, OPENAI_PATHS
 
 from .conftest import API_KEY, RunningServer
 
