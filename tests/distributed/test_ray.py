@@ -16,13 +16,11 @@ import numpy as np
 import pytest
 
 from embedkit import InputError, MissingDependencyError, ModelLoadError
-from embedkit.ingest import ingest, load_directory, load_jsonl
+from embedkit.ingestion import ingest, ingest_ray, load_directory, load_jsonl
 from embedkit.sinks.qdrant import QdrantSink
 from tests.conftest import EXAMPLE_DOCS
 
 ray = pytest.importorskip("ray")
-
-from embedkit.distributed import ingest_ray  # noqa: E402
 
 REPORTED = ("docs", "embedded", "unchanged", "chunks", "deleted", "deleted_docs", "tokens")
 
@@ -228,7 +226,7 @@ def test_a_missing_path_is_named(cluster, tmp_path):
 def test_without_ray_installed_the_error_says_what_to_install():
     code = (
         "import sys; sys.modules['ray'] = None\n"
-        "from embedkit.distributed import ingest_ray\n"
+        "from embedkit.ingestion import ingest_ray\n"
         "from embedkit.sinks.qdrant import QdrantSink\n"
         "ingest_ray('x', QdrantSink('x', location=':memory:'))\n"
     )

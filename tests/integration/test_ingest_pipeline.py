@@ -15,7 +15,7 @@ import pytest
 
 from embedkit.chunking import Chunker
 from embedkit.errors import InputError, StoreError
-from embedkit.ingest import PROBE_TEXTS, Document, ingest, load_directory, load_jsonl, point_id
+from embedkit.ingestion import PROBE_TEXTS, Document, ingest, load_directory, load_jsonl, point_id
 from embedkit.sinks import QdrantSink
 
 
@@ -257,7 +257,7 @@ def test_disk_full_stops_with_a_report_and_a_rerun_completes(tmp_path: Path, cor
         writes_left: int | None = 5
 
         def upsert(self, points) -> None:  # noqa: ANN001
-            original = self._raw_client.upsert
+            original = self.client.upsert
 
             def failing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
                 if self.writes_left == 0:
@@ -266,11 +266,11 @@ def test_disk_full_stops_with_a_report_and_a_rerun_completes(tmp_path: Path, cor
                     self.writes_left -= 1
                 return original(*args, **kwargs)
 
-            self._raw_client.upsert = failing
+            self.client.upsert = failing
             try:
                 super().upsert(points)
             finally:
-                self._raw_client.upsert = original
+                self.client.upsert = original
 
     sink = sink_at(tmp_path / "q", FullDisk, retry_attempts=1)
     try:
