@@ -1,8 +1,8 @@
 """Scale-out ingestion on Ray Data: the single-process pipeline's stages as one streaming dataset.
 
     read     each source file through the same loaders as `embedkit ingest` (Ray tasks)
-    prepare  check, chunk and hash each document; drop the ones the collection already holds
-             complete (actors holding only the tokenizer)
+    prepare  check and hash each document; drop the ones the collection already holds complete,
+             chunk the others (actors holding only the tokenizer)
     embed    an actor pool, one model per actor, on CPU or one GPU each
     write    in the driver, through the single-process run's writer (writer.py): the same point ids,
              payloads, write order (upsert, delete surplus, set the hash) and report
@@ -10,8 +10,8 @@
 Unchanged documents are known before anything is chunked or embedded, by the completeness rule both
 drivers share (records.Complete, pipeline.chunk_pending): the driver reads the collection's complete
 documents once into a sorted array of 16-byte digests of (doc id, content hash), which every prepare
-actor shares through Ray's object store. Writes stay in the driver because the
-embedded Qdrant store can be opened by one process only; see docs/scale.md for what that costs.
+actor shares through Ray's object store. Writes stay in the driver because the embedded Qdrant store
+can be opened by one process only; see docs/scale.md for what that costs.
 """
 
 from __future__ import annotations

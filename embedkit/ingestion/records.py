@@ -267,12 +267,10 @@ def check_reader(sink: Sink, embedder: Embedder) -> None:
     recorded, stored = sink.recorded_fingerprint(), sink.recorded_probes()
     if recorded is None or stored is None:
         return
-    settings = {key: recorded.get(key) for key in ("task", "dimensions")} | {
-        "normalize": recorded.get("normalize", True)
-    }
-    if _same_weights(recorded, fingerprint(embedder, **settings)):
+    task, dimensions, normalize = recorded.get("task"), recorded.get("dimensions"), recorded.get("normalize", True)
+    if _same_weights(recorded, fingerprint(embedder, task=task, dimensions=dimensions, normalize=normalize)):
         return
-    agreement = _agreement(stored, probe_vectors(embedder, **settings))
+    agreement = _agreement(stored, probe_vectors(embedder, task=task, dimensions=dimensions, normalize=normalize))
     if agreement < PROBE_AGREEMENT:
         raise StoreError(
             f"collection {sink.collection!r} was written by embedder {recorded.get('model_id')!r}, "

@@ -70,6 +70,8 @@ def test_example_corpus_gives_the_single_process_points_and_a_rerun_embeds_nothi
 
     again = ingest_ray(EXAMPLE_DOCS, through_ray, progress=False)
     assert (again.docs, again.unchanged, again.embedded, again.chunks, again.tokens) == (20, 20, 0, 0, 0)
+    # complete docs are known before chunking: the prepare actors chunked nothing
+    assert (report.chunked, again.chunked) == (20, 0)
     assert_same_points(through_ray, single)
 
 
@@ -117,6 +119,8 @@ def test_changes_removals_and_bad_documents_match_the_single_process_run(cluster
 
     # volcanoes.md and faq-2 changed, composting.md removed; the rest unchanged
     assert (report.embedded, report.deleted_docs) == (2, 1) and report.unchanged == 19
+    # only the changed docs were chunked; Ray also chunks the repeated faq-1 before the driver refuses it
+    assert (report.chunked, reference.chunked) == (3, 2)
     assert report.deleted > 0  # volcanoes.md lost chunks
     assert_same_report(report, reference)
     reasons = dict(report.skipped)  # named by where each was read, as in the single-process run
