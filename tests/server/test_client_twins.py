@@ -150,9 +150,8 @@ def test_ingest_through_the_openai_route_takes_a_tokenizer(
     example_docs: Path,
     tmp_path: Path,
 ) -> None:
-    from embedkit.ingestion import ingest
+    from embedkit.ingestion import ingest, load_directory
     from embedkit.sinks import QdrantSink
-    from embedkit.ingestion import load_directory
 
     remote = TEIClient(server.url, api="openai", api_key=API_KEY)
     with QdrantSink("kb", path=tmp_path / "refused") as sink:
