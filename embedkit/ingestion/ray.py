@@ -497,7 +497,8 @@ class _Prepare:
         out: dict[str, list[Any]] = {"status": [], "content_hash": [], "chunks": [], "chunked": [], "error": []}
         rows = zip(batch["id"], batch["text"], batch["metadata"], batch["error"], batch["strategy"], strict=True)
         for doc_id, text, metadata, error, strategy in rows:
-            status, hash_, chunks, chunked = "bad", "", [], False
+            status, hash_, chunked = "bad", "", False
+            chunks: list[Chunk] = []
             if not error:
                 doc = Document(str(doc_id), str(text), json.loads(metadata), strategy=strategy or None)
                 hash_ = content_hash(doc, self._chunker.settings, self._fingerprint)
