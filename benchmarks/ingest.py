@@ -18,7 +18,7 @@ from pathlib import Path
 
 import embedkit
 from embedkit.chunking import default_chunker
-from embedkit.ingest import DEFAULT_BATCH_TOKENS, Document, ingest
+from embedkit.ingestion import DEFAULT_BATCH_TOKENS, Document, ingest
 from embedkit.sinks import QdrantSink
 
 ROOT = Path(__file__).resolve().parents[1]

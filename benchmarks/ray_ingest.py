@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import embedkit
-from embedkit.ingest import ingest, load_directory
+from embedkit.ingestion import ingest, load_directory
 from embedkit.sinks import QdrantSink
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def main() -> None:
 
     import ray
 
-    from embedkit.distributed import ingest_ray
+    from embedkit.ingestion import ingest_ray
 
     with tempfile.TemporaryDirectory() as work:
         corpus = Path(work) / "corpus"

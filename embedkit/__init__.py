@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-# eager, not lazy: `ingest` is also the name of its submodule, which would shadow a lazy attribute
 from embedkit.chunking import Chunk, Chunker, embed_chunks  # noqa: E402
 from embedkit.errors import (
     AuthError,
@@ -21,7 +20,9 @@ from embedkit.errors import (
     StoreError,
     UnknownTaskError,
 )
-from embedkit.ingest import Document, ingest  # noqa: E402
+
+# `embedkit.ingest` is the function; the package it lives in is `embedkit.ingestion` (no module shadows it)
+from embedkit.ingestion import Document, ingest
 
 if TYPE_CHECKING:
     from embedkit.embedder import Embedder

@@ -13,6 +13,7 @@ from typing import Any
 
 from embedkit.chunking import STRATEGIES
 from embedkit.errors import EmbedkitError, InputError, StoreError
+from embedkit.ingestion.records import CHUNK_INDEX, DOC_ID, METADATA, PAGE_CONTENT
 from embedkit.server.settings import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
 
 __all__ = ["main"]
@@ -257,8 +258,7 @@ def _sink(args: argparse.Namespace):  # noqa: ANN202 - QdrantSink, imported lazi
 
 def _ingest(args: argparse.Namespace) -> int:
     from embedkit.chunking import default_chunker
-    from embedkit.ingest import DEFAULT_PATTERNS, ingest
-    from embedkit.sources import load_paths, source_of
+    from embedkit.ingestion import DEFAULT_PATTERNS, ingest, load_paths, source_of
 
     patterns = args.pattern or DEFAULT_PATTERNS
     total = _check_paths(args, patterns)
@@ -305,7 +305,7 @@ def _check_paths(args: argparse.Namespace, patterns: Sequence[str]) -> int | Non
     """Every path exists; one that yields no files is a warning, or with --delete-missing an error (deleting
     everything its source stored because of a typo in --glob is not what anyone means) unless forced.
     Returns the number of documents when the files tell it (no .jsonl among them), for the progress bar."""
-    from embedkit.sources import list_files
+    from embedkit.ingestion import list_files
 
     total: int | None = 0
     if args.force_delete and not args.delete_missing:
@@ -328,7 +328,7 @@ def _check_paths(args: argparse.Namespace, patterns: Sequence[str]) -> int | Non
 
 
 def _ingest_ray(args: argparse.Namespace, patterns: Sequence[str]) -> int:
-    from embedkit.distributed import ingest_ray
+    from embedkit.ingestion import ingest_ray
 
     if args.tei_url or args.tokenizer:
         raise InputError(
@@ -405,7 +405,7 @@ def _listed(value: Any, accepted: list[Any]) -> bool:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from embedkit.ingest import check_reader
+    from embedkit.ingestion import check_reader
     from embedkit.runtime import load
 
     if args.k < 1:
@@ -433,7 +433,7 @@ def _search(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"rank": rank, "score": hit.score, "id": hit.id, **payload}, ensure_ascii=False))
             continue
-        snippet = " ".join(str(payload.get("page_content", "")).split())[:160]
+        snippet = " ".join(str(payload.get(PAGE_CONTENT, "")).split())[:160]
         print(f"{rank}. {hit.score:.4f}  {_label(hit)}\n   {snippet}")
     if not hits:
         print("no results", file=sys.stderr)
@@ -444,10 +444,10 @@ def _label(hit: Any) -> str:
     """Which chunk a hit is: its doc and chunk index, or for a point another tool wrote (langchain-qdrant's
     add_texts stores only page_content and metadata) its point id and its metadata's source, if any."""
     payload = hit.payload
-    if payload.get("doc_id") is not None:
-        index = payload.get("chunk_index")
-        return f"{payload['doc_id']}" + (f" [chunk {index}]" if index is not None else "")
-    metadata = payload.get("metadata")
+    if payload.get(DOC_ID) is not None:
+        index = payload.get(CHUNK_INDEX)
+        return f"{payload[DOC_ID]}" + (f" [chunk {index}]" if index is not None else "")
+    metadata = payload.get(METADATA)
     source = metadata.get("source") if isinstance(metadata, dict) else None
     return f"point {hit.id}" + (f" (source {source})" if source is not None else "")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import embedkit
 from embedkit.chunking import default_chunker
-from embedkit.ingest import ingest, load_jsonl
+from embedkit.ingestion import ingest, load_jsonl
 from embedkit.sinks import QdrantSink
 
 

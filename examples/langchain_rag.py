@@ -17,7 +17,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 
 import embedkit
-from embedkit.ingest import ingest, load_directory
+from embedkit.ingestion import ingest, load_directory
 from embedkit.sinks import QdrantSink
 from langchain_embedkit import EmbedkitEmbeddings, EmbedkitRetriever
 

@@ -1,12 +1,14 @@
-"""The primitives the ingest pipeline needs from a vector store.
+"""What embedkit needs from a vector store: the ingest drivers, the CLI and the LangChain retriever call
+nothing on a sink but these.
 
-The pipeline builds crash safety out of these (see embedkit.ingest): upsert a document's chunks
-with no content hash, delete its surplus chunks, then mark it complete by setting the hash.
+The drivers build crash safety out of them (see embedkit.ingestion.records): upsert a document's chunks
+with no content hash, delete its surplus chunks, then mark it complete by setting the hash. The payload's
+field names (doc_id, source, chunk_index, chunk_count, content_hash, ...) are embedkit.ingestion.records'.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +30,17 @@ class SearchHit:
 
 
 class Sink(Protocol):
+    collection: str  # the collection's name, for messages
+
+    def exists(self) -> bool:
+        """Whether the collection exists."""
+
+    def count(self) -> int:
+        """How many points the collection holds."""
+
+    def close(self) -> None:
+        """Release the store's client if the sink opened it; calling it again does nothing."""
+
     def prepare(
         self,
         dimension: int,
@@ -43,10 +56,12 @@ class Sink(Protocol):
         """The embedder fingerprint the collection was written with, if it exists."""
 
     def recorded_probes(self) -> dict[str, Any] | None:
-        """The probe texts and vectors recorded at creation (embedkit.ingest decides with them), if any."""
+        """The probe texts and vectors recorded at creation (embedkit.ingestion.records decides with them), if any."""
 
-    def complete_counts(self, hashes: Mapping[str, str]) -> dict[str, int]:
-        """For each doc id, how many of its points carry the given content hash (one query for many docs)."""
+    def hashed_points(self, doc_ids: Collection[str] | None = None) -> Iterable[tuple[str, str, int]]:
+        """(doc_id, content_hash, chunk_count) of every point that carries a content hash, of the docs
+        `doc_ids` only when given (one query for many docs). embedkit.ingestion.records.Complete folds these
+        into the documents stored complete."""
 
     def upsert(self, points: Sequence[Point]) -> None: ...
 
@@ -60,4 +75,13 @@ class Sink(Protocol):
         """Delete the docs of `sources` for which `keep(doc_id)` is false, never points without embedkit's
         fields; returns (docs, points) removed."""
 
-    def search(self, vector: Sequence[float], k: int) -> list[SearchHit]: ...
+    def search(
+        self,
+        vector: Sequence[float],
+        k: int,
+        *,
+        metadata_filter: Mapping[str, Any] | None = None,
+        score_threshold: float | None = None,
+    ) -> list[SearchHit]:
+        """The `k` nearest chunks, best first, of those matching `metadata_filter` (key -> value or list of
+        accepted values) and scoring at least `score_threshold`."""

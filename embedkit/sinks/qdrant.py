@@ -19,12 +19,13 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from embedkit.errors import InputError, StoreError
+from embedkit.ingestion.records import CHUNK_COUNT, CHUNK_INDEX, CONTENT_HASH, DOC_ID, METADATA, SOURCE
 from embedkit.sinks.base import Point, SearchHit
 
 __all__ = ["QdrantSink", "FINGERPRINT_KEY", "metadata_condition"]
 
 FINGERPRINT_KEY = "embedkit"  # collection metadata key holding the embedder fingerprint
-PROBES_KEY = "embedkit_probes"  # ... and the probe texts' vectors that decide who may write (embedkit.ingest)
+PROBES_KEY = "embedkit_probes"  # ... and the probe texts' vectors that decide who may write (ingestion.records)
 
 _local_clients: dict[str, tuple[QdrantClient, threading.RLock]] = {}
 _local_lock = threading.Lock()
@@ -127,13 +128,13 @@ class _Closed:
 
 
 def _doc_filter(doc_id: str, *extra: models.Condition) -> models.Filter:
-    return models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id)), *extra])
+    return models.Filter(must=[models.FieldCondition(key=DOC_ID, match=models.MatchValue(value=doc_id)), *extra])
 
 
 class QdrantSink:
     """One Qdrant collection written by embedkit: cosine distance, one vector per point (unnamed, or
     `vector_name`), payload `page_content` + `metadata` as langchain-qdrant reads them, plus doc_id,
-    chunk_index, chunk_count, start, end, headings and content_hash.
+    chunk_index, chunk_count, start, end, headings and content_hash (embedkit.ingestion.records.chunk_payload).
 
     Writes to a server are retried with exponential backoff on transient failures (connection errors,
     timeouts, 429, 502-504), `retry_attempts` times at most.
@@ -247,7 +248,7 @@ class QdrantSink:
         return metadata.get(FINGERPRINT_KEY)
 
     def recorded_probes(self) -> dict[str, Any] | None:
-        """The probe texts and vectors the collection was created with (see embedkit.ingest), if any."""
+        """The probe texts and vectors the collection was created with (see embedkit.ingestion.records), if any."""
         if not self.exists():
             return None
         metadata = self._call(self._client.get_collection, self.collection).config.metadata or {}
@@ -264,7 +265,7 @@ class QdrantSink:
         """Create the collection for `dimension`-d cosine vectors recording `fingerprint` and `probes`, or
         check that the existing one holds such vectors (StoreError naming both when not); `rewrite`
         records `fingerprint` and `probes` over what an existing collection holds. Whether an embedder
-        may write here is decided by the caller (embedkit.ingest.open_collection)."""
+        may write here is decided by the caller (embedkit.ingestion.records.open_collection)."""
         metadata = {FINGERPRINT_KEY: fingerprint, PROBES_KEY: probes}
         if not self.exists():
             params = models.VectorParams(size=dimension, distance=models.Distance.COSINE)
@@ -275,7 +276,7 @@ class QdrantSink:
                 metadata=metadata,
             )
             if not self._is_local:
-                for field in ("doc_id", "source"):
+                for field in (DOC_ID, SOURCE):
                     self._call(
                         self._client.create_payload_index, self.collection, field, models.PayloadSchemaType.KEYWORD
                     )
@@ -298,28 +299,24 @@ class QdrantSink:
         if rewrite:
             self._call(self._client.update_collection, self.collection, metadata=metadata)
 
-    def complete_counts(self, hashes: Mapping[str, str]) -> dict[str, int]:
-        counts = dict.fromkeys(hashes, 0)
-        if not hashes:
-            return counts
-        docs = models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=list(hashes)))])
-        for payload in self._payloads(["doc_id", "content_hash"], docs):
-            doc_id = payload.get("doc_id")
-            if doc_id in hashes and payload.get("content_hash") == hashes[doc_id]:
-                counts[doc_id] += 1
-        return counts
+    def hashed_points(self, doc_ids: Collection[str] | None = None) -> Iterator[tuple[str, str, int]]:
+        """(doc_id, content_hash, chunk_count) of every point that carries a content hash (of the docs `doc_ids`
+        when given), page by page.
 
-    def hashed_points(self) -> Iterator[tuple[str, str, int]]:
-        """(doc_id, content_hash, chunk_count) of every point that carries a content hash, page by page.
-
-        A doc is complete when exactly chunk_count of its points carry the same hash; scale-out
-        ingestion folds these into one compact snapshot instead of asking per document.
+        A doc is complete when exactly chunk_count of its points carry the same hash
+        (embedkit.ingestion.records.Complete): the single-process run asks for a window of docs at a time,
+        scale-out ingestion folds the whole collection into one compact snapshot.
         """
-        hashed = models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key="content_hash"))])
-        for payload in self._payloads(["doc_id", "content_hash", "chunk_count"], hashed):
-            doc_id, count = payload.get("doc_id"), payload.get("chunk_count")
+        hashed = models.Filter(
+            must=[models.FieldCondition(key=DOC_ID, match=models.MatchAny(any=list(doc_ids)))]
+            if doc_ids is not None
+            else None,
+            must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key=CONTENT_HASH))],
+        )
+        for payload in self._payloads([DOC_ID, CONTENT_HASH, CHUNK_COUNT], hashed):
+            doc_id, count = payload.get(DOC_ID), payload.get(CHUNK_COUNT)
             if isinstance(doc_id, str) and isinstance(count, int):  # another tool's point may share a field name
-                yield doc_id, str(payload["content_hash"]), count
+                yield doc_id, str(payload[CONTENT_HASH]), count
 
     def _payloads(self, fields: list[str], scroll_filter: models.Filter | None = None) -> Iterator[dict[str, Any]]:
         """The listed payload fields of every point (matching `scroll_filter`), page by page."""
@@ -374,11 +371,11 @@ class QdrantSink:
         """
         if not sources:
             return 0, 0
-        theirs = models.Filter(must=[models.FieldCondition(key="source", match=models.MatchAny(any=sorted(sources)))])
+        theirs = models.Filter(must=[models.FieldCondition(key=SOURCE, match=models.MatchAny(any=sorted(sources)))])
         missing: dict[str, int] = {}
-        for payload in self._payloads(["doc_id", "source"], theirs):
-            doc_id = payload.get("doc_id")
-            if isinstance(doc_id, str) and payload.get("source") in sources and not keep(doc_id):
+        for payload in self._payloads([DOC_ID, SOURCE], theirs):
+            doc_id = payload.get(DOC_ID)
+            if isinstance(doc_id, str) and payload.get(SOURCE) in sources and not keep(doc_id):
                 missing[doc_id] = missing.get(doc_id, 0) + 1
         for doc_id in missing:
             self._call(
@@ -390,7 +387,7 @@ class QdrantSink:
         return len(missing), sum(missing.values())
 
     def delete_surplus(self, doc_id: str, keep: int) -> int:
-        surplus = _doc_filter(doc_id, models.FieldCondition(key="chunk_index", range=models.Range(gte=keep)))
+        surplus = _doc_filter(doc_id, models.FieldCondition(key=CHUNK_INDEX, range=models.Range(gte=keep)))
         count = self._client.count(self.collection, count_filter=surplus, exact=True).count
         if count:
             self._call(
@@ -402,7 +399,7 @@ class QdrantSink:
         self._call(
             self._client.set_payload,
             self.collection,
-            payload={"content_hash": content_hash},
+            payload={CONTENT_HASH: content_hash},
             points=_doc_filter(doc_id),
             wait=True,
         )
@@ -472,11 +469,11 @@ class QdrantSink:
     def _metadata_keys(self, sample: int = 256) -> tuple[list[str], bool]:
         """The metadata keys of the first `sample` points, sorted, and whether more points were left unread."""
         points, offset = self._call(
-            self._client.scroll, self.collection, limit=sample, with_payload=["metadata"], with_vectors=False
+            self._client.scroll, self.collection, limit=sample, with_payload=[METADATA], with_vectors=False
         )
         keys: set[str] = set()
         for point in points:
-            metadata = (point.payload or {}).get("metadata")
+            metadata = (point.payload or {}).get(METADATA)
             if isinstance(metadata, dict):
                 keys.update(str(key) for key in metadata)
         return sorted(keys), offset is not None
@@ -488,7 +485,7 @@ def _transient(error: BaseException) -> bool:
     return isinstance(error, UnexpectedResponse) and error.status_code in (429, 502, 503, 504)
 
 
-_OWN_FIELDS = ("doc_id", "source")  # embedkit's top-level payload fields, which a plain filter key also reaches
+_OWN_FIELDS = (DOC_ID, SOURCE)  # embedkit's top-level payload fields, which a plain filter key also reaches
 
 
 def metadata_condition(metadata_filter: Mapping[str, Any] | None) -> models.Filter | None:
@@ -523,7 +520,7 @@ def _payload_fields(key: object) -> list[str]:
         if key == "metadata.":
             raise InputError("metadata filter key 'metadata.' names no key; write metadata.KEY")
         return [key]
-    return [key, f"metadata.{key}"] if key in _OWN_FIELDS else [f"metadata.{key}"]
+    return [key, f"{METADATA}.{key}"] if key in _OWN_FIELDS else [f"{METADATA}.{key}"]
 
 
 def _matches(field: str, key: str, values: list[Any]) -> list[models.Condition]:

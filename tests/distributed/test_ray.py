@@ -16,13 +16,11 @@ import numpy as np
 import pytest
 
 from embedkit import InputError, MissingDependencyError, ModelLoadError
-from embedkit.ingest import ingest, load_directory, load_jsonl
+from embedkit.ingestion import ingest, ingest_ray, load_directory, load_jsonl
 from embedkit.sinks.qdrant import QdrantSink
 from tests.conftest import EXAMPLE_DOCS
 
 ray = pytest.importorskip("ray")
-
-from embedkit.distributed import ingest_ray  # noqa: E402
 
 REPORTED = ("docs", "embedded", "unchanged", "chunks", "deleted", "deleted_docs", "tokens")
 
@@ -72,6 +70,8 @@ def test_example_corpus_gives_the_single_process_points_and_a_rerun_embeds_nothi
 
     again = ingest_ray(EXAMPLE_DOCS, through_ray, progress=False)
     assert (again.docs, again.unchanged, again.embedded, again.chunks, again.tokens) == (20, 20, 0, 0, 0)
+    # complete docs are known before chunking: the prepare actors chunked nothing
+    assert (report.chunked, again.chunked) == (20, 0)
     assert_same_points(through_ray, single)
 
 
@@ -119,6 +119,8 @@ def test_changes_removals_and_bad_documents_match_the_single_process_run(cluster
 
     # volcanoes.md and faq-2 changed, composting.md removed; the rest unchanged
     assert (report.embedded, report.deleted_docs) == (2, 1) and report.unchanged == 19
+    # only the changed docs were chunked; Ray also chunks the repeated faq-1 before the driver refuses it
+    assert (report.chunked, reference.chunked) == (3, 2)
     assert report.deleted > 0  # volcanoes.md lost chunks
     assert_same_report(report, reference)
     reasons = dict(report.skipped)  # named by where each was read, as in the single-process run
@@ -228,7 +230,7 @@ def test_a_missing_path_is_named(cluster, tmp_path):
 def test_without_ray_installed_the_error_says_what_to_install():
     code = (
         "import sys; sys.modules['ray'] = None\n"
-        "from embedkit.distributed import ingest_ray\n"
+        "from embedkit.ingestion import ingest_ray\n"
         "from embedkit.sinks.qdrant import QdrantSink\n"
         "ingest_ray('x', QdrantSink('x', location=':memory:'))\n"
     )

@@ -15,7 +15,7 @@ import pytest
 
 from embedkit.chunking import Chunker
 from embedkit.errors import InputError, StoreError
-from embedkit.ingest import PROBE_TEXTS, Document, ingest, load_directory, load_jsonl, point_id
+from embedkit.ingestion import PROBE_TEXTS, Document, ingest, load_directory, load_jsonl, point_id
 from embedkit.sinks import QdrantSink
 
 
@@ -107,6 +107,42 @@ def test_rerun_edit_and_delete_missing(tmp_path: Path, corpus: Path, counting: C
         removed = ingest(load_directory(corpus, source="docs"), counting, sink, delete_missing=True, progress=False)
         assert removed.deleted_docs == 1 and removed.deleted > 0 and counting.texts == 1
         assert not any(p["doc_id"] == "docs/volcanoes.md" for p, _ in snapshot(sink).values())
+    finally:
+        sink.close()
+
+
+class CountingChunker(Chunker):
+    """A real Chunker recording which texts it was asked to split."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.split_texts: list[str] = []
+
+    def split(self, text, *, strategy=None):  # noqa: ANN001, ANN201
+        self.split_texts.append(text)
+        return super().split(text, strategy=strategy)
+
+
+def test_a_complete_doc_is_skipped_before_it_is_chunked(tmp_path: Path, corpus: Path, minilm) -> None:  # noqa: ANN001
+    sink = sink_at(tmp_path / "q")
+    try:
+        chunker = CountingChunker(minilm, 128)
+        first = ingest(load_directory(corpus, source="docs"), minilm, sink, chunker, progress=False)
+        assert len(chunker.split_texts) == first.chunked == first.embedded == 20
+
+        chunker.split_texts.clear()
+        again = ingest(load_directory(corpus, source="docs"), minilm, sink, chunker, progress=False)
+        assert (again.unchanged, again.chunked, chunker.split_texts) == (20, 0, [])
+
+        edited = "# Composting\n\nShort now.\n"
+        (corpus / "composting.md").write_text(edited)
+        # the same doc stored with only some of its points hashed (a run killed before mark_complete) is pending
+        stored = next(p for p, _ in snapshot(sink).values() if p["doc_id"] == "docs/volcanoes.md")
+        sink.client.delete_payload(sink.collection, ["content_hash"], points=[point_id("docs/volcanoes.md", 0)])
+        rerun = ingest(load_directory(corpus, source="docs"), minilm, sink, chunker, progress=False)
+        assert (rerun.unchanged, rerun.chunked, rerun.embedded) == (18, 2, 2)
+        assert chunker.split_texts == [edited, (corpus / "volcanoes.md").read_bytes().decode()]  # source order
+        assert stored["content_hash"] in {p.get("content_hash") for p, _ in snapshot(sink).values()}
     finally:
         sink.close()
 
@@ -257,7 +293,7 @@ def test_disk_full_stops_with_a_report_and_a_rerun_completes(tmp_path: Path, cor
         writes_left: int | None = 5
 
         def upsert(self, points) -> None:  # noqa: ANN001
-            original = self._raw_client.upsert
+            original = self.client.upsert
 
             def failing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
                 if self.writes_left == 0:
@@ -266,11 +302,11 @@ def test_disk_full_stops_with_a_report_and_a_rerun_completes(tmp_path: Path, cor
                     self.writes_left -= 1
                 return original(*args, **kwargs)
 
-            self._raw_client.upsert = failing
+            self.client.upsert = failing
             try:
                 super().upsert(points)
             finally:
-                self._raw_client.upsert = original
+                self.client.upsert = original
 
     sink = sink_at(tmp_path / "q", FullDisk, retry_attempts=1)
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from embedkit.errors import InputError, StoreError
-from embedkit.ingest import Document, ingest, load_directory, point_id
+from embedkit.ingestion import Document, ingest, load_directory, point_id
 from embedkit.sinks.qdrant import QdrantSink
 
 QUERIES = {

@@ -17,7 +17,7 @@ import pytest
 
 from embedkit.cli import main
 from embedkit.errors import InputError
-from embedkit.ingest import Document, ingest, load_directory, load_jsonl, point_id
+from embedkit.ingestion import Document, ingest, load_directory, load_jsonl, point_id
 from embedkit.sinks import QdrantSink
 
 
@@ -324,7 +324,7 @@ def test_search_into_a_closed_pipe_ends_quietly(workdir: Path) -> None:
 
 def test_a_collection_from_before_source_ids_is_refused_not_doubled(minilm) -> None:  # noqa: ANN001
     from embedkit.errors import StoreError
-    from embedkit.ingest import fingerprint
+    from embedkit.ingestion import fingerprint
 
     with QdrantSink("kb", location=":memory:") as sink:
         earlier = fingerprint(minilm, task="document", dimensions=None, normalize=True)

@@ -20,7 +20,7 @@ INGEST = """
 import sys
 from pathlib import Path
 import embedkit
-from embedkit.ingest import Document, ingest
+from embedkit.ingestion import Document, ingest
 from embedkit.sinks import QdrantSink
 source, store = Path(sys.argv[1]), sys.argv[2]
 docs = [Document(f"{copy}/{p.name}", f"# Copy {copy}\\n\\n" + p.read_text(), {"copy": copy})
@@ -36,19 +36,24 @@ STREAM = """
 import json, sys, resource
 import psutil
 import embedkit
-from embedkit.ingest import ingest
+from embedkit.ingestion import ingest
 
 class NullSink:
     '''Keeps nothing, so what is measured is the pipeline's own memory.'''
+    collection = "null"
+    points = 0
+    def exists(self): return True
+    def count(self): return 0
+    def close(self): pass
     def prepare(self, dimension, fingerprint, *, probes=None, rewrite=False): pass
     def recorded_fingerprint(self): return None
     def recorded_probes(self): return None
-    def complete_counts(self, hashes): return {}
-    def upsert(self, points): self.points = getattr(self, "points", 0) + len(points)
+    def hashed_points(self, doc_ids=None): return iter(())
+    def upsert(self, points): self.points += len(points)
     def delete_surplus(self, doc_id, keep): return 0
     def mark_complete(self, doc_id, content_hash): pass
     def delete_missing(self, sources, keep): return (0, 0)
-    def search(self, vector, k): return []
+    def search(self, vector, k, *, metadata_filter=None, score_threshold=None): return []
 
 count, model = int(sys.argv[1]), sys.argv[2]
 process, marks = psutil.Process(), {}

@@ -14,7 +14,7 @@ import pytest
 
 from embedkit.cli import main
 from embedkit.errors import InputError
-from embedkit.ingest import ingest
+from embedkit.ingestion import ingest
 from embedkit.sinks import QdrantSink
 
 DOCS_A = [  # source "notes/a": the same keys stored with different JSON types

@@ -16,7 +16,7 @@ import pytest
 import embedkit
 from embedkit.chunking import Chunker
 from embedkit.errors import InputError, MissingDependencyError, ModelLoadError
-from embedkit.ingest import load_directory
+from embedkit.ingestion import load_directory
 from embedkit.models.bert import Bert
 from embedkit.onnx.cache import GraphCache, GraphKey
 

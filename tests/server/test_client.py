@@ -152,7 +152,7 @@ def test_jina_v3_task_adapters_selected_by_name(jina_server: RunningServer) -> N
 
 def test_ingest_through_the_server_equals_local_ingest(remote: TEIClient, minilm, example_docs, tmp_path) -> None:  # noqa: ANN001
     """Remote chunking (token counts through /tokenize) and embedding give the local collection."""
-    from embedkit.ingest import ingest, load_directory
+    from embedkit.ingestion import ingest, load_directory
     from embedkit.sinks import QdrantSink
 
     collections = {}

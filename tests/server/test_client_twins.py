@@ -172,9 +172,8 @@ def test_ingest_through_the_openai_route_takes_a_tokenizer(
     example_docs: Path,
     tmp_path: Path,
 ) -> None:
-    from embedkit.ingest import ingest
+    from embedkit.ingestion import ingest, load_directory
     from embedkit.sinks import QdrantSink
-    from embedkit.sources import load_directory
 
     remote = TEIClient(server.url, api="openai", api_key=API_KEY)
     with QdrantSink("kb", path=tmp_path / "refused") as sink:

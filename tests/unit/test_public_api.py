@@ -27,3 +27,17 @@ def test_error_tree() -> None:
     assert issubclass(embedkit.ModelNotFoundError, embedkit.ModelLoadError)
     for name in ("InputError", "ModelLoadError", "StoreError", "MissingDependencyError"):
         assert issubclass(getattr(embedkit, name), embedkit.EmbedkitError)
+
+
+def test_ingest_is_the_function_and_ingestion_the_package() -> None:
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    import embedkit.ingestion
+
+    # importing every module of the package leaves `embedkit.ingest` the function (no submodule shadows it)
+    for module in pkgutil.iter_modules(embedkit.ingestion.__path__):
+        importlib.import_module(f"embedkit.ingestion.{module.name}")
+    assert callable(embedkit.ingest) and embedkit.ingest is embedkit.ingestion.ingest
+    assert not (Path(embedkit.__file__).parent / "ingest.py").exists()

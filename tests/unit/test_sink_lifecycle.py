@@ -56,7 +56,7 @@ def test_script_that_ingests_and_never_closes_exits_quietly(tmp_path: Path) -> N
     result = run_script(
         f"""
         import embedkit
-        from embedkit.ingest import ingest
+        from embedkit.ingestion import ingest
         from embedkit.sinks import QdrantSink
         sink = QdrantSink("kb", path={str(tmp_path / "q")!r})
         report = ingest(["bees make honey", "git branches"], embedkit.load(device="cpu"), sink, progress=False)

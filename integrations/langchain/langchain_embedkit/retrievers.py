@@ -12,6 +12,7 @@ from langchain_core.utils import secret_from_env
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from embedkit import InputError
+from embedkit.ingestion.records import DOC_ID, METADATA, PAGE_CONTENT, chunk_fields
 from embedkit.sinks import QdrantSink
 from embedkit.sinks.base import SearchHit
 from langchain_embedkit.embeddings import EmbedkitEmbeddings, embeddings_for_collection
@@ -132,21 +133,12 @@ class EmbedkitRetriever(BaseRetriever):
 def _document(hit: SearchHit, key: str) -> Document:
     """The hit as a Document: the user's metadata as stored, embedkit's fields under `key` alone."""
     payload = hit.payload
-    stored = payload.get("metadata")
+    stored = payload.get(METADATA)
     metadata = dict(stored) if isinstance(stored, dict) else {}
     if key in metadata:
         raise InputError(
-            f"document {payload.get('doc_id')!r} has its own metadata key {key!r}, where this retriever puts "
+            f"document {payload.get(DOC_ID)!r} has its own metadata key {key!r}, where this retriever puts "
             f"embedkit's fields; choose another: EmbedkitRetriever(..., embedkit_key='_{key}')"
         )
-    metadata[key] = {
-        "score": hit.score,
-        "doc_id": payload.get("doc_id"),
-        "source": payload.get("source"),
-        "chunk_index": payload.get("chunk_index"),
-        "chunk_count": payload.get("chunk_count"),
-        "start": payload.get("start"),
-        "end": payload.get("end"),
-        "headings": payload.get("headings", []),
-    }
-    return Document(id=hit.id, page_content=str(payload.get("page_content", "")), metadata=metadata)
+    metadata[key] = {"score": hit.score, **chunk_fields(payload)}
+    return Document(id=hit.id, page_content=str(payload.get(PAGE_CONTENT, "")), metadata=metadata)

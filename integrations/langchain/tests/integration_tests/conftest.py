@@ -57,7 +57,7 @@ def local_embedder():
 @pytest.fixture(scope="session")
 def qdrant_path(tmp_path_factory: pytest.TempPathFactory, local_embedder) -> Iterator[str]:  # noqa: ANN001
     """The example docs ingested by embedkit, with a `topic` metadata field to filter on."""
-    from embedkit.ingest import Document, ingest, load_directory
+    from embedkit.ingestion import Document, ingest, load_directory
     from embedkit.sinks import QdrantSink
 
     path = str(tmp_path_factory.mktemp("qdrant"))

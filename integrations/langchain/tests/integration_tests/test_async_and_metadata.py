@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from embedkit import AsyncTEIClient, InputError, TEIClient
-from embedkit.ingest import Document, ingest
+from embedkit.ingestion import Document, ingest
 from embedkit.remote import RetryPolicy
 from embedkit.sinks import QdrantSink
 from langchain_embedkit import EmbedkitEmbeddings, EmbedkitRetriever, qdrant_vector_store

@@ -1,22 +1,22 @@
 """Scale-out ingestion on Ray Data: the single-process pipeline's stages as one streaming dataset.
 
     read     each source file through the same loaders as `embedkit ingest` (Ray tasks)
-    prepare  check, chunk and hash each document; drop the ones the collection already holds
-             complete (actors holding only the tokenizer)
+    prepare  check and hash each document; drop the ones the collection already holds complete,
+             chunk the others (actors holding only the tokenizer)
     embed    an actor pool, one model per actor, on CPU or one GPU each
-    write    in the driver, through embedkit.ingest's writer: the same point ids, payloads, write
-             order (upsert, delete surplus, set the hash) and report as the single-process run
+    write    in the driver, through the single-process run's writer (writer.py): the same point ids,
+             payloads, write order (upsert, delete surplus, set the hash) and report
 
-Unchanged documents are known before anything is embedded: the driver reads the collection's
-complete documents once into a sorted array of 16-byte digests of (doc id, content hash), which
-every prepare actor shares through Ray's object store. Writes stay in the driver because the
-embedded Qdrant store can be opened by one process only; see docs/scale.md for what that costs.
+Unchanged documents are known before anything is chunked or embedded, by the completeness rule both
+drivers share (records.Complete, pipeline.chunk_pending): the driver reads the collection's complete
+documents once into a sorted array of 16-byte digests of (doc id, content hash), which every prepare
+actor shares through Ray's object store. Writes stay in the driver because the embedded Qdrant store
+can be opened by one process only; see docs/scale.md for what that costs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -31,20 +31,10 @@ import numpy as np
 
 from embedkit.chunking import Chunk, Chunker, Strategy, default_chunker
 from embedkit.errors import EmbedkitError, InputError, MissingDependencyError
-from embedkit.ingest import (
-    IngestReport,
-    _content_hash,
-    _Pending,
-    _progress,
-    _Run,
-    _show,
-    _writing,
-    fingerprint,
-    open_collection,
-    probe_vectors,
-)
-from embedkit.sinks.base import Sink
-from embedkit.sources import (
+from embedkit.ingestion.pipeline import chunk_pending
+from embedkit.ingestion.records import Complete, content_hash, fingerprint, open_collection, probe_vectors
+from embedkit.ingestion.report import IngestReport, Run, progress_bar, show_progress
+from embedkit.ingestion.sources import (
     DEFAULT_PATTERNS,
     Document,
     Unreadable,
@@ -55,13 +45,14 @@ from embedkit.sources import (
     read_document,
     source_of,
 )
+from embedkit.ingestion.writer import Pending, writing
+from embedkit.sinks.base import Sink
 
 __all__ = ["ingest_ray", "DEFAULT_BATCH_DOCS"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_DOCS = 64  # documents per actor call; the embedder then batches their chunks by tokens
-_KEY = np.dtype("S16")
 _NO_ID = "<no id>"
 
 
@@ -95,7 +86,8 @@ def ingest_ray(
     text_field: str = "text",
     metadata_field: str | None = "metadata",
 ) -> IngestReport:
-    """Ingest `source` into `sink` on a Ray cluster; the same points and report as `embedkit.ingest`.
+    """Ingest `source` into `sink` on a Ray cluster; the same points and report as `embedkit.ingest`
+    (embedkit.ingestion.pipeline).
 
     `source`: a ray.data.Dataset with `id_field`, `text_field` and optional `metadata_field` columns
     (metadata as a struct / map, or JSON text to keep it exactly: Arrow fills keys a row lacks with
@@ -150,7 +142,7 @@ def ingest_ray(
         # a mismatch fails before any work; hashes use the fingerprint the collection accepts
         print_ = open_collection(sink, plan["fingerprint"], lambda: plan["probes"], reembed=reembed)
         # the token budget (the tokenizer) and the snapshot of complete docs, put once for every prepare actor
-        shared = [ray.put(plan["budget"]), ray.put(_complete_keys(sink))]
+        shared = [ray.put(plan["budget"]), ray.put(Complete.fold(sink.hashed_points()))]
         prepared = docs.map_batches(
             _Prepare,
             fn_constructor_kwargs={
@@ -252,7 +244,7 @@ class _Embedder:
     def load(self) -> Any:
         import torch
 
-        from embedkit.runtime import load
+        from embedkit import load
 
         # an actor shares its node with others: use the CPUs it was given, not every core
         torch.set_num_threads(self.threads)
@@ -317,44 +309,11 @@ def _describe(
     return ray.get(task.remote(embedder, chunk_tokens, overlap_tokens, strategy))
 
 
-# -- what the collection already holds -----------------------------------------------------------
-
-
-def _doc_key(doc_id: str, content_hash: str) -> bytes:
-    return hashlib.blake2b(f"{doc_id}\0{content_hash}".encode(), digest_size=16).digest()
-
-
-def _complete_keys(sink: Sink) -> np.ndarray:
-    """Sorted digests of (doc id, content hash) for every doc whose chunk_count points all carry its hash.
-
-    16 bytes per point while reading, 16 per complete doc after: 100M docs fit in 1.6 GB.
-    """
-    hashed_points = getattr(sink, "hashed_points", None)
-    if hashed_points is None:
-        raise InputError(f"{type(sink).__name__} cannot list its hashed points; scale-out ingestion needs QdrantSink")
-    keys: list[np.ndarray] = []
-    counts: list[np.ndarray] = []
-    page_keys: list[bytes] = []
-    page_counts: list[int] = []
-    for doc_id, content_hash, chunk_count in hashed_points():
-        page_keys.append(_doc_key(doc_id, content_hash))
-        page_counts.append(chunk_count)
-        if len(page_keys) >= 65536:
-            keys.append(np.array(page_keys, dtype=_KEY))
-            counts.append(np.array(page_counts, dtype=np.int64))
-            page_keys, page_counts = [], []
-    keys.append(np.array(page_keys, dtype=_KEY))
-    counts.append(np.array(page_counts, dtype=np.int64))
-    all_keys, all_counts = np.concatenate(keys), np.concatenate(counts)
-    unique, first, seen = np.unique(all_keys, return_index=True, return_counts=True)
-    return unique[seen == all_counts[first]]
-
-
 # -- read: sources to documents ------------------------------------------------------------------
 
 
 class _Listing:
-    """How paths and rows become documents: the same ids, sources and checks as embedkit.sources (picklable)."""
+    """How paths and rows become documents: the same ids, sources and checks as sources.py (picklable)."""
 
     def __init__(
         self,
@@ -514,7 +473,7 @@ def _rows_to_docs(
 
 
 class _Prepare:
-    """Chunks and hashes documents; marks each bad, unchanged, or pending (to embed)."""
+    """Hashes documents and chunks the pending ones; marks each bad, unchanged, or pending (to embed)."""
 
     def __init__(
         self, shared: list[Any], settings: dict[str, Any], fingerprint: dict[str, Any], task: str | None
@@ -535,25 +494,23 @@ class _Prepare:
         self._fingerprint = fingerprint
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, list[Any]] = {"status": [], "content_hash": [], "chunks": [], "error": []}
+        out: dict[str, list[Any]] = {"status": [], "content_hash": [], "chunks": [], "chunked": [], "error": []}
         rows = zip(batch["id"], batch["text"], batch["metadata"], batch["error"], batch["strategy"], strict=True)
         for doc_id, text, metadata, error, strategy in rows:
-            status, content_hash, chunks = "bad", "", []
+            status, hash_, chunked = "bad", "", False
+            chunks: list[Chunk] = []
             if not error:
                 doc = Document(str(doc_id), str(text), json.loads(metadata), strategy=strategy or None)
-                content_hash = _content_hash(doc, self._chunker.settings, self._fingerprint)
-                key = np.array(_doc_key(doc.id, content_hash), dtype=_KEY)
-                at = int(np.searchsorted(self._complete, key))
-                if at < len(self._complete) and self._complete[at] == key:
-                    status = "unchanged"
-                else:
-                    try:
-                        status, chunks = "pending", self._chunker.split(doc.text, strategy=doc.strategy)
-                    except InputError as exc:  # reported by the driver as the single-process run does
-                        status, error = "bad", str(exc)
+                hash_ = content_hash(doc, self._chunker.settings, self._fingerprint)
+                try:
+                    split = chunk_pending(self._chunker, doc, hash_, self._complete)
+                    status, chunks, chunked = ("unchanged", [], False) if split is None else ("pending", split, True)
+                except InputError as exc:  # reported by the driver as the single-process run does
+                    status, error, chunked = "bad", str(exc), True
             out["status"].append(status)
-            out["content_hash"].append(content_hash)
+            out["content_hash"].append(hash_)
             out["chunks"].append(json.dumps([dataclasses.asdict(c) for c in chunks], ensure_ascii=False))
+            out["chunked"].append(chunked)
             out["error"].append(error)
         passed = {column: batch[column] for column in _DOC_COLUMNS if column not in ("text", "error")}
         return {**passed, **{column: np.array(values, dtype=object) for column, values in out.items()}}
@@ -588,17 +545,18 @@ class _EmbedActor:
 # -- write, in the driver ------------------------------------------------------------------------
 
 
-def _write(embedded: Any, sink: Sink, dimension: int, on_error: str, show: bool, started: float) -> _Run:
+def _write(embedded: Any, sink: Sink, dimension: int, on_error: str, show: bool, started: float) -> Run:
     """Write the embedded documents in source order, with the single-process run's bookkeeping."""
-    run = _Run(on_error, IngestReport())
+    run = Run(on_error, IngestReport())
     report = run.report
-    with _progress("ingest (ray)", None, show) as bar:
-        with _writing(sink, report, started) as writer:
+    with progress_bar("ingest (ray)", None, show) as bar:
+        with writing(sink, report, started) as writer:
             for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
-                pending: list[_Pending] = []
+                pending: list[Pending] = []
                 vectors: list[np.ndarray] = []
                 for row in range(len(batch["id"])):
                     report.docs += 1
+                    report.chunked += bool(batch["chunked"][row])
                     doc_id, status, source = str(batch["id"][row]), batch["status"][row], str(batch["source"][row])
                     where = str(batch["origin"][row]) or f"doc {doc_id!r}"
                     known = None if doc_id == _NO_ID else doc_id
@@ -617,14 +575,14 @@ def _write(embedded: Any, sink: Sink, dimension: int, on_error: str, show: bool,
                     # the writer needs what the payload holds: id, metadata, source and the span offset
                     metadata = json.loads(batch["metadata"][row])
                     doc = Document(doc_id, "", metadata, source, where, None, int(batch["offset"][row]))
-                    pending.append(_Pending(doc, chunks, batch["content_hash"][row]))
+                    pending.append(Pending(doc, chunks, batch["content_hash"][row]))
                     vectors.append(np.frombuffer(batch["vectors"][row], dtype=np.float32).reshape(-1, dimension))
                 if pending:
                     writer.put(pending, np.concatenate(vectors))
                 bar.update(len(batch["id"]))
                 if show:
-                    _show(bar, report)
+                    show_progress(bar, report)
         if show:  # the writes have finished: show what they stored
-            _show(bar, report)
+            show_progress(bar, report)
             bar.refresh()
     return run

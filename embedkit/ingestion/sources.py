@@ -8,7 +8,7 @@ different files never share an id (and so never overwrite each other's points):
     .jsonl   source = the file's path as given, id = source + "/" + the record's `id`
     --source NAME replaces the path part, so ids stay the same when the corpus moves
 
-A source's documents are the only ones `delete_missing` may remove (see embedkit.ingest).
+A source's documents are the only ones `delete_missing` may remove (see embedkit.ingest, pipeline.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embedkit.chunking import Strategy
 from embedkit.embedder import check_encodable
 from embedkit.errors import InputError
 
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PATTERNS = ("*.md", "*.txt", "*.rst")
 # the chunking strategy a file's extension implies: a .txt file is never parsed as markdown
-_STRATEGY_BY_SUFFIX = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".rst": "rst"}
+_STRATEGY_BY_SUFFIX: dict[str, Strategy] = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".rst": "rst"}
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class Document:
     metadata: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     origin: str = ""
-    strategy: str | None = None
+    strategy: Strategy | None = None
     offset: int = 0
 
 
@@ -90,7 +91,7 @@ def qualify(source: str, local_id: str) -> str:
     return f"{source}/{local_id}" if source else local_id
 
 
-def strategy_for(path: Path) -> str | None:
+def strategy_for(path: Path) -> Strategy | None:
     return _STRATEGY_BY_SUFFIX.get(path.suffix.lower())
 
 
