@@ -25,8 +25,8 @@ from embedkit.ingest import Document, ingest  # noqa: E402
 
 if TYPE_CHECKING:
     from embedkit.embedder import Embedder
+    from embedkit.local import LocalEmbedder, load
     from embedkit.remote import AsyncTEIClient, TEIClient
-    from embedkit.runtime import LocalEmbedder, load
 
 __version__ = "0.1.0"
 
@@ -55,9 +55,9 @@ __all__ = [
 _LAZY = {
     "AsyncTEIClient": "embedkit.remote",
     "Embedder": "embedkit.embedder",
-    "LocalEmbedder": "embedkit.runtime",
+    "LocalEmbedder": "embedkit.local.embedder",
     "TEIClient": "embedkit.remote",
-    "load": "embedkit.runtime",
+    "load": "embedkit.local.loader",
 }
 
 

@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedkit.embedder import check_dimensions, check_encodable, postprocess
 from embedkit.errors import InputError
-from embedkit.runtime import LocalEmbedder
+from embedkit.local.embedder import LocalEmbedder
 from embedkit.server.batching import DynamicBatcher, Overloaded
 from embedkit.server.metrics import Metrics
 from embedkit.server.schemas import (

@@ -66,7 +66,7 @@ def test_auto_falls_back_to_torch_when_the_family_cannot_export(
         onnx_load(tiny_dir, tmp_path)
     assert "backend='torch'" in str(refused.value)
     assert not [p for p in tmp_path.iterdir()], "a failed export leaves nothing in the cache"
-    with caplog.at_level(logging.WARNING, logger="embedkit.runtime"):
+    with caplog.at_level(logging.WARNING, logger="embedkit.local"):
         fallback = embedkit.load(tiny_dir, device="cpu", backend="auto", onnx_cache_dir=tmp_path)
     assert fallback.backend == "torch"
     assert "running on torch instead" in caplog.text and "bert" in caplog.text
@@ -95,9 +95,9 @@ def test_bad_backend_from_the_environment_names_the_variable(tiny_dir: Path, mon
 
 def test_threads_follow_embedkit_num_threads(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMBEDKIT_NUM_THREADS", "1")
-    assert onnx_load(tiny_dir, tmp_path)._model.threads == 1
+    assert onnx_load(tiny_dir, tmp_path).model.threads == 1
     monkeypatch.delenv("EMBEDKIT_NUM_THREADS")
-    assert onnx_load(tiny_dir, tmp_path)._model.threads == len(os.sched_getaffinity(0))
+    assert onnx_load(tiny_dir, tmp_path).model.threads == len(os.sched_getaffinity(0))
     monkeypatch.setenv("EMBEDKIT_NUM_THREADS", "zero")
     with pytest.raises(InputError, match="EMBEDKIT_NUM_THREADS='zero'"):
         onnx_load(tiny_dir, tmp_path)
@@ -233,7 +233,7 @@ def test_int8_keeps_quality_on_natural_text(minilm_dir: Path, tmp_path: Path) ->
     fp32 = onnx_load(minilm_dir, tmp_path)
     int8 = onnx_load(minilm_dir, tmp_path, quantize="int8")
     assert int8.describe()["backend"] == "onnx int8" and int8.describe()["dtype"] == "int8" and int8.quantize == "int8"
-    assert int8._model.kept_fp32 == [f"layers.{i}.mlp.down" for i in range(6)]
+    assert int8.model.kept_fp32 == [f"layers.{i}.mlp.down" for i in range(6)]
     chunker = Chunker(fp32, max_tokens=128)
     passages = [chunk.text for doc in load_directory(EXAMPLE_DOCS) for chunk in chunker.split(doc.text)]
     assert len(passages) > 50
