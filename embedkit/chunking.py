@@ -27,6 +27,7 @@ from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from embedkit.embedder import SpanEmbedder
 from embedkit.errors import InputError
 from embedkit.local.tokenizer import as_tokenizer, load_tokenizer, plain_copy
 
@@ -760,11 +761,10 @@ def embed_chunks(
             raise InputError(f"chunks[{index}] does not match the text at {chunk.start}:{chunk.end}")
     if not late:
         return embedder.embed([c.embedding_text for c in chunks], task=task, dimensions=dimensions, normalize=normalize)
-    span_embed = getattr(embedder, "embed_spans", None)
-    if span_embed is None:
+    if not isinstance(embedder, SpanEmbedder):
         raise InputError(
             f"late chunking needs the model's token states, which {type(embedder).__name__} does not expose; "
             "use a local model (embedkit.load)"
         )
     spans = [(c.start, c.end) for c in chunks]
-    return span_embed(text, spans, task=task, dimensions=dimensions, normalize=normalize)
+    return embedder.embed_spans(text, spans, task=task, dimensions=dimensions, normalize=normalize)
