@@ -409,7 +409,7 @@ def test_golden_without_prompt_file_uses_task_instructions(tmp_path: Path) -> No
 def test_golden_merged_adapter_end_to_end() -> None:
     case = _case("task:retrieval.passage")
     embedder = embedkit.load(FIXTURE_MODEL, device="cpu", default_task="retrieval.passage", merge_lora=True)
-    assert embedder._model.merged_adapter == 1
+    assert embedder.describe()["merged_adapter"] == "retrieval.passage"  # adapter 1
     ours = embedder.embed(TEXTS, task="retrieval.passage")
     assert np.abs(ours - np.asarray(case["embeddings"], dtype=np.float32)).max() < 1e-5
 
