@@ -129,6 +129,10 @@ class EncoderModel(nn.Module):
             raise ValueError("adapter_ids must all be -1: this model has no adapters")
         return None
 
+    def merge_adapter(self, index: int) -> None:
+        """Fold adapter `index` into the weights, for models with `adapter_names` (jina_v3 overrides this)."""
+        raise ValueError(f"no adapter {index}: this model has no adapters")
+
     def forward(
         self,
         batch: TokenBatch | torch.Tensor,
