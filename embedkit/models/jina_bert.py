@@ -125,8 +125,8 @@ class SelfAttention(nn.Module):
         self.value = nn.Linear(H, H)
         self.out = nn.Linear(H, H)
         if config.qk_post_norm:  # over the whole hidden vector, before the split into heads
-            self.q_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
-            self.k_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+            self.q_norm: nn.Module = nn.LayerNorm(H, eps=config.layer_norm_eps)
+            self.k_norm: nn.Module = nn.LayerNorm(H, eps=config.layer_norm_eps)
         else:
             self.q_norm = self.k_norm = nn.Identity()
 

@@ -194,7 +194,7 @@ class LoRALinear(nn.Linear):
     def forward(self, x: torch.Tensor, adapters: torch.Tensor | None) -> torch.Tensor:
         """x [..., in], adapters [..., n] (each token's scale on its own adapter, 0 elsewhere) -> [..., out]."""
         y = super().forward(x)
-        if adapters is None or self.lora_A is None:
+        if adapters is None or self.lora_A is None or self.lora_B is None:
             return y
         n, r, _ = self.lora_A.shape
         # every adapter's rank-r product at once (n * r is 20 for jina-v3), then each token keeps its own:
@@ -220,7 +220,7 @@ class LoRAEmbedding(nn.Embedding):
     def forward(self, ids: torch.Tensor, adapters: torch.Tensor | None) -> torch.Tensor:
         """ids [...], adapters [..., n] -> [..., H]."""
         x = F.embedding(ids, self.weight)
-        if adapters is None or self.lora_A is None:
+        if adapters is None or self.lora_A is None or self.lora_B is None:
             return x
         a = self.lora_A[:, ids].movedim(0, -2) * adapters[..., None]  # each adapter's row for these ids: [..., n, r]
         return x + a.flatten(-2) @ self.lora_B.flatten(0, 1)  # x + A_t[id] B_t

@@ -18,6 +18,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from embedkit.errors import ModelLoadError
 try:  # torch >= 2.10; older releases run the stand-in
     from torch.nn.attention.varlen import varlen_attn
 except ImportError:  # pragma: no cover - depends on the installed torch
-    varlen_attn = None
+    varlen_attn = None  # type: ignore[assignment]
 
 __all__ = [
     "PackedAttention",
@@ -105,14 +106,14 @@ class Rope:
 
     def inv_freq(self, device: torch.device) -> torch.Tensor:
         """[d/2] fp32 inverse frequencies."""
-        d, theta, factor = self.head_dim, self.theta, self.factor
+        d, theta, factor, b = self.head_dim, self.theta, self.factor, self.mixed_b
         exponent = torch.arange(0, d, 2, device=device).float() / d  # 2i / d
-        if self.scaling == "ntk" and self.mixed_b is None:
+        if self.scaling == "ntk" and b is None:
             return 1.0 / ((theta * factor) ** exponent) / factor ** (2 / d)
         inv_freq = 1.0 / (theta**exponent)
-        if self.scaling == "ntk":
-            a = torch.tensor(factor, device=device).log() / (d / 2) ** self.mixed_b
-            return inv_freq / (a * torch.arange(1, d // 2 + 1, device=device).float() ** self.mixed_b).exp()
+        if self.scaling == "ntk" and b is not None:
+            a = torch.tensor(factor, device=device).log() / (d / 2) ** b
+            return inv_freq / (a * torch.arange(1, d // 2 + 1, device=device).float() ** b).exp()
         if self.scaling == "linear":
             return inv_freq / factor
         return inv_freq
@@ -261,7 +262,7 @@ def varlen_attention(
     """
     if varlen_attn is None:  # pragma: no cover - depends on the installed torch
         raise RuntimeError("this torch has no torch.nn.attention.varlen; use PackedAttention's stand-in")
-    return varlen_attn(
+    out = varlen_attn(
         q,
         k,
         v,
@@ -272,6 +273,7 @@ def varlen_attention(
         window_size=(-1, 0) if causal else (-1, -1),
         enable_gqa=k.shape[-2] != q.shape[-2],
     )
+    return cast(torch.Tensor, out)  # a tuple only when return_aux asks for the log-sum-exp too
 
 
 class PackedAttention:

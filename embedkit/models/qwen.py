@@ -131,8 +131,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(H, self.n_kv_head * d, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.n_head * d, H, bias=config.o_bias)
         if config.qk_norm:  # per head, over head_dim only
-            self.q_norm = RMSNorm(d, config.rms_norm_eps)
-            self.k_norm = RMSNorm(d, config.rms_norm_eps)
+            self.q_norm: nn.Module = RMSNorm(d, config.rms_norm_eps)
+            self.k_norm: nn.Module = RMSNorm(d, config.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = nn.Identity()
 
