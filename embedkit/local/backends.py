@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from embedkit.errors import InputError, ModelLoadError
+from embedkit.models.base import EmbeddingModel
 from embedkit.models.registry import Family
 from embedkit.onnx.cache import GraphCache
 from embedkit.onnx.model import OnnxModel, import_onnxruntime
@@ -76,7 +77,7 @@ def onnx_runner(
     cache_dir: str | os.PathLike[str] | None,
     *,
     required: bool,
-) -> nn.Module | OnnxModel:
+) -> EmbeddingModel:
     """The module wrapped for ONNX Runtime, its first graph ready; unless `required`, torch if it will not export."""
     first_adapter = table.adapter(default_task) if default_task is not None and table.adapters else -1
     try:

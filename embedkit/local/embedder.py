@@ -29,7 +29,8 @@ from embedkit.errors import InputError
 from embedkit.local import late
 from embedkit.local.batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_BATCH_SIZE, TokenBatch, pack
 from embedkit.local.tokens import Encoder, TextPlan, plan_tasks
-from embedkit.models.pooling import pool
+from embedkit.models.base import EmbeddingModel
+from embedkit.models.pooling import pool_packed
 from embedkit.models.registry import Family
 from embedkit.models.st_files import PipelineFiles
 from embedkit.onnx.model import OnnxModel
@@ -47,7 +48,7 @@ class LocalEmbedder(EmbedderBase):
     def __init__(
         self,
         *,
-        model: nn.Module | OnnxModel,
+        model: EmbeddingModel,
         tokenizer: Tokenizer,
         family: Family,
         detection_reasons: Sequence[str] = (),
@@ -73,7 +74,7 @@ class LocalEmbedder(EmbedderBase):
         self._task_table = TaskTable(
             pipeline.prompts if prompts is None else prompts,
             pipeline.default_prompt_name,
-            adapters=tuple(getattr(model, "adapter_names", ())),
+            adapters=model.adapter_names,
         )
         if default_task is not None:
             self._task_table.resolve(default_task)  # UnknownTaskError lists the valid ones
@@ -89,7 +90,7 @@ class LocalEmbedder(EmbedderBase):
         )
         # each pooling mode gives one hidden-size vector; no forward pass, so a lazily exported graph
         # is not built for nothing
-        self._dimension = int(model.config.hidden_size) * len(self._pooling)
+        self._dimension = model.hidden_size * len(self._pooling)
 
     def __repr__(self) -> str:
         return (
@@ -129,7 +130,7 @@ class LocalEmbedder(EmbedderBase):
         return self._device
 
     @property
-    def model(self) -> nn.Module | OnnxModel:
+    def model(self) -> EmbeddingModel:
         """What runs the forward pass: the family's torch module, or the OnnxModel standing in for it."""
         return self._model
 
@@ -156,10 +157,10 @@ class LocalEmbedder(EmbedderBase):
     def describe(self) -> dict[str, object]:
         """What was loaded and why: family and the evidence for it, sizes, pooling, prompts."""
         merged = self._merged_adapter_name
-        if isinstance(self._model, OnnxModel):
-            dtype = self.quantize or "float32"  # int8: the weights; activations and outputs stay float32
-        else:
+        if isinstance(self._model, nn.Module):
             dtype = str(next(self._model.parameters()).dtype).removeprefix("torch.")
+        else:  # ONNX Runtime; int8 is the weights', activations and outputs stay float32
+            dtype = self.quantize or "float32"
         return {
             "model_id": self._model_id,
             "path": str(self._model_dir),
@@ -338,13 +339,8 @@ class LocalEmbedder(EmbedderBase):
         plan = self._plan(task, 1)
 
         def run(row: list[int]) -> np.ndarray:
-            window = torch.tensor([row], device=self._device)
-            mask = torch.ones_like(window, dtype=torch.bool)
-            if plan.adapter_ids is None:
-                hidden = self._model(window, mask)
-            else:
-                hidden = self._model(window, mask, torch.from_numpy(plan.adapter_ids).to(self._device))
-            return hidden[0].float().cpu().numpy()
+            window = TokenBatch.from_ids([row], adapter_ids=plan.adapter_ids, pad_id=self._encoder.pad_id)
+            return self._model(window.to(self._device)).float().cpu().numpy()  # [len(row), H]
 
         vectors = late.span_vectors(self._encoder, run, text, plan.prefixes[0], spans)
         return postprocess(vectors, dimensions=dimensions, normalize=normalize)
@@ -383,7 +379,7 @@ class LocalEmbedder(EmbedderBase):
 
     @property
     def _merged_adapter_name(self) -> str | None:
-        merged = getattr(self._model, "merged_adapter", None)
+        merged = self._model.merged_adapter
         return None if merged is None else self._task_table.adapters[merged]
 
     def _plan(self, task: str | Sequence[str | None] | None, count: int) -> TextPlan:
@@ -412,10 +408,4 @@ class LocalEmbedder(EmbedderBase):
 
     def _pooled(self, batch: TokenBatch) -> torch.Tensor:
         """[B, dimension] pooled states of a batch already on the device, rows in batch order."""
-        padded = batch.padded()
-        if batch.adapter_ids is None:
-            hidden = self._model(padded.input_ids, padded.attention_mask)
-        else:
-            hidden = self._model(padded.input_ids, padded.attention_mask, batch.adapter_ids.to(self._device))
-        skip = 0 if batch.prompt_lengths is None else batch.prompt_lengths
-        return pool(hidden, padded.attention_mask, self._pooling, prompt_length=skip)
+        return pool_packed(self._model(batch), batch, self._pooling)  # states [N, H]; adapter ids on the host

@@ -22,10 +22,10 @@ from embedkit.local.backends import choose_backend, onnx_runner
 from embedkit.local.batching import DEFAULT_BATCH_TOKENS, DEFAULT_CPU_BATCH_TOKENS
 from embedkit.local.embedder import LocalEmbedder
 from embedkit.local.tokenizer import load_model_tokenizer
+from embedkit.models.base import EmbeddingModel
 from embedkit.models.loading import assign_weights
 from embedkit.models.registry import detect_family
 from embedkit.models.st_files import PipelineFiles, read_json, read_pipeline_files
-from embedkit.onnx.model import OnnxModel
 from embedkit.tasks import TaskTable
 from embedkit.weights import load_state_dict, tensor_shapes
 
@@ -105,11 +105,11 @@ def load(
     if not prompts and family.default_prompts is not None:  # e.g. Qwen's instruction form
         prompts = family.default_prompts(config)
         log.info("%s: no prompts in config_sentence_transformers.json; using the %s defaults", model_dir, family.name)
-    table = TaskTable(prompts, adapters=tuple(getattr(module, "adapter_names", ())))
+    table = TaskTable(prompts, adapters=module.adapter_names)
     if merge_lora:
         merge_adapter(module, table, default_task)
-    max_seq_length = max_input_tokens(pipeline, config, module, model_dir)
-    runner: nn.Module | OnnxModel = module
+    max_seq_length = max_input_tokens(pipeline, module, model_dir)
+    runner: EmbeddingModel = module
     if chosen == "onnx":
         runner = onnx_runner(
             module, family, model_dir, table, default_task, quantize, onnx_cache_dir, required=onnx_required
@@ -180,17 +180,17 @@ def check_vocabulary(tokenizer: Tokenizer, module: nn.Module, source: Path) -> N
         )
 
 
-def max_input_tokens(pipeline: PipelineFiles, config: dict, model: nn.Module, model_dir: Path) -> int:
+def max_input_tokens(pipeline: PipelineFiles, model: EmbeddingModel, model_dir: Path) -> int:
     """The input limit: sentence_bert_config.json's max_seq_length, else the smaller of the model's
     positions and tokenizer_config.json's model_max_length. ModelLoadError when max_seq_length is past
     a learned position table's end."""
-    positions = int(getattr(model, "max_positions", 0) or config.get("max_position_embeddings") or 512)
+    positions = model.max_positions
     if pipeline.max_seq_length is not None:
         if pipeline.max_seq_length > positions:
             where = f"{model_dir / 'sentence_bert_config.json'}: max_seq_length {pipeline.max_seq_length}"
             # a learned position table has no row past its end; RoPE and ALiBi compute any position,
             # so there the published max_seq_length wins, as in sentence-transformers
-            if getattr(model, "learned_positions", True):
+            if model.learned_positions:
                 raise ModelLoadError(f"{where} exceeds the model's {positions} positions")
             log.warning("%s is past config.json's max_position_embeddings %d; using it", where, positions)
         return int(pipeline.max_seq_length)

@@ -54,14 +54,14 @@ def test_auto_picks_onnx_for_float32_on_cpu(tiny_dir: Path, tmp_path: Path, monk
 def test_auto_falls_back_to_torch_when_the_family_cannot_export(
     tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    traced = Bert.forward
+    traced = Bert.forward_padded  # what the exporter traces
 
-    def branches_on_values(self: Bert, input_ids, attention_mask):  # noqa: ANN001, ANN202
+    def branches_on_values(self, input_ids, attention_mask, position_ids, adapter_ids=None):  # noqa: ANN001, ANN202
         if attention_mask.sum() > 1:  # a branch on tensor values: torch's exporter cannot trace it
-            return traced(self, input_ids, attention_mask)
-        return traced(self, input_ids, attention_mask) * 1
+            return traced(self, input_ids, attention_mask, position_ids, adapter_ids)
+        return traced(self, input_ids, attention_mask, position_ids, adapter_ids) * 1
 
-    monkeypatch.setattr(Bert, "forward", branches_on_values)
+    monkeypatch.setattr(Bert, "forward_padded", branches_on_values)
     with pytest.raises(ModelLoadError, match="bert model cannot be exported to ONNX") as refused:
         onnx_load(tiny_dir, tmp_path)
     assert "backend='torch'" in str(refused.value)
@@ -162,7 +162,7 @@ def test_a_damaged_or_stale_entry_is_rebuilt_never_used(
         rebuilt = onnx_load(tiny_dir, tmp_path).embed(TEXTS)
     assert "stale or corrupt ONNX cache entry; rebuilding it" in caplog.text
     np.testing.assert_allclose(rebuilt, expected, atol=1e-5)
-    assert GraphCache._verified(entry, GraphKey(**json.loads(manifest.read_text())["key"])) is not None
+    assert GraphCache.verified(entry, GraphKey(**json.loads(manifest.read_text())["key"])) is not None
 
 
 def test_weights_and_quantisation_are_part_of_the_key(tiny_dir: Path, minilm_dir: Path, tmp_path: Path) -> None:
@@ -172,6 +172,8 @@ def test_weights_and_quantisation_are_part_of_the_key(tiny_dir: Path, minilm_dir
     onnx_load(other, tmp_path / "cache")
     keys = [json.loads((e / "manifest.json").read_text())["key"] for e in entries(tmp_path / "cache")]
     assert len(keys) == 3
+    # the graph reads the batch's position ids: a graph of the older (ids, mask) form is another entry
+    assert {k["inputs"] for k in keys} == {"input_ids,attention_mask,position_ids"}
     assert sorted(k["quantize"] for k in keys) == ["int8", "none", "none"]
     assert len({k["weights_digest"] for k in keys}) == 2
 
@@ -179,7 +181,7 @@ def test_weights_and_quantisation_are_part_of_the_key(tiny_dir: Path, minilm_dir
 def test_two_builders_racing_publish_one_entry(tmp_path: Path) -> None:
     """Both builders are inside `build` at once; one rename wins, the other uses the winner's entry."""
     cache = GraphCache(tmp_path)
-    key = GraphKey("w" * 64, "c" * 64, "bert", "base", "float32", "none", "0", "0")
+    key = GraphKey("w" * 64, "c" * 64, "bert", "base", "float32", "none", "0", "0", "input_ids")
     both_building = threading.Barrier(2, timeout=30)
     results: list[tuple[Path, dict]] = []
 
@@ -196,7 +198,7 @@ def test_two_builders_racing_publish_one_entry(tmp_path: Path) -> None:
     assert len(results) == 2 and results[0][0] == results[1][0]
     assert results[0][1]["files"] == results[1][1]["files"]  # both hold the published entry's manifest
     assert [p.name for p in tmp_path.iterdir()] == [key.name]  # no staging directory left behind
-    assert GraphCache._verified(tmp_path / key.name, key) is not None
+    assert GraphCache.verified(tmp_path / key.name, key) is not None
 
 
 def test_two_processes_exporting_at_once_share_one_entry(tiny_dir: Path, tmp_path: Path) -> None:
@@ -216,7 +218,7 @@ sys.stdout.write(repr(vectors.round(5).tolist()))
     assert [child.returncode for child in children] == [0, 0]
     assert outputs[0] == outputs[1]
     (entry,) = entries(cache)
-    assert GraphCache._verified(entry, GraphKey(**json.loads((entry / "manifest.json").read_text())["key"]))
+    assert GraphCache.verified(entry, GraphKey(**json.loads((entry / "manifest.json").read_text())["key"]))
 
 
 def test_an_unwritable_cache_is_a_clear_error(tiny_dir: Path, tmp_path: Path) -> None:
