@@ -133,24 +133,8 @@ class EncoderModel(nn.Module):
         """Fold adapter `index` into the weights, for models with `adapter_names` (jina_v3 overrides this)."""
         raise ValueError(f"no adapter {index}: this model has no adapters")
 
-    def forward(
-        self,
-        batch: TokenBatch | torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        adapter_ids: torch.Tensor | None = None,
-        *,
-        packed: bool | None = None,
-    ) -> torch.Tensor:
-        """batch -> packed token states [N, H]; `packed` None: the packed form on CUDA, padded elsewhere.
-
-        TRANSITION: the old call `model(input_ids [B, T], attention_mask [B, T][, adapter_ids [B]])`
-        -> [B, T, H] still works (position ids from the mask) until the runtime and ONNX export call the
-        boundary; then this branch goes.
-        """
-        if isinstance(batch, torch.Tensor):
-            if attention_mask is None:
-                raise TypeError("the padded call needs attention_mask [B, T]")
-            return self.forward_padded(batch, attention_mask, positions_from_mask(attention_mask), adapter_ids)
+    def forward(self, batch: TokenBatch, *, packed: bool | None = None) -> torch.Tensor:
+        """batch -> packed token states [N, H]; `packed` None: the packed form on CUDA, padded elsewhere."""
         if packed is None:
             packed = batch.device.type == "cuda"
         if packed:
