@@ -3,6 +3,10 @@
 The data path of `embed`: tasks -> prompts and adapters (a TextPlan), tokens (tokens.Encoder),
 TokenBatches under a token budget, longest first (batching.pack), one forward pass each, pooling,
 input order restored, then the one post-processing path (embedder.postprocess).
+
+A caller that batches by its own token budget (the server's dynamic batcher) builds one batch of
+already-encoded rows with `token_batch(ids, task=tasks)` and runs it with `embed_token_batch(batch)`,
+which gives the raw pooled vectors for it to post-process per request.
 """
 
 from __future__ import annotations
