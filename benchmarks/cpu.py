@@ -138,7 +138,7 @@ def main() -> None:
     started = time.perf_counter()
     int8 = embedkit.load(model_dir, device="cpu", quantize="int8", onnx_cache_dir=cache)
     export_int8 = time.perf_counter() - started
-    print(f"export + cache: fp32 {export_fp32:.1f} s, int8 {export_int8:.1f} s (kept fp32: {int8._model.kept_fp32})")
+    print(f"export + cache: fp32 {export_fp32:.1f} s, int8 {export_int8:.1f} s (kept fp32: {int8.model.kept_fp32})")
 
     def runner(embed):  # noqa: ANN001, ANN202
         return lambda warmup: embed(texts[:64] if warmup else texts)

@@ -227,7 +227,7 @@ def dense_gemm_tflops(dtype: torch.dtype) -> float:
 
 
 def model_flops(embedder: embedkit.LocalEmbedder, lengths: list[int]) -> float:
-    model = embedder._model
+    model = embedder.model
     linear = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "embed" not in name)
     config = model.config
     attention = sum(4 * t * t * config.hidden_size * config.num_hidden_layers for t in lengths)

@@ -26,8 +26,8 @@ from embedkit.ingestion import Document, ingest
 
 if TYPE_CHECKING:
     from embedkit.embedder import Embedder
+    from embedkit.local import LocalEmbedder, load
     from embedkit.remote import AsyncTEIClient, TEIClient
-    from embedkit.runtime import LocalEmbedder, load
 
 __version__ = "0.1.0"
 
@@ -56,9 +56,9 @@ __all__ = [
 _LAZY = {
     "AsyncTEIClient": "embedkit.remote",
     "Embedder": "embedkit.embedder",
-    "LocalEmbedder": "embedkit.runtime",
+    "LocalEmbedder": "embedkit.local.embedder",
     "TEIClient": "embedkit.remote",
-    "load": "embedkit.runtime",
+    "load": "embedkit.local.loader",
 }
 
 

@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import bisect
 import inspect
-import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from embedkit.errors import InputError, ModelLoadError
+from embedkit.embedder import SpanEmbedder
+from embedkit.errors import InputError
+from embedkit.local.tokenizer import as_tokenizer, load_tokenizer, plain_copy
 
 __all__ = ["Chunk", "Chunker", "TokenCounter", "STRATEGIES", "default_chunker", "embed_chunks"]
 
@@ -124,7 +124,7 @@ class _Tokens:
         # a remote client reads its limit and prompts from the server: the Chunker asks on first use
         self.remote = getattr(type(source), "remote", False) is True
         if tokenizer is not None:
-            if _as_tokenizer(source) is not None:
+            if as_tokenizer(source) is not None:
                 raise InputError(
                     "give the tokenizer once: Chunker(tokenizer, max_tokens) or Chunker(embedder, tokenizer=...)"
                 )
@@ -132,17 +132,15 @@ class _Tokens:
                 raise InputError(
                     f"Chunker(embedder, tokenizer=...) needs an embedkit embedder first, got {type(source).__name__}"
                 )
-            found = _load_tokenizer(tokenizer)
+            found = load_tokenizer(tokenizer)
             self._explicit = True
         else:
             # a tokenizer itself, or the embedder's own (a local model has one; a remote client has none)
-            found = _as_tokenizer(source) or _as_tokenizer(getattr(source, "tokenizer", None))
+            found = as_tokenizer(source) or as_tokenizer(getattr(source, "tokenizer", None))
             self._explicit = False
         if found is not None and (found.padding or found.truncation):
             # a tokenizer.json often pads and truncates (all-MiniLM-L6-v2's to 128): counts would be wrong
-            found = type(found).from_str(found.to_str())
-            found.no_padding()
-            found.no_truncation()
+            found = plain_copy(found)
         self._tokenizer = found
         if self._tokenizer is not None:
             return
@@ -197,18 +195,6 @@ class _Tokens:
         return with_everything - len(self._tokenizer.encode("x", add_special_tokens=False).ids)
 
 
-def _is_tokenizer(obj: Any) -> bool:
-    return type(obj).__name__ == "Tokenizer" and hasattr(obj, "encode_batch") and hasattr(obj, "get_vocab_size")
-
-
-def _as_tokenizer(obj: Any) -> Any:
-    """A tokenizers.Tokenizer for `obj` (itself, or a transformers fast tokenizer's backend), else None."""
-    if _is_tokenizer(obj):
-        return obj
-    backend = getattr(type(obj), "backend_tokenizer", None) and obj.backend_tokenizer
-    return backend if _is_tokenizer(backend) else None
-
-
 def _counts_tokens(obj: Any) -> bool:
     """Whether `obj` can count tokens itself (an embedkit embedder): its type has the TokenCounter methods.
 
@@ -218,32 +204,6 @@ def _counts_tokens(obj: Any) -> bool:
     methods = [getattr(type(obj), name, None) for name in ("count_tokens", "input_overhead")]
     # an AsyncTEIClient has them as coroutines, which this synchronous chunker cannot call
     return all(callable(method) and not inspect.iscoroutinefunction(method) for method in methods)
-
-
-def _load_tokenizer(tokenizer: Any) -> Any:
-    """A tokenizers.Tokenizer from one, from a transformers fast tokenizer, or from a path to a tokenizer.json
-    (or a model folder holding one). InputError for a missing path; ModelLoadError for a file that is not one."""
-    found = _as_tokenizer(tokenizer)
-    if found is not None:
-        return found
-    if not isinstance(tokenizer, (str, os.PathLike)):
-        raise InputError(
-            "tokenizer must be a tokenizers.Tokenizer, a transformers fast tokenizer, or the path of a "
-            f"tokenizer.json or of a model folder holding one; got {type(tokenizer).__name__}"
-        )
-    path = Path(tokenizer).expanduser()
-    if path.is_dir():
-        path = path / "tokenizer.json"
-        if not path.is_file():
-            raise InputError(f"{path.parent} holds no tokenizer.json; give the file itself or the model's folder")
-    elif not path.is_file():
-        raise InputError(f"tokenizer {str(tokenizer)!r} does not exist: give a tokenizer.json or a model folder")
-    from tokenizers import Tokenizer
-
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as error:  # tokenizers raises a bare Exception for a file it cannot parse
-        raise ModelLoadError(f"{path} is not a tokenizers tokenizer.json: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -804,11 +764,10 @@ def embed_chunks(
             raise InputError(f"chunks[{index}] does not match the text at {chunk.start}:{chunk.end}")
     if not late:
         return embedder.embed([c.embedding_text for c in chunks], task=task, dimensions=dimensions, normalize=normalize)
-    span_embed = getattr(embedder, "embed_spans", None)
-    if span_embed is None:
+    if not isinstance(embedder, SpanEmbedder):
         raise InputError(
             f"late chunking needs the model's token states, which {type(embedder).__name__} does not expose; "
             "use a local model (embedkit.load)"
         )
     spans = [(c.start, c.end) for c in chunks]
-    return span_embed(text, spans, task=task, dimensions=dimensions, normalize=normalize)
+    return embedder.embed_spans(text, spans, task=task, dimensions=dimensions, normalize=normalize)

@@ -269,7 +269,7 @@ def _ingest(args: argparse.Namespace) -> int:
             raise InputError(f"{flag} needs --engine ray")
     embedder = _remote(args)
     if embedder is None:
-        from embedkit.runtime import load
+        from embedkit.local.loader import load
 
         embedder = load(args.model, backend=args.backend, quantize=args.quantize)
     chunker = default_chunker(
@@ -406,7 +406,7 @@ def _listed(value: Any, accepted: list[Any]) -> bool:
 
 def _search(args: argparse.Namespace) -> int:
     from embedkit.ingestion import check_reader
-    from embedkit.runtime import load
+    from embedkit.local.loader import load
 
     if args.k < 1:
         raise InputError(f"-k must be at least 1, got {args.k}")
@@ -453,7 +453,7 @@ def _label(hit: Any) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from embedkit.runtime import load
+    from embedkit.local.loader import load
 
     info = load(args.model, device="cpu").describe()
     if args.json:

@@ -16,6 +16,7 @@ from embedkit.errors import InputError
 __all__ = [
     "Embedder",
     "EmbedderBase",
+    "SpanEmbedder",
     "validate_text",
     "check_encodable",
     "validate_texts",
@@ -56,6 +57,24 @@ class Embedder(Protocol):
 
     def embed_documents(
         self, texts: Sequence[str], *, dimensions: int | None = None, normalize: bool = True
+    ) -> np.ndarray: ...
+
+
+@runtime_checkable
+class SpanEmbedder(Protocol):
+    """An embedder that pools spans of one pass over a whole document (late chunking): local models.
+
+    Methods only, so `isinstance` never reads a property (a remote client's would ask its server).
+    """
+
+    def embed_spans(
+        self,
+        text: str,
+        spans: Sequence[tuple[int, int]],
+        *,
+        task: str | None = "document",
+        dimensions: int | None = None,
+        normalize: bool = True,
     ) -> np.ndarray: ...
 
 

@@ -244,7 +244,7 @@ class _Embedder:
     def load(self) -> Any:
         import torch
 
-        from embedkit import load
+        from embedkit.local.loader import load
 
         # an actor shares its node with others: use the CPUs it was given, not every core
         torch.set_num_threads(self.threads)

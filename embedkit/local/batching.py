@@ -14,7 +14,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["PaddedBatch", "TokenBatch", "pack", "token_budget_batches"]
+__all__ = [
+    "DEFAULT_BATCH_TOKENS",
+    "DEFAULT_CPU_BATCH_TOKENS",
+    "DEFAULT_MAX_BATCH_SIZE",
+    "PaddedBatch",
+    "TokenBatch",
+    "pack",
+    "token_budget_batches",
+]
+
+DEFAULT_BATCH_TOKENS = 16384  # padded tokens per forward pass on a GPU; bounds activation memory
+# on CPU smaller passes stay in cache: all-MiniLM-L6-v2 over 256 mixed texts took 6.7 s at 2048 padded
+# tokens, 7.6 s at 4096 and 9.3 s at 16384 (sentence-transformers, batch 32: 8.1 s)
+DEFAULT_CPU_BATCH_TOKENS = 2048
+DEFAULT_MAX_BATCH_SIZE = 256
 
 
 @dataclass(frozen=True)

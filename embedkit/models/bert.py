@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from embedkit.errors import ModelLoadError
-from embedkit.models.layers import activation, attention
+from embedkit.models.base import Attention, EncoderModel
+from embedkit.models.layers import activation
 from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
 
-__all__ = ["BertConfig", "Bert", "LAYOUT", "build"]
+__all__ = ["ATTENTION_RENAMES", "EMBEDDINGS_RENAMES", "BertConfig", "Bert", "LAYOUT", "build"]
 
 
 @dataclass(frozen=True)
@@ -37,36 +38,44 @@ class BertConfig:
         check_heads(self.hidden_size, self.num_attention_heads)
 
 
-# Published name (after the prefix) -> attribute path in `Bert`.
+# Published name (after the prefix) -> attribute path in `Bert`, in named groups that JinaBERT reuses.
+EMBEDDINGS_RENAMES = (("embeddings.LayerNorm.", "embeddings.norm."),)
+ATTENTION_RENAMES = (
+    ("encoder.layer.{n}.attention.self.query.", "layers.{n}.attn.query."),
+    ("encoder.layer.{n}.attention.self.key.", "layers.{n}.attn.key."),
+    ("encoder.layer.{n}.attention.self.value.", "layers.{n}.attn.value."),
+    ("encoder.layer.{n}.attention.output.dense.", "layers.{n}.attn.out."),
+    ("encoder.layer.{n}.attention.output.LayerNorm.", "layers.{n}.attn_norm."),
+)
 LAYOUT = TensorLayout(
     anchor="embeddings.word_embeddings.weight",
     prefixes=("", "bert.", "model."),
     ignore=(r"embeddings\.position_ids", r"pooler\..*", r"cls\..*"),
-    renames=(
-        ("embeddings.LayerNorm.", "embeddings.norm."),
-        ("encoder.layer.{n}.attention.self.query.", "layers.{n}.attn.query."),
-        ("encoder.layer.{n}.attention.self.key.", "layers.{n}.attn.key."),
-        ("encoder.layer.{n}.attention.self.value.", "layers.{n}.attn.value."),
-        ("encoder.layer.{n}.attention.output.dense.", "layers.{n}.attn.out."),
-        ("encoder.layer.{n}.attention.output.LayerNorm.", "layers.{n}.attn_norm."),
-        ("encoder.layer.{n}.intermediate.dense.", "layers.{n}.mlp.up."),
-        ("encoder.layer.{n}.output.dense.", "layers.{n}.mlp.down."),
-        ("encoder.layer.{n}.output.LayerNorm.", "layers.{n}.mlp_norm."),
-    ),
+    renames={
+        "embeddings": EMBEDDINGS_RENAMES,
+        "attention": ATTENTION_RENAMES,
+        "mlp": (
+            ("encoder.layer.{n}.intermediate.dense.", "layers.{n}.mlp.up."),
+            ("encoder.layer.{n}.output.dense.", "layers.{n}.mlp.down."),
+            ("encoder.layer.{n}.output.LayerNorm.", "layers.{n}.mlp_norm."),
+        ),
+    },
 )
 
 
 class Embeddings(nn.Module):
-    def __init__(self, config: BertConfig) -> None:
+    def __init__(self, config: BertConfig, position_offset: int) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.position_offset = position_offset
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids, position_ids (0-based in each row) [...] -> [..., H]."""
+        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids + self.position_offset)
         # single-segment inputs: token type 0 everywhere, as sentence-transformers feeds them
-        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
         x = x + self.token_type_embeddings.weight[0]
         return self.norm(x)
 
@@ -80,11 +89,9 @@ class SelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        B, T, H = x.shape
-        q, k, v = (proj(x).view(B, T, self.n_head, -1).transpose(1, 2) for proj in (self.query, self.key, self.value))
-        y = attention(q, k, v, mask)  # [B, nh, T, d]
-        return self.out(y.transpose(1, 2).reshape(B, T, H))
+    def forward(self, x: torch.Tensor, attn: Attention) -> torch.Tensor:
+        q, k, v = (proj(x).unflatten(-1, (self.n_head, -1)) for proj in (self.query, self.key, self.value))
+        return self.out(attn(q, k, v).flatten(-2))  # [..., nh, d] -> [..., H]
 
 
 class FeedForward(nn.Module):
@@ -106,34 +113,27 @@ class Layer(nn.Module):
         self.mlp = FeedForward(config)
         self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.attn_norm(x + self.attn(x, mask))  # post-norm, as published
+    def forward(self, x: torch.Tensor, attn: Attention) -> torch.Tensor:
+        x = self.attn_norm(x + self.attn(x, attn))  # post-norm, as published
         return self.mlp_norm(x + self.mlp(x))
 
 
-class Bert(nn.Module):
+class Bert(EncoderModel):
     learned_positions = True  # a position table: inputs past its end have no position
 
-    def __init__(self, config: BertConfig) -> None:
+    def __init__(self, config: BertConfig, position_offset: int = 0) -> None:
         super().__init__()
         self.config = config
-        self.embeddings = Embeddings(config)
+        self.embeddings = Embeddings(config, position_offset)
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
 
-    @property
-    def max_positions(self) -> int:
-        return self.config.max_position_embeddings
-
-    def position_ids(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, T] learned-position indices: 0, 1, 2, ... for BERT."""
-        return torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """input_ids [B, T], attention_mask [B, T] bool, right-padded -> token states [B, T, H]."""
-        x = self.embeddings(input_ids, self.position_ids(attention_mask))
-        mask = attention_mask[:, None, None, :]  # [B, 1, 1, T]: every query sees the real keys
+    def encode(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attn: Attention, adapters: torch.Tensor | None
+    ) -> torch.Tensor:
+        """input_ids, position_ids [B, T] or [N] -> token states [B, T, H] or [N, H]."""
+        x = self.embeddings(input_ids, position_ids)
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, attn)
         return x
 
 

@@ -10,11 +10,9 @@ NewAttention, NewGatedMLP, NewLayer, NewModel), checked against golden vectors f
 the original code (tests/models/test_gte.py); transformers' native `gte` port (which chunks `up_gate_proj` into
 [up | gate] and expresses NTK as linear scaling); TEI `backends/candle/src/models/gte.rs`.
 
-RoPE: `NTKScalingRotaryEmbedding` rebuilds its cache in its constructor for
-`max_position_embeddings * factor` positions, so with rope_scaling {"type": "ntk", "factor": f} the
-scaled frequencies are used for every length:
-    inv_freq_i = 1 / (theta * f) ** (2i / d) / f ** (2 / d)
-(`mixed_b` set: inv_freq_i = 1 / theta ** (2i / d) / exp(a * (i + 1) ** b), a = ln(f) / (d / 2) ** b).
+RoPE with rope_scaling {"type": "ntk", "factor": f} is `layers.Rope` with scaling "ntk": new-impl's
+`NTKScalingRotaryEmbedding` builds its cache for `max_position_embeddings * f` positions in its
+constructor, so the scaled frequencies hold for every length (the formulas are in `layers.Rope`).
 """
 
 from __future__ import annotations
@@ -27,12 +25,11 @@ import torch
 from torch import nn
 
 from embedkit.errors import ModelLoadError
-from embedkit.models.layers import RMSNorm, activation, attention, rotate_half
+from embedkit.models.base import Attention, EncoderModel
+from embedkit.models.layers import ROPE_SCALINGS, RMSNorm, Rope, activation, apply_rope
 from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
 
 __all__ = ["GteConfig", "Gte", "LAYOUT", "build"]
-
-ROPE_TYPES = ("default", "ntk", "linear")
 
 
 @dataclass(frozen=True)
@@ -66,10 +63,10 @@ class GteConfig:
             )
         if self.layer_norm_type not in ("layer_norm", "rms_norm"):
             raise ModelLoadError(f"config.json: layer_norm_type={self.layer_norm_type!r} is not supported")
-        if self.rope_type not in ROPE_TYPES:
+        if self.rope_type not in ROPE_SCALINGS:
             raise ModelLoadError(
                 f"config.json: RoPE scaling type {self.rope_type!r} is not supported "
-                f"(supported: {', '.join(ROPE_TYPES)})"
+                f"(supported: {', '.join(ROPE_SCALINGS)})"
             )
         if self.rope_type != "default" and not self.rope_factor >= 1.0:
             raise ModelLoadError(f"config.json: RoPE scaling factor {self.rope_factor} must be >= 1")
@@ -100,38 +97,27 @@ def rope_settings(config: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def rope_inv_freq(config: GteConfig, device: torch.device) -> torch.Tensor:
-    """[d/2] fp32 inverse frequencies, as new-impl's (NTKScaling)RotaryEmbedding ends up using them."""
-    d, theta, factor = config.head_dim, config.rope_theta, config.rope_factor
-    exponent = torch.arange(0, d, 2, device=device).float() / d  # 2i / d
-    if config.rope_type == "ntk" and config.rope_mixed_b is None:
-        return 1.0 / ((theta * factor) ** exponent) / factor ** (2 / d)  # fixed NTK, eq. (6) of kexue.fm/9706
-    inv_freq = 1.0 / (theta**exponent)
-    if config.rope_type == "ntk":  # mixed NTK, eqs. (10)-(13)
-        a = torch.tensor(factor, device=device).log() / (d / 2) ** config.rope_mixed_b
-        return inv_freq / (a * torch.arange(1, d // 2 + 1, device=device).float() ** config.rope_mixed_b).exp()
-    if config.rope_type == "linear":
-        return inv_freq / factor
-    return inv_freq
-
-
 # Published name (after the prefix) -> attribute path in `Gte`.
 LAYOUT = TensorLayout(
     anchor="embeddings.word_embeddings.weight",
     prefixes=("new.", ""),  # `new.` first, as TEI
     ignore=(r"embeddings\.position_ids", r"pooler\..*", r"classifier\..*", r"lm_head\..*"),
-    renames=(
-        ("embeddings.LayerNorm.", "embeddings.norm."),
-        ("encoder.layer.{n}.attention.qkv_proj.", "layers.{n}.attn.qkv."),
-        ("encoder.layer.{n}.attention.q_proj.", "layers.{n}.attn.q."),
-        ("encoder.layer.{n}.attention.k_proj.", "layers.{n}.attn.k."),
-        ("encoder.layer.{n}.attention.v_proj.", "layers.{n}.attn.v."),
-        ("encoder.layer.{n}.attention.o_proj.", "layers.{n}.attn.out."),
-        ("encoder.layer.{n}.attn_ln.", "layers.{n}.attn_norm."),
-        ("encoder.layer.{n}.mlp.up_gate_proj.", "layers.{n}.mlp.up_gate."),
-        ("encoder.layer.{n}.mlp.down_proj.", "layers.{n}.mlp.down."),
-        ("encoder.layer.{n}.mlp_ln.", "layers.{n}.mlp_norm."),
-    ),
+    renames={
+        "embeddings": (("embeddings.LayerNorm.", "embeddings.norm."),),
+        "attention": (
+            ("encoder.layer.{n}.attention.qkv_proj.", "layers.{n}.attn.qkv."),
+            ("encoder.layer.{n}.attention.q_proj.", "layers.{n}.attn.q."),
+            ("encoder.layer.{n}.attention.k_proj.", "layers.{n}.attn.k."),
+            ("encoder.layer.{n}.attention.v_proj.", "layers.{n}.attn.v."),
+            ("encoder.layer.{n}.attention.o_proj.", "layers.{n}.attn.out."),
+            ("encoder.layer.{n}.attn_ln.", "layers.{n}.attn_norm."),
+        ),
+        "mlp": (
+            ("encoder.layer.{n}.mlp.up_gate_proj.", "layers.{n}.mlp.up_gate."),
+            ("encoder.layer.{n}.mlp.down_proj.", "layers.{n}.mlp.down."),
+            ("encoder.layer.{n}.mlp_ln.", "layers.{n}.mlp_norm."),
+        ),
+    },
 )
 
 
@@ -151,7 +137,7 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # LayerNorm whatever layer_norm_type
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = self.word_embeddings(input_ids)  # [B, T, H]; no absolute positions
+        x = self.word_embeddings(input_ids)  # [..., H]; no absolute positions
         if self.token_type_embeddings is not None:
             x = x + self.token_type_embeddings.weight[0]  # single segment: token type 0 everywhere
         return self.norm(x)
@@ -170,17 +156,15 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(H, H)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, q_scale: torch.Tensor | None
+        self, x: torch.Tensor, attn: Attention, cos: torch.Tensor, sin: torch.Tensor, q_scale: torch.Tensor | None
     ) -> torch.Tensor:
-        B, T, H = x.shape
+        H = x.shape[-1]
         qkv = self.qkv(x).split(H, dim=-1) if self.pack_qkv else (self.q(x), self.k(x), self.v(x))  # [q | k | v]
-        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in qkv)  # [B, nh, T, d]
-        q = q * cos + rotate_half(q) * sin  # cos, sin [T, d]
-        k = k * cos + rotate_half(k) * sin
+        q, k, v = (t.unflatten(-1, (self.n_head, -1)) for t in qkv)  # [..., nh, d]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if q_scale is not None:
-            q = q * q_scale  # logn attention scale [B, 1, 1, 1]
-        y = attention(q, k, v, mask)  # [B, nh, T, d]
-        return self.out(y.transpose(1, 2).reshape(B, T, H))
+            q = q * q_scale  # logn attention scale, one per row: [..., 1, 1]
+        return self.out(attn(q, k, v).flatten(-2))
 
 
 class GatedMLP(nn.Module):
@@ -191,7 +175,7 @@ class GatedMLP(nn.Module):
         self.act = activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        up, gate = self.up_gate(x).chunk(2, dim=-1)  # first half up, second half gate: [B, T, I] each
+        up, gate = self.up_gate(x).chunk(2, dim=-1)  # first half up, second half gate: [..., I] each
         return self.down(self.act(gate) * up)
 
 
@@ -204,13 +188,13 @@ class Layer(nn.Module):
         self.mlp_norm = norm(config)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, q_scale: torch.Tensor | None
+        self, x: torch.Tensor, attn: Attention, cos: torch.Tensor, sin: torch.Tensor, q_scale: torch.Tensor | None
     ) -> torch.Tensor:
-        x = self.attn_norm(x + self.attn(x, mask, cos, sin, q_scale))  # post-norm, as published
+        x = self.attn_norm(x + self.attn(x, attn, cos, sin, q_scale))  # post-norm, as published
         return self.mlp_norm(x + self.mlp(x))
 
 
-class Gte(nn.Module):
+class Gte(EncoderModel):
     learned_positions = False  # RoPE: any position can be computed
 
     def __init__(self, config: GteConfig) -> None:
@@ -218,35 +202,27 @@ class Gte(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.rope = Rope(config.head_dim, config.rope_theta, config.rope_type, config.rope_factor, config.rope_mixed_b)
 
-    @property
-    def max_positions(self) -> int:
-        return self.config.max_position_embeddings
-
-    def rope(self, T: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [T, d] for positions 0..T-1, computed in fp32 (no buffers: the model is built on meta)."""
-        freqs = torch.arange(T, device=device).float()[:, None] * rope_inv_freq(self.config, device)  # [T, d/2]
-        emb = torch.cat((freqs, freqs), dim=-1)  # [T, d]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
-
-    def logn_scale(self, attention_mask: torch.Tensor) -> torch.Tensor | None:
-        """[B, 1, 1, 1] log_{max_positions}(length) query scale when logn_attention_scale is set."""
+    def logn_scale(self, attn: Attention) -> torch.Tensor | None:
+        """[..., 1, 1] log_{max_positions}(row length) query scale, per token, when logn_attention_scale is set."""
         if not self.config.logn_attention_scale:
             return None
-        scale = attention_mask.sum(1).float().log() / math.log(self.config.max_position_embeddings)
+        scale = attn.lengths.float().log() / math.log(self.config.max_position_embeddings)  # [B]
         if self.config.logn_attention_clip1:
             scale = scale.clamp(min=1.0)
-        return scale[:, None, None, None]
+        return attn.per_token(scale)[..., None, None]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """input_ids [B, T], attention_mask [B, T] bool, right-padded -> token states [B, T, H]."""
+    def encode(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attn: Attention, adapters: torch.Tensor | None
+    ) -> torch.Tensor:
+        """input_ids, position_ids [B, T] or [N] -> token states [B, T, H] or [N, H]."""
         x = self.embeddings(input_ids)
-        cos, sin = self.rope(input_ids.shape[1], x.device, x.dtype)
-        q_scale = self.logn_scale(attention_mask)
+        cos, sin = self.rope(position_ids, x.dtype)  # once, shared by every layer
+        q_scale = self.logn_scale(attn)
         q_scale = None if q_scale is None else q_scale.to(x.dtype)
-        mask = attention_mask[:, None, None, :]  # [B, 1, 1, T]: every query sees the real keys
         for layer in self.layers:
-            x = layer(x, mask, cos, sin, q_scale)
+            x = layer(x, attn, cos, sin, q_scale)
         return x
 
 

@@ -24,7 +24,6 @@ ALiBi slopes follow those sources; golden vectors from the original code pin the
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -32,10 +31,11 @@ from torch import nn
 
 from embedkit.errors import ModelLoadError
 from embedkit.models import bert
-from embedkit.models.layers import activation, attention
+from embedkit.models.base import Attention, EncoderModel
+from embedkit.models.layers import activation, alibi_slopes
 from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
 
-__all__ = ["JinaBertConfig", "JinaBert", "LAYOUT", "CODE_LAYOUT", "alibi_slopes", "build"]
+__all__ = ["JinaBertConfig", "JinaBert", "LAYOUT", "CODE_LAYOUT", "build"]
 
 # the activation on the gated half, by config.json's feed_forward_type (the remote code ignores hidden_act)
 _GLU_ACTIVATIONS = {"geglu": "gelu", "reglu": "relu"}
@@ -65,57 +65,42 @@ class JinaBertConfig:
 
 
 # Published name (after the prefix) -> attribute path in `JinaBert`, plain v2 layout: BERT's
-# embeddings and attention names, its own GLU feed-forward.
+# embeddings and attention groups, its own GLU feed-forward.
 LAYOUT = replace(
     bert.LAYOUT,
-    renames=(
-        *bert.LAYOUT.renames[:6],
-        ("encoder.layer.{n}.mlp.gated_layers.", "layers.{n}.mlp.up_gate."),
-        ("encoder.layer.{n}.mlp.wo.", "layers.{n}.mlp.down."),
-        ("encoder.layer.{n}.mlp.layernorm.", "layers.{n}.mlp_norm."),
-    ),
+    renames={
+        "embeddings": bert.EMBEDDINGS_RENAMES,
+        "attention": bert.ATTENTION_RENAMES,
+        "mlp": (
+            ("encoder.layer.{n}.mlp.gated_layers.", "layers.{n}.mlp.up_gate."),
+            ("encoder.layer.{n}.mlp.wo.", "layers.{n}.mlp.down."),
+            ("encoder.layer.{n}.mlp.layernorm.", "layers.{n}.mlp_norm."),
+        ),
+    },
 )
 
 # The qk-post-norm (v2-base-code) layout: same embeddings and attention projections, its own MLP and norms.
 CODE_LAYOUT = replace(
     LAYOUT,
-    renames=(
-        *LAYOUT.renames[:6],
-        ("encoder.layer.{n}.attention.self.layer_norm_q.", "layers.{n}.attn.q_norm."),
-        ("encoder.layer.{n}.attention.self.layer_norm_k.", "layers.{n}.attn.k_norm."),
-        ("encoder.layer.{n}.layer_norm_1.", "layers.{n}.post_attn_norm."),
-        ("encoder.layer.{n}.mlp.up_gated_layer.", "layers.{n}.mlp.up_gate."),
-        ("encoder.layer.{n}.mlp.down_layer.", "layers.{n}.mlp.down."),
-        ("encoder.layer.{n}.layer_norm_2.", "layers.{n}.mlp_norm."),
-    ),
+    renames={
+        "embeddings": bert.EMBEDDINGS_RENAMES,
+        "attention": (
+            *bert.ATTENTION_RENAMES,
+            ("encoder.layer.{n}.attention.self.layer_norm_q.", "layers.{n}.attn.q_norm."),
+            ("encoder.layer.{n}.attention.self.layer_norm_k.", "layers.{n}.attn.k_norm."),
+            ("encoder.layer.{n}.layer_norm_1.", "layers.{n}.post_attn_norm."),
+        ),
+        "mlp": (
+            ("encoder.layer.{n}.mlp.up_gated_layer.", "layers.{n}.mlp.up_gate."),
+            ("encoder.layer.{n}.mlp.down_layer.", "layers.{n}.mlp.down."),
+            ("encoder.layer.{n}.layer_norm_2.", "layers.{n}.mlp_norm."),
+        ),
+    },
 )
 
 # a tensor only the qk-post-norm layout has (either one is enough, so a checkpoint missing the other
 # still gets the right layout and an error naming what is missing)
 _CODE_LAYOUT_SIGNS = ("attention.self.layer_norm_q.weight", "mlp.up_gated_layer.weight")
-
-
-def alibi_slopes(n_heads: int) -> list[float]:
-    """ALiBi slope of each head (Press et al. 2021, reference implementation), for any head count.
-
-    n a power of two: the geometric sequence 2^(-8/n), 2^(-16/n), ..., 2^(-8). Otherwise the slopes of
-    the largest power of two c below n, then every other slope of 2c for the n - c remaining heads.
-    """
-    if n_heads < 1:
-        raise ValueError(f"n_heads must be positive, got {n_heads}")
-    closest = 2 ** math.floor(math.log2(n_heads))
-    slopes = [2 ** (-8 * (i + 1) / closest) for i in range(closest)]
-    if closest < n_heads:
-        slopes += alibi_slopes(2 * closest)[0::2][: n_heads - closest]
-    return slopes
-
-
-def alibi_bias(n_heads: int, length: int, device: torch.device) -> torch.Tensor:
-    """[nh, T, T] float32: -slope_h * |i - j|, symmetric (every token sees both directions)."""
-    slopes = torch.tensor(alibi_slopes(n_heads), dtype=torch.float32, device=device)  # [nh]
-    positions = torch.arange(length, device=device)
-    distance = (positions[None, :] - positions[:, None]).abs().to(torch.float32)  # [T, T]
-    return -slopes[:, None, None] * distance
 
 
 class Embeddings(nn.Module):
@@ -140,17 +125,16 @@ class SelfAttention(nn.Module):
         self.value = nn.Linear(H, H)
         self.out = nn.Linear(H, H)
         if config.qk_post_norm:  # over the whole hidden vector, before the split into heads
-            self.q_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
-            self.k_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+            self.q_norm: nn.Module = nn.LayerNorm(H, eps=config.layer_norm_eps)
+            self.k_norm: nn.Module = nn.LayerNorm(H, eps=config.layer_norm_eps)
         else:
             self.q_norm = self.k_norm = nn.Identity()
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        B, T, H = x.shape
-        q, k, v = self.q_norm(self.query(x)), self.k_norm(self.key(x)), self.value(x)  # [B, T, H]
-        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))  # [B, nh, T, d]
-        y = attention(q, k, v, bias)  # softmax(q k^T / sqrt(d) + bias) v: [B, nh, T, d]
-        return self.out(y.transpose(1, 2).reshape(B, T, H))
+    def forward(self, x: torch.Tensor, attn: Attention) -> torch.Tensor:
+        q, k, v = self.q_norm(self.query(x)), self.k_norm(self.key(x)), self.value(x)  # [..., H]
+        q, k, v = (t.unflatten(-1, (self.n_head, -1)) for t in (q, k, v))  # [..., nh, d]
+        y = attn(q, k, v)  # softmax(q k^T / sqrt(d) + ALiBi) v: [..., nh, d]
+        return self.out(y.flatten(-2))
 
 
 class GluFeedForward(nn.Module):
@@ -162,7 +146,7 @@ class GluFeedForward(nn.Module):
         self.gate_first = not config.qk_post_norm  # plain: [gated | linear]; code layout: [linear | gated]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        first, second = self.up_gate(x).chunk(2, dim=-1)  # [B, T, I] each
+        first, second = self.up_gate(x).chunk(2, dim=-1)  # [..., I] each
         gated, linear = (first, second) if self.gate_first else (second, first)
         return self.down(self.act(gated) * linear)
 
@@ -178,13 +162,13 @@ class Layer(nn.Module):
         self.mlp = GluFeedForward(config)
         self.mlp_norm = nn.LayerNorm(H, eps=eps)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        a = self.attn_norm(x + self.attn(x, bias))  # post-norm, as published
+    def forward(self, x: torch.Tensor, attn: Attention) -> torch.Tensor:
+        a = self.attn_norm(x + self.attn(x, attn))  # post-norm, as published
         x = a if self.post_attn_norm is None else self.post_attn_norm(x + a)
         return self.mlp_norm(x + self.mlp(x))
 
 
-class JinaBert(nn.Module):
+class JinaBert(EncoderModel):
     learned_positions = False  # ALiBi: a distance bias, no position table
 
     def __init__(self, config: JinaBertConfig) -> None:
@@ -192,24 +176,16 @@ class JinaBert(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        # per-head slopes: the shared attention adds -slope_h * |i - j| to the scores
+        self.alibi: tuple[float, ...] | None = tuple(alibi_slopes(config.num_attention_heads))
 
-    @property
-    def max_positions(self) -> int:
-        return self.config.max_position_embeddings
-
-    def attention_bias(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """attention_mask [B, T] bool -> [B, nh, T, T] additive: ALiBi, and padded keys masked out."""
-        T = attention_mask.shape[1]
-        bias = alibi_bias(self.config.num_attention_heads, T, attention_mask.device).to(dtype)  # [nh, T, T]
-        padded_keys = ~attention_mask[:, None, None, :]  # [B, 1, 1, T]
-        return bias.unsqueeze(0).masked_fill(padded_keys, torch.finfo(dtype).min)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """input_ids [B, T], attention_mask [B, T] bool, right-padded -> token states [B, T, H]."""
-        x = self.embeddings(input_ids)  # [B, T, H]
-        bias = self.attention_bias(attention_mask, x.dtype)  # built once, shared by every layer
+    def encode(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attn: Attention, adapters: torch.Tensor | None
+    ) -> torch.Tensor:
+        """input_ids [B, T] or [N] -> token states [B, T, H] or [N, H]; positions enter through ALiBi."""
+        x = self.embeddings(input_ids)
         for layer in self.layers:
-            x = layer(x, bias)
+            x = layer(x, attn)
         return x
 
 

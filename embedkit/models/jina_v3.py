@@ -36,14 +36,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from embedkit.errors import ModelLoadError
-from embedkit.models.layers import activation, attention, rotate_half
+from embedkit.models.base import Attention, EncoderModel
+from embedkit.models.layers import Rope, activation, apply_rope
 from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
 
 __all__ = ["JinaV3Config", "JinaV3", "LORA_LAYOUT", "PLAIN_LAYOUT", "build", "task_instructions", "default_prompts"]
@@ -150,7 +151,7 @@ PLAIN_LAYOUT = TensorLayout(
     anchor="embeddings.word_embeddings.weight",
     prefixes=("roberta.", ""),
     ignore=_IGNORE,
-    renames=(*_NORMS, *((f"{published}.", f"{ours}.") for published, ours in _ADAPTED)),
+    renames={"norms": _NORMS, "adapted": tuple((f"{published}.", f"{ours}.") for published, ours in _ADAPTED)},
 )
 
 # the remote code's XLMRobertaLoRA: torch parametrizations; the full names come first so that
@@ -159,9 +160,9 @@ LORA_LAYOUT = TensorLayout(
     anchor="embeddings.word_embeddings.parametrizations.weight.original",
     prefixes=("roberta.", ""),
     ignore=_IGNORE,
-    renames=(
-        *_NORMS,
-        *(
+    renames={
+        "norms": _NORMS,
+        "adapted": tuple(
             rename
             for published, ours in _ADAPTED
             for rename in (
@@ -171,20 +172,13 @@ LORA_LAYOUT = TensorLayout(
                 (f"{published}.", f"{ours}."),  # the bias
             )
         ),
-    ),
+    },
 )
 
 _LORA_SIGN = ".parametrizations.weight.original"
 
 
 # -- modules ----------------------------------------------------------------------------------------
-
-
-class Selection(NamedTuple):
-    """Which adapter each row of a batch uses, computed once per forward."""
-
-    rows: torch.Tensor  # [B] long: the adapter index (0 for rows without one)
-    scale: torch.Tensor  # [B, 1, 1]: lora_alpha / lora_rank, 0 for rows on the base weights
 
 
 class LoRALinear(nn.Linear):
@@ -197,12 +191,16 @@ class LoRALinear(nn.Linear):
         self.lora_B = nn.Parameter(torch.empty(n, out_features, r)) if n else None
         self.scaling = config.lora_scale
 
-    def forward(self, x: torch.Tensor, sel: Selection | None) -> torch.Tensor:
-        y = super().forward(x)  # [B, T, out]
-        if sel is None or self.lora_A is None:
+    def forward(self, x: torch.Tensor, adapters: torch.Tensor | None) -> torch.Tensor:
+        """x [..., in], adapters [..., n] (each token's scale on its own adapter, 0 elsewhere) -> [..., out]."""
+        y = super().forward(x)
+        if adapters is None or self.lora_A is None or self.lora_B is None:
             return y
-        xa = torch.bmm(x, self.lora_A[sel.rows].transpose(1, 2)) * sel.scale  # [B, T, r]
-        return torch.baddbmm(y, xa, self.lora_B[sel.rows].transpose(1, 2))  # y + (x A^T) B^T
+        n, r, _ = self.lora_A.shape
+        # every adapter's rank-r product at once (n * r is 20 for jina-v3), then each token keeps its own:
+        # no per-row weight gather, so the same maths serves [B, T] and packed [N] tokens
+        xa = F.linear(x, self.lora_A.flatten(0, 1)).unflatten(-1, (n, r)) * adapters[..., None]  # [..., n, r]
+        return y + F.linear(xa.flatten(-2), self.lora_B.permute(1, 0, 2).flatten(1))  # y + (x A_t^T) B_t^T
 
     def delta(self, index: int) -> torch.Tensor:
         """[out, in] fp32: what adapter `index` adds to the weight."""
@@ -219,12 +217,13 @@ class LoRAEmbedding(nn.Embedding):
         self.lora_B = nn.Parameter(torch.empty(n, r, embedding_dim)) if n else None
         self.scaling = config.lora_scale
 
-    def forward(self, ids: torch.Tensor, sel: Selection | None) -> torch.Tensor:
-        x = F.embedding(ids, self.weight)  # [B, T, H]
-        if sel is None or self.lora_A is None:
+    def forward(self, ids: torch.Tensor, adapters: torch.Tensor | None) -> torch.Tensor:
+        """ids [...], adapters [..., n] -> [..., H]."""
+        x = F.embedding(ids, self.weight)
+        if adapters is None or self.lora_A is None or self.lora_B is None:
             return x
-        a = self.lora_A[sel.rows[:, None], ids] * sel.scale  # the rows of A[t] for these ids: [B, T, r]
-        return torch.baddbmm(x, a, self.lora_B[sel.rows])  # x + a B[t]
+        a = self.lora_A[:, ids].movedim(0, -2) * adapters[..., None]  # each adapter's row for these ids: [..., n, r]
+        return x + a.flatten(-2) @ self.lora_B.flatten(0, 1)  # x + A_t[id] B_t
 
     def delta(self, index: int) -> torch.Tensor:
         """[vocab, H] fp32: what adapter `index` adds to the table."""
@@ -240,11 +239,11 @@ class Embeddings(nn.Module):
         self.token_type_embeddings = LoRAEmbedding(types, H, config) if types else None  # none when 0
         self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)  # emb_ln
 
-    def forward(self, input_ids: torch.Tensor, sel: Selection | None) -> torch.Tensor:
-        x = self.word_embeddings(input_ids, sel)  # [B, T, H]; no absolute positions
+    def forward(self, input_ids: torch.Tensor, adapters: torch.Tensor | None) -> torch.Tensor:
+        x = self.word_embeddings(input_ids, adapters)  # [..., H]; no absolute positions
         if self.token_type_embeddings is not None:
-            # single segment: token type 0 everywhere, one (adapted) row per text: [B, 1, H]
-            x = x + self.token_type_embeddings(input_ids.new_zeros(input_ids.shape[0], 1), sel)
+            # single segment: token type 0 everywhere, adapted as the token's row
+            x = x + self.token_type_embeddings(torch.zeros_like(input_ids), adapters)
         return self.norm(x)
 
 
@@ -257,14 +256,12 @@ class SelfAttention(nn.Module):
         self.out = LoRALinear(H, H, config)  # mixer.out_proj
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sel: Selection | None
+        self, x: torch.Tensor, attn: Attention, cos: torch.Tensor, sin: torch.Tensor, adapters: torch.Tensor | None
     ) -> torch.Tensor:
-        B, T, H = x.shape
-        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in self.qkv(x, sel).split(H, dim=-1))
-        q = q * cos + rotate_half(q) * sin  # [B, nh, T, d]; cos, sin [T, d]
-        k = k * cos + rotate_half(k) * sin
-        y = attention(q, k, v, mask)  # [B, nh, T, d]
-        return self.out(y.transpose(1, 2).reshape(B, T, H), sel)
+        H = x.shape[-1]
+        q, k, v = (t.unflatten(-1, (self.n_head, -1)) for t in self.qkv(x, adapters).split(H, dim=-1))  # [..., nh, d]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return self.out(attn(q, k, v).flatten(-2), adapters)
 
 
 class FeedForward(nn.Module):
@@ -274,8 +271,8 @@ class FeedForward(nn.Module):
         self.down = LoRALinear(config.intermediate_size, config.hidden_size, config)  # mlp.fc2
         self.act = activation(config.hidden_act)  # "gelu" is the exact erf form, as upstream's F.gelu
 
-    def forward(self, x: torch.Tensor, sel: Selection | None) -> torch.Tensor:
-        return self.down(self.act(self.up(x, sel)), sel)
+    def forward(self, x: torch.Tensor, adapters: torch.Tensor | None) -> torch.Tensor:
+        return self.down(self.act(self.up(x, adapters)), adapters)
 
 
 class Layer(nn.Module):
@@ -287,13 +284,13 @@ class Layer(nn.Module):
         self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # norm2
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sel: Selection | None
+        self, x: torch.Tensor, attn: Attention, cos: torch.Tensor, sin: torch.Tensor, adapters: torch.Tensor | None
     ) -> torch.Tensor:
-        x = self.attn_norm(x + self.attn(x, mask, cos, sin, sel))  # post-norm (flash-attn Block, prenorm=False)
-        return self.mlp_norm(x + self.mlp(x, sel))
+        x = self.attn_norm(x + self.attn(x, attn, cos, sin, adapters))  # post-norm (flash-attn Block, prenorm=False)
+        return self.mlp_norm(x + self.mlp(x, adapters))
 
 
-class JinaV3(nn.Module):
+class JinaV3(EncoderModel):
     learned_positions = False  # RoPE: any position can be computed
 
     def __init__(self, config: JinaV3Config) -> None:
@@ -301,31 +298,27 @@ class JinaV3(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        # positions 0..T-1 without XLM-R's padding offset; fp32 angles, as upstream's RotaryEmbedding
+        self.rope = Rope(config.head_dim, config.rotary_emb_base)
         self.merged_adapter: int | None = None  # set by merge_adapter
-
-    @property
-    def max_positions(self) -> int:
-        return self.config.max_position_embeddings
 
     @property
     def adapter_names(self) -> tuple[str, ...]:
         return self.config.adapters
 
-    def rope(self, T: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [T, d] for positions 0..T-1, computed in fp32 as upstream's RotaryEmbedding."""
-        d = self.config.head_dim
-        inv_freq = 1.0 / self.config.rotary_emb_base ** (torch.arange(0, d, 2, device=device).float() / d)
-        freqs = torch.arange(T, device=device).float()[:, None] * inv_freq  # [T, d/2]
-        emb = torch.cat((freqs, freqs), dim=-1)  # [T, d]: the same angle for dims i and i + d/2
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+    def select(self, adapter_ids: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+        """Check adapter_ids [B] (-1 = base weights) -> [B, n] per-row adapter scales, or None when no
+        row needs a LoRA product.
 
-    def select(self, adapter_ids: torch.Tensor | None, batch: int) -> Selection | None:
-        """Validate adapter_ids [B] (-1 = base weights); None when no row needs a LoRA product."""
+        Row b gets lora_alpha / lora_rank at its adapter's index and 0 elsewhere. Read on the host (a
+        sync if the ids are on the device), moved to the weights' device without waiting.
+        """
         if adapter_ids is None:
             return None
-        if adapter_ids.shape != (batch,):
-            raise ValueError(f"adapter_ids has shape {tuple(adapter_ids.shape)}, expected ({batch},)")
-        low, high = torch.stack(torch.aminmax(adapter_ids)).tolist()  # a host sync when they are on the device
+        if adapter_ids.shape != (rows,):
+            raise ValueError(f"adapter_ids has shape {tuple(adapter_ids.shape)}, expected ({rows},)")
+        ids = adapter_ids.cpu().long()
+        low, high = int(ids.min()), int(ids.max())
         if self.merged_adapter is not None:
             if low != self.merged_adapter or high != self.merged_adapter:
                 raise ValueError(
@@ -339,22 +332,19 @@ class JinaV3(nn.Module):
             raise ValueError(f"adapter_ids must be -1 (base weights) or an adapter index ({names}); got {low}..{high}")
         if high == -1:
             return None
-        weight = self.embeddings.word_embeddings.weight  # the ids may arrive on the host
-        ids = adapter_ids.to(device=weight.device, dtype=torch.long)
-        scale = torch.where(ids >= 0, self.config.lora_scale, 0.0).to(weight.dtype)
-        return Selection(ids.clamp(min=0), scale[:, None, None])
+        scales = F.one_hot(ids.clamp(min=0), n) * (ids >= 0)[:, None] * self.config.lora_scale  # [B, n]
+        weight = self.embeddings.word_embeddings.weight
+        return scales.to(device=weight.device, dtype=weight.dtype, non_blocking=True)
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter_ids: torch.Tensor | None = None
+    def encode(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attn: Attention, adapters: torch.Tensor | None
     ) -> torch.Tensor:
-        """input_ids [B, T], attention_mask [B, T] bool, right-padded, adapter_ids [B] -> token states [B, T, H]."""
-        sel = self.select(adapter_ids, input_ids.shape[0])
-        x = self.embeddings(input_ids, sel)
-        cos, sin = self.rope(input_ids.shape[1], x.device, x.dtype)
-        # padded keys are excluded outright (upstream adds -10000, which softmax turns into the same 0)
-        mask = attention_mask[:, None, None, :]  # [B, 1, 1, T]
+        """input_ids, position_ids [B, T] or [N], adapters [B, n] from `select` -> [B, T, H] or [N, H]."""
+        per_token = None if adapters is None else attn.per_token(adapters)  # [B, 1, n] or [N, n]
+        x = self.embeddings(input_ids, per_token)
+        cos, sin = self.rope(position_ids, x.dtype)  # once, shared by every layer
         for layer in self.layers:
-            x = layer(x, mask, cos, sin, sel)
+            x = layer(x, attn, cos, sin, per_token)
         return x
 
     @torch.no_grad()

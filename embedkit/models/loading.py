@@ -8,9 +8,10 @@ unexpected or mis-shaped tensor, naming it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -20,16 +21,30 @@ from embedkit.errors import ModelLoadError
 
 __all__ = ["TensorLayout", "assign_weights", "check_heads", "config_from_dict"]
 
+log = logging.getLogger(__name__)
+
 ConfigT = TypeVar("ConfigT")
 
 
-def config_from_dict(cls: type[ConfigT], raw: dict[str, Any], source: str) -> ConfigT:
-    """Build a family's config dataclass from config.json, naming any missing required field."""
+def config_from_dict(
+    cls: type[ConfigT], raw: Mapping[str, Any], source: str, *, defaults: Mapping[str, Any] | None = None
+) -> ConfigT:
+    """Build a family's config dataclass from config.json, naming any missing required field.
+
+    A key config.json lacks (or sets to null) takes the family's `defaults`, else the dataclass
+    default; which fields were filled so is logged once, here, at info level.
+    """
     known = dataclasses.fields(cls)  # type: ignore[arg-type]
-    absent = [f.name for f in known if f.default is dataclasses.MISSING and raw.get(f.name) is None]
+    given = {f.name: raw[f.name] for f in known if raw.get(f.name) is not None}
+    absent = [f.name for f in known if f.default is dataclasses.MISSING and f.name not in given]
+    absent = [name for name in absent if (defaults or {}).get(name) is None]
     if absent:
         raise ModelLoadError(f"{source}: missing required field(s): {', '.join(absent)}")
-    return cls(**{f.name: raw[f.name] for f in known if raw.get(f.name) is not None})
+    filled = {f.name: (defaults or {}).get(f.name, f.default) for f in known if f.name not in given}
+    if filled:
+        assumed = ", ".join(f"{name}={value!r}" for name, value in filled.items())
+        log.info("%s: not set, so assumed: %s", source, assumed)
+    return cls(**given, **filled)
 
 
 def check_heads(hidden_size: int, num_attention_heads: int) -> None:
@@ -58,14 +73,21 @@ class TensorLayout:
     """How one family's published tensor names map onto its module.
 
     `anchor` is a tensor every checkpoint of the family has; the prefix (from `prefixes`) under
-    which it is found is stripped from every name. `renames` are (published, ours) name prefixes,
-    `{n}` standing for a layer number; the first match wins, in either direction.
+    which it is found is stripped from every name. `renames` are named groups ("embeddings",
+    "attention", "mlp", ...) of (published, ours) name prefixes, `{n}` standing for a layer number,
+    so that a related family reuses a group by name; the first match wins, in either direction,
+    groups in their order.
     """
 
     anchor: str
     prefixes: Sequence[str] = ("",)
     ignore: Sequence[str] = ()  # regexes on names after prefix stripping
-    renames: Sequence[tuple[str, str]] = ()
+    renames: Mapping[str, Sequence[tuple[str, str]]] = field(default_factory=dict)
+
+    def rename_pairs(self) -> Iterator[tuple[str, str]]:
+        """Every (published, ours) pair, group after group."""
+        for group in self.renames.values():
+            yield from group
 
     def find_prefix(self, names: Sequence[str]) -> str | None:
         present = set(names)
@@ -78,7 +100,7 @@ class TensorLayout:
         """Our attribute path for a published name without its prefix; None when ignored."""
         if any(re.fullmatch(pattern, name) for pattern in self.ignore):
             return None
-        for published, ours in self.renames:
+        for published, ours in self.rename_pairs():
             renamed = _swap_prefix(name, _template_regex(published), ours)
             if renamed is not None:
                 return renamed
@@ -86,7 +108,7 @@ class TensorLayout:
 
     def published(self, ours_name: str) -> str:
         """The checkpoint's name (without prefix) for one of our attribute paths."""
-        for published, ours in self.renames:
+        for published, ours in self.rename_pairs():
             original = _swap_prefix(ours_name, _template_regex(ours), published)
             if original is not None:
                 return original

@@ -41,7 +41,8 @@ from tokenizers import Tokenizer, processors
 from torch import nn
 
 from embedkit.errors import ModelLoadError
-from embedkit.models.layers import RMSNorm, activation, attention, rotate_half
+from embedkit.models import base
+from embedkit.models.layers import RMSNorm, Rope, activation, apply_rope
 from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
 
 __all__ = ["QwenConfig", "Qwen", "LAYOUT", "build", "prepare_tokenizer", "default_prompts"]
@@ -130,22 +131,17 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(H, self.n_kv_head * d, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.n_head * d, H, bias=config.o_bias)
         if config.qk_norm:  # per head, over head_dim only
-            self.q_norm = RMSNorm(d, config.rms_norm_eps)
-            self.k_norm = RMSNorm(d, config.rms_norm_eps)
+            self.q_norm: nn.Module = RMSNorm(d, config.rms_norm_eps)
+            self.k_norm: nn.Module = RMSNorm(d, config.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = nn.Identity()
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, T, self.n_head, self.head_dim)).transpose(1, 2)  # [B, nh, T, d]
-        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)).transpose(1, 2)  # [B, kv, T, d]
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin  # cos, sin [B, 1, T, d]; after q_norm (qwen3)
-        k = k * cos + rotate_half(k) * sin
-        group = self.n_head // self.n_kv_head  # query head h reads kv head h // group
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [B, nh, T, d]
-        y = attention(q, k, v, mask)  # [B, nh, T, d]
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+    def forward(self, x: torch.Tensor, attn: base.Attention, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        q = self.q_norm(self.q_proj(x).unflatten(-1, (self.n_head, self.head_dim)))  # [..., nh, d]
+        k = self.k_norm(self.k_proj(x).unflatten(-1, (self.n_kv_head, self.head_dim)))  # [..., kv, d]
+        v = self.v_proj(x).unflatten(-1, (self.n_kv_head, self.head_dim))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # after q_norm (qwen3)
+        return self.o_proj(attn(q, k, v).flatten(-2))  # grouped-query: kv head h // group serves query head h
 
 
 class MLP(nn.Module):
@@ -168,12 +164,12 @@ class Layer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), mask, cos, sin)  # pre-norm
+    def forward(self, x: torch.Tensor, attn: base.Attention, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), attn, cos, sin)  # pre-norm
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class Qwen(nn.Module):
+class Qwen(base.EncoderModel):
     learned_positions = False  # RoPE: any position can be computed
 
     def __init__(self, config: QwenConfig) -> None:
@@ -182,40 +178,17 @@ class Qwen(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rope = Rope(config.head_dim, config.rope_theta)
+        self.causal = config.causal  # the shared attention adds the causal triangle to the padding mask
 
-    @property
-    def max_positions(self) -> int:
-        return self.config.max_position_embeddings
-
-    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [B, 1, T, d] for position ids [B, T], computed in fp32 (no buffers: built on meta)."""
-        d = self.config.head_dim
-        inv_freq = 1.0 / self.config.rope_theta ** (torch.arange(0, d, 2, device=positions.device).float() / d)
-        freqs = positions.float()[..., None] * inv_freq  # [B, T, d/2]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, d]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
-
-    def attention_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        """bool [B, 1, 1 or T, T]: padding only, or causal and padding."""
-        keys = attention_mask[:, None, None, :]  # [B, 1, 1, T]
-        if not self.config.causal:
-            return keys
-        T = attention_mask.shape[1]
-        past = torch.ones(T, T, dtype=torch.bool, device=attention_mask.device).tril()
-        # each query also sees itself: under left padding a pad query would otherwise see no key at
-        # all, which SDPA backends answer differently (zeros on the CPU math path, NaN elsewhere), and
-        # a NaN pad state would reach real tokens through 0 * NaN in the next layer's attention
-        return (keys & past) | torch.eye(T, dtype=torch.bool, device=attention_mask.device)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """input_ids [B, T], attention_mask [B, T] bool, left- or right-padded -> token states [B, T, H]."""
-        x = self.embed_tokens(input_ids)  # [B, T, H]
-        # positions 0..len-1 counted from each row's first real token, whichever side the padding is on
-        positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, T]
-        cos, sin = self.rope(positions, x.dtype)
-        mask = self.attention_mask(attention_mask)
+    def encode(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attn: base.Attention, adapters: torch.Tensor | None
+    ) -> torch.Tensor:
+        """input_ids, position_ids [B, T] or [N] -> token states [B, T, H] or [N, H]."""
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rope(position_ids, x.dtype)  # once, shared by every layer
         for layer in self.layers:
-            x = layer(x, mask, cos, sin)
+            x = layer(x, attn, cos, sin)
         return self.norm(x)
 
 

@@ -7,8 +7,10 @@ an error naming both. The name a checkpoint records for itself is never read: a 
 re-uploaded checkpoint keeps its architecture whatever its name says (TEI <= 1.6 chose JinaBERT by
 that string and broke).
 
-Each family file exposes `build(config: dict, tensor_names: set[str], source: str)
--> (nn.Module, TensorLayout)`; it is imported only when a checkpoint of that family is loaded.
+A `Family` names its file's hooks as fields: `build(config, tensor_names, source) -> (module,
+TensorLayout)` always, `prepare_tokenizer(tokenizer, config) -> tokenizer` and `default_prompts(config)
+-> {task: prefix}` where the family needs them. The family file is imported on a hook's first call,
+so importing the registry imports no model code (and no torch).
 """
 
 from __future__ import annotations
@@ -17,33 +19,66 @@ import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embedkit.errors import ModelLoadError
 
-__all__ = ["Family", "FAMILIES", "Detection", "detect_family"]
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from torch import nn
+
+    from embedkit.models.loading import TensorLayout
+
+__all__ = ["Family", "FAMILIES", "Detection", "Hook", "detect_family"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Family:
-    name: str
-    module: str  # the family file, imported on first use
-    default_pooling: tuple[str, ...]  # when the checkpoint has no sentence-transformers pooling config
+class Hook:
+    """`module.name`, a function of a family file, imported on its first call."""
 
-    def load(self) -> ModuleType:
-        return importlib.import_module(self.module)
+    module: str
+    name: str
+
+    def resolve(self) -> Callable[..., Any]:
+        function = vars(importlib.import_module(self.module)).get(self.name)
+        if not callable(function):
+            raise ModelLoadError(f"{self.module} has no function {self.name}, which its registry entry names")
+        return function
+
+    def __call__(self, *args: Any) -> Any:
+        return self.resolve()(*args)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One architecture: its file's hooks and its defaults. The loader calls the hooks; None = not needed."""
+
+    name: str
+    module: str  # the family file
+    default_pooling: tuple[str, ...]  # when the checkpoint has no sentence-transformers pooling config
+    # (config, tensor_names, source) -> (module on the meta device, its tensor layout)
+    build: Callable[[dict, set[str], str], tuple[nn.Module, TensorLayout]]
+    # (tokenizer, config) -> the tokenizer the weights were trained with (gte-Qwen2's end-of-text token)
+    prepare_tokenizer: Callable[[Tokenizer, dict], Tokenizer] | None = None
+    # config -> {task: prefix} when config_sentence_transformers.json has no prompts (Qwen, jina-v3)
+    default_prompts: Callable[[dict], dict[str, str]] | None = None
+
+
+def _family(name: str, default_pooling: tuple[str, ...], *hooks: str) -> Family:
+    module = f"embedkit.models.{name}"
+    named = {hook: Hook(module, hook) for hook in hooks}
+    return Family(name, module, default_pooling, build=Hook(module, "build"), **named)
 
 
 FAMILIES: dict[str, Family] = {
-    "bert": Family("bert", "embedkit.models.bert", ("mean",)),
-    "xlm_roberta": Family("xlm_roberta", "embedkit.models.xlm_roberta", ("mean",)),
-    "jina_bert": Family("jina_bert", "embedkit.models.jina_bert", ("mean",)),
-    "gte": Family("gte", "embedkit.models.gte", ("cls",)),
-    "jina_v3": Family("jina_v3", "embedkit.models.jina_v3", ("mean",)),
-    "qwen": Family("qwen", "embedkit.models.qwen", ("lasttoken",)),
+    "bert": _family("bert", ("mean",)),
+    "xlm_roberta": _family("xlm_roberta", ("mean",)),
+    "jina_bert": _family("jina_bert", ("mean",)),
+    "gte": _family("gte", ("cls",)),
+    "jina_v3": _family("jina_v3", ("mean",), "default_prompts"),
+    "qwen": _family("qwen", ("lasttoken",), "prepare_tokenizer", "default_prompts"),
 }
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
-
 from embedkit.models.bert import LAYOUT as BERT_LAYOUT
 from embedkit.models.bert import Bert, BertConfig
 from embedkit.models.loading import TensorLayout, config_from_dict
@@ -26,17 +24,16 @@ LAYOUT = replace(
 
 
 class XLMRoberta(Bert):
+    def __init__(self, config: BertConfig) -> None:
+        # the batch's positions are 0-based; XLM-R's table starts real tokens at padding_idx + 1
+        super().__init__(config, position_offset=config.pad_token_id + 1)
+
     @property
     def max_positions(self) -> int:
         return self.config.max_position_embeddings - self.config.pad_token_id - 1
 
-    def position_ids(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, T]: pad + 1, pad + 2, ... over real tokens (right padding), pad index on padding."""
-        mask = attention_mask.to(torch.long)
-        return torch.cumsum(mask, dim=1) * mask + self.config.pad_token_id
-
 
 def build(config: dict, tensor_names: set[str], source: str) -> tuple[XLMRoberta, TensorLayout]:
     """The model and tensor layout for an XLM-RoBERTa checkpoint."""
-    settings = {"pad_token_id": 1, "type_vocab_size": 1, "layer_norm_eps": 1e-5, **config}
-    return XLMRoberta(config_from_dict(BertConfig, settings, f"{source}/config.json")), LAYOUT
+    defaults = {"pad_token_id": 1, "type_vocab_size": 1, "layer_norm_eps": 1e-5}  # XLMRobertaConfig's, not BERT's
+    return XLMRoberta(config_from_dict(BertConfig, config, f"{source}/config.json", defaults=defaults)), LAYOUT

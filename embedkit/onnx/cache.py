@@ -1,7 +1,7 @@
 """The on-disk cache of exported graphs: export once, reuse in every later process.
 
 An entry is a directory named by a digest of its key (weights, config, family, adapter, dtype,
-quantisation, embedkit and torch versions) holding the graph files and a manifest with each file's
+quantisation, embedkit and torch versions, the graph's inputs) holding the graph files and a manifest with each file's
 sha256. An entry is used only when its manifest matches the key and every file its recorded hash;
 anything else is rebuilt. Entries are built in a private staging directory and published with one
 atomic rename, so two processes exporting at once never see or leave a half-written entry: the
@@ -51,6 +51,7 @@ class GraphKey:
     quantize: str  # "none" or "int8"
     embedkit_version: str
     torch_version: str
+    inputs: str  # the graph's input names, comma-separated: a graph reading other inputs is another graph
 
     @property
     def name(self) -> str:
@@ -75,7 +76,7 @@ class GraphCache:
     def graph(self, key: GraphKey, build: Callable[[Path], dict]) -> tuple[Path, dict]:
         """The graph file for `key` and its manifest, running `build(graph_path) -> details` on a miss."""
         entry = self.root / key.name
-        manifest = self._verified(entry, key)
+        manifest = self.verified(entry, key)
         if manifest is not None:
             return entry / GRAPH_FILE, manifest
         if entry.exists():
@@ -96,7 +97,7 @@ class GraphCache:
             try:
                 os.rename(staging, entry)  # atomic; refused when another process published first
             except OSError:
-                winner = self._verified(entry, key)
+                winner = self.verified(entry, key)
                 if winner is None:
                     raise
                 log.info("%s: another process exported it first; using that", entry)
@@ -107,7 +108,9 @@ class GraphCache:
             shutil.rmtree(staging, ignore_errors=True)
 
     @staticmethod
-    def _verified(entry: Path, key: GraphKey) -> dict | None:
+    def verified(entry: Path, key: GraphKey) -> dict | None:
+        """The manifest of the entry at `entry` if it was built for `key` and every file still has its
+        recorded size and sha256; else None (the entry is then rebuilt)."""
         try:
             manifest = json.loads((entry / MANIFEST_FILE).read_text())
             if manifest["key"] != asdict(key):

@@ -1,9 +1,10 @@
 """Exporting embedkit's own torch modules to ONNX (torch's exporter), and the int8 variant of a graph.
 
-The graph computes what the module computes, token states [B, T, H]; pooling and normalisation stay
-in embedkit's one post-processing path. Its inputs are named and typed as ONNX embedding graphs
-usually are (int64 `input_ids` and `attention_mask`, dynamic batch and sequence axes), so other ONNX
-runners can read it too.
+The graph computes what the module's `forward_padded` computes, token states [B, T, H]; pooling and
+normalisation stay in embedkit's one post-processing path. Its inputs are named and typed as ONNX
+embedding graphs usually are (int64 `input_ids`, `attention_mask` and `position_ids`, dynamic batch and
+sequence axes), so other ONNX runners can read it too. A family that reads no positions (ALiBi) may
+export a graph without `position_ids`; the runner feeds what the graph declares.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ __all__ = ["FFN_OUTPUT_MODULES", "export_graph", "quantize_int8"]
 
 log = logging.getLogger(__name__)
 
-INPUT_NAMES = ("input_ids", "attention_mask")
+INPUT_NAMES = ("input_ids", "attention_mask", "position_ids")
 OUTPUT_NAME = "token_states"
 # the feed-forward output projections (`down` in embedkit's encoders, `down_proj` in Qwen): on
 # all-MiniLM-L6-v2 they caused most of int8's loss (min cosine vs fp32 0.977 with them quantized)
@@ -48,29 +49,33 @@ def _quiet_tools() -> Iterator[None]:
 
 
 class _Exportable(nn.Module):
-    """The module with the ONNX-conventional int64 mask; adapters, if any, are already merged."""
+    """`forward_padded` with the ONNX-conventional int64 mask; adapters, if any, are already merged."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, attention_mask.bool())
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        return self.model.forward_padded(input_ids, attention_mask.bool(), position_ids)
 
 
 def export_graph(model: nn.Module, path: Path) -> None:
-    """Write `model` (eval mode, fp32, CPU) as an ONNX graph at `path`, weights in `path`.data."""
+    """Write `model` (an EmbeddingModel torch module: eval mode, fp32, CPU) as an ONNX graph at `path`,
+    weights in `path`.data."""
     example_ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12], [5, 6, 7, 8, 9, 0, 0, 0]])
     example_mask = (example_ids != 0).long()
+    example_positions = (example_mask.cumsum(dim=1) - 1) * example_mask
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     with _quiet_tools():
         program = torch.onnx.export(
             _Exportable(model).eval(),
-            (example_ids, example_mask),
+            (example_ids, example_mask, example_positions),
             dynamo=True,
             input_names=list(INPUT_NAMES),
             output_names=[OUTPUT_NAME],
-            dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
+            dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUT_NAMES},
             optimize=True,
             verbose=False,
         )

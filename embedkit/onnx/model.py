@@ -1,10 +1,11 @@
 """OnnxModel: runs exported graphs where LocalEmbedder would run the torch module.
 
-It takes the module's call, (input_ids, attention_mask[, adapter_ids]) -> token states, so the
-runtime's tokenising, token-budget batching, pooling and normalisation are the same code for both
-backends. A model with task adapters (jina-embeddings-v3) gets one graph per adapter, the adapter
-merged into its weights, exported when that task is first used; a batch that mixes tasks runs each
-task's rows through its graph.
+It implements the same boundary as the torch families (models/base.py `EmbeddingModel`): called with a
+`TokenBatch` it runs the batch's padded view through the graph and gives the packed token states
+[N, H], so the runtime's tokenising, token-budget batching, pooling and normalisation are the same code
+for both backends. A model with task adapters (jina-embeddings-v3) gets one graph per adapter, the
+adapter merged into its weights, exported when that task is first used; a batch that mixes tasks runs
+each task's rows through its graph.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +25,9 @@ from torch import nn
 from embedkit.errors import InputError, MissingDependencyError, ModelLoadError
 from embedkit.onnx.cache import GraphCache, GraphKey
 from embedkit.onnx.export import INPUT_NAMES, export_graph, quantize_int8
+
+if TYPE_CHECKING:
+    from embedkit.local.batching import TokenBatch
 
 __all__ = ["NUM_THREADS_ENV", "OnnxModel", "import_onnxruntime", "intra_op_threads"]
 
@@ -58,11 +63,11 @@ def intra_op_threads() -> int:
 
 
 class OnnxModel:
-    """Exported graphs of one torch module, run on ONNX Runtime's CPU provider."""
+    """Exported graphs of one torch module (an EmbeddingModel), run on ONNX Runtime's CPU provider."""
 
     def __init__(
         self,
-        module: nn.Module,
+        module: nn.Module,  # a torch family implementing EmbeddingModel (models/base.py)
         *,
         family: str,
         model_dir: Path,
@@ -78,9 +83,12 @@ class OnnxModel:
         self.quantize = quantize
         self._cache = cache or GraphCache()
         self.threads = threads or intra_op_threads()
-        self.adapter_names: tuple[str, ...] = tuple(getattr(module, "adapter_names", ()))
-        self.merged_adapter: int | None = getattr(module, "merged_adapter", None)
-        self.config = module.config  # what the runtime reads of the model (hidden_size)
+        # the boundary's attributes, read once: the module may be dropped
+        self.hidden_size: int = module.hidden_size
+        self.max_positions: int = module.max_positions
+        self.learned_positions: bool = module.learned_positions
+        self.adapter_names: tuple[str, ...] = tuple(module.adapter_names)
+        self.merged_adapter: int | None = module.merged_adapter
         self._base_key = {
             "weights_digest": weights_digest,
             "config_digest": hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest(),
@@ -89,8 +97,9 @@ class OnnxModel:
             "quantize": quantize or "none",
             "embedkit_version": _embedkit_version(),
             "torch_version": torch.__version__,
+            "inputs": ",".join(INPUT_NAMES),
         }
-        self._sessions: dict[int, object] = {}
+        self._sessions: dict[int, Any] = {}
         self._kept_fp32: list[str] = []
         self._lock = threading.Lock()  # one export at a time; sessions themselves are thread-safe
 
@@ -106,32 +115,60 @@ class OnnxModel:
         """Export (or find in the cache) the graph for `adapter` now rather than at its first use."""
         self._session(adapter)
 
-    def __call__(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter_ids: torch.Tensor | None = None
+    def __call__(self, batch: TokenBatch) -> torch.Tensor:
+        """batch (on the CPU) -> token states [N, H], packed as `batch.input_ids`."""
+        view = batch.padded()
+        states = self.forward_padded(view.input_ids, view.attention_mask, view.position_ids, batch.adapter_ids)
+        return states[view.attention_mask]  # row-major over the real tokens: the packed order
+
+    def forward_padded(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        adapter_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids [B, T], attention_mask [B, T] bool, adapter_ids [B] (-1 = none) -> token states [B, T, H]."""
+        """input_ids [B, T], attention_mask [B, T] bool, position_ids [B, T], adapter_ids [B] (-1 = none)
+        -> token states [B, T, H]. ValueError for adapter ids the model does not have."""
+        inputs = (input_ids, attention_mask, position_ids)
         if adapter_ids is None:
-            return self._run(-1, input_ids, attention_mask)
-        self._module.select(adapter_ids, input_ids.shape[0])  # the module's own check of the ids
-        if self.merged_adapter is not None:
-            return self._run(-1, input_ids, attention_mask)
-        adapters = adapter_ids.tolist()
-        if len(set(adapters)) == 1:
-            return self._run(adapters[0], input_ids, attention_mask)
-        out = torch.empty((*input_ids.shape, self.config.hidden_size))
+            return self._run(-1, *inputs)
+        adapters = adapter_ids.tolist()  # on the host: CPU tensors, no device to wait for
+        self._check_adapters(adapters)
+        if self.merged_adapter is not None or len(set(adapters)) == 1:
+            return self._run(adapters[0], *inputs)
+        out = torch.empty((*input_ids.shape, self.hidden_size))
         for adapter in sorted(set(adapters)):
             rows = torch.tensor([i for i, a in enumerate(adapters) if a == adapter])
-            out[rows] = self._run(adapter, input_ids[rows], attention_mask[rows])
+            out[rows] = self._run(adapter, *(tensor[rows] for tensor in inputs))
         return out
 
-    def _run(self, adapter: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        feed = {
+    def _check_adapters(self, adapters: list[int]) -> None:
+        if self.merged_adapter is not None:
+            if set(adapters) != {self.merged_adapter}:
+                raise ValueError(
+                    f"adapter {self.merged_adapter} ({self.adapter_names[self.merged_adapter]!r}) is merged into "
+                    f"the weights; adapter_ids must all be {self.merged_adapter}"
+                )
+            return
+        if any(not -1 <= a < len(self.adapter_names) for a in adapters):
+            names = ", ".join(f"{i}={name!r}" for i, name in enumerate(self.adapter_names)) or "none"
+            raise ValueError(f"adapter_ids must be -1 (base weights) or an adapter index ({names}); got {adapters}")
+
+    def _run(
+        self, adapter: int, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        session = self._session(adapter)
+        given = {
             INPUT_NAMES[0]: input_ids.numpy().astype(np.int64, copy=False),
             INPUT_NAMES[1]: attention_mask.numpy().astype(np.int64),
+            INPUT_NAMES[2]: position_ids.numpy().astype(np.int64, copy=False),
         }
-        return torch.from_numpy(self._session(adapter).run(None, feed)[0])
+        # a family that reads no positions (ALiBi) exports a graph without that input
+        feed = {arg.name: given[arg.name] for arg in session.get_inputs()}
+        return torch.from_numpy(session.run(None, feed)[0])
 
-    def _session(self, adapter: int) -> object:
+    def _session(self, adapter: int) -> Any:
         if self.merged_adapter is not None:  # the module's weights already carry that adapter
             adapter = -1
         session = self._sessions.get(adapter)
@@ -144,7 +181,7 @@ class OnnxModel:
                     self._module = None
             return self._sessions[adapter]
 
-    def _load_session(self, adapter: int) -> object:
+    def _load_session(self, adapter: int) -> Any:
         if self.merged_adapter is not None:
             name = self.adapter_names[self.merged_adapter]
         else:
@@ -165,7 +202,8 @@ class OnnxModel:
 
     def _build(self, adapter: int, target: Path) -> dict:
         module = self._module
-        assert module is not None, "graphs are built from the module, which is kept while more may be needed"
+        if module is None:  # kept while more graphs may be needed, so never None here
+            raise RuntimeError("the torch module was released before its last graph was exported")
         if adapter >= 0:  # a copy with this task's adapter folded in; the shared module keeps them all
             module = copy.deepcopy(module)
             module.merge_adapter(adapter)

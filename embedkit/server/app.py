@@ -32,7 +32,7 @@ from tokenizers import Encoding
 
 from embedkit.embedder import postprocess
 from embedkit.errors import InputError
-from embedkit.runtime import LocalEmbedder
+from embedkit.local.embedder import LocalEmbedder
 from embedkit.server.batching import DynamicBatcher, Overloaded
 from embedkit.server.errors import ERROR_STATUS, OPENAI_PATHS, ApiError, add_error_handlers
 from embedkit.server.guard import Guard

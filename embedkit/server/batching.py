@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embedkit.local.batching import token_budget_batches
+from embedkit.local.embedder import LocalEmbedder
 from embedkit.memory import release_freed_memory
-from embedkit.runtime import LocalEmbedder
 
 __all__ = ["Overloaded", "DynamicBatcher"]
 

@@ -110,7 +110,7 @@ def test_raw_vectors_equal_sentence_transformers_without_normalize(minilm, st_mi
 
 def test_truncation_is_counted_and_logged(minilm, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
     before = minilm.truncated_count
-    with caplog.at_level(logging.WARNING, logger="embedkit.runtime"):
+    with caplog.at_level(logging.WARNING, logger="embedkit.local"):
         minilm.embed(["short", LONG])
     assert minilm.truncated_count == before + 1
     assert "1 of 2 texts were truncated to 256 tokens (indices 1)" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -164,3 +165,21 @@ def test_max_seq_length_past_the_position_table_is_refused(tmp_path: Path, tiny_
     (broken / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": positions + 1}))
     with pytest.raises(ModelLoadError, match=rf"sentence_bert_config\.json: max_seq_length {positions + 1} exceeds"):
         embedkit.load(broken)
+
+
+def test_filled_in_defaults_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    from embedkit.models.bert import BertConfig
+    from embedkit.models.loading import config_from_dict
+
+    raw = {"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2}
+    raw |= {"intermediate_size": 16, "hidden_act": "relu", "layer_norm_eps": None}
+    with caplog.at_level(logging.INFO, logger="embedkit.models.loading"):
+        config = config_from_dict(BertConfig, raw, "m/config.json", defaults={"pad_token_id": 1})
+    assert config.hidden_act == "relu" and config.pad_token_id == 1 and config.layer_norm_eps == 1e-12
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "m/config.json: not set, so assumed: max_position_embeddings=512, type_vocab_size=2, "
+        "layer_norm_eps=1e-12, pad_token_id=1"
+    )
+    with pytest.raises(ModelLoadError, match="missing required field"):
+        config_from_dict(BertConfig, {"vocab_size": 10}, "m/config.json")

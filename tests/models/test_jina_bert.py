@@ -21,9 +21,11 @@ from tokenizers import Tokenizer
 
 import embedkit
 from embedkit.errors import ModelLoadError
-from embedkit.models.jina_bert import alibi_slopes
+from embedkit.local.batching import TokenBatch
+from embedkit.models.layers import alibi_slopes
 
 from ..conftest import write_st_files
+from .modules import load_module
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "jina-bert-v2"
 
@@ -287,12 +289,13 @@ def test_matches_naive_reference(tmp_path: Path, minilm_dir: Path, case: str) ->
 
 def test_alibi_matters(tmp_path: Path, minilm_dir: Path) -> None:
     """The reference check above would not notice a missing ALiBi if it made no difference."""
-    model_dir = write_tiny_jina(tmp_path / "m", minilm_dir, seed=5)
-    embedder = embedkit.load(model_dir, device="cpu")
-    with_alibi = embedder.embed(TEXTS, normalize=False)
-    module = embedder._model
-    module.attention_bias = lambda mask, dtype: torch.zeros(mask.shape[0], 1, 1, mask.shape[1], dtype=dtype)
-    assert np.abs(embedder.embed(TEXTS, normalize=False) - with_alibi).max() > 1e-3
+    module = load_module(write_tiny_jina(tmp_path / "m", minilm_dir, seed=5))
+    batch = TokenBatch.from_ids([[101, 2000, 2001, 2002, 2003, 102], [101, 2004, 102]])
+    with torch.inference_mode():
+        with_alibi = module(batch)
+        module.alibi = None
+        without = module(batch)
+    assert (with_alibi - without).abs().max() > 1e-3
 
 
 # -- golden vectors from the upstream ports --------------------------------------------------------
@@ -345,9 +348,8 @@ def test_batched_equals_single(which: str, tiny_jina_dir: Path, tiny_jina_code_d
 
 
 def test_max_positions_comes_from_config(tiny_jina_dir: Path) -> None:
-    embedder = embedkit.load(tiny_jina_dir, device="cpu")
-    assert embedder._model.max_positions == 8192
-    assert embedder.max_input_tokens == 512  # sentence_bert_config.json
+    assert load_module(tiny_jina_dir).max_positions == 8192
+    assert embedkit.load(tiny_jina_dir, device="cpu").max_input_tokens == 512  # sentence_bert_config.json
 
 
 @pytest.mark.parametrize("which", ["plain", "code"])

@@ -29,6 +29,7 @@ from tokenizers import Tokenizer
 
 import embedkit
 from embedkit.errors import ModelLoadError
+from embedkit.models.base import positions_from_mask
 from embedkit.models.jina_v3 import LORA_LAYOUT, PLAIN_LAYOUT, JinaV3, build, task_instructions
 from embedkit.models.loading import assign_weights
 from embedkit.models.registry import detect_family
@@ -169,11 +170,18 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     return ((hidden.float() * weights).sum(1) / weights.sum(1)).numpy()
 
 
-def run(model: torch.nn.Module, texts: list[str], adapter: int | list[int] | None = None) -> np.ndarray:
+def padded(
+    model: JinaV3, ids: torch.Tensor, mask: torch.Tensor, adapter_ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The model's padded forward, [B, T, H], positions counted over each row's real tokens."""
+    return model.forward_padded(ids, mask, positions_from_mask(mask), adapter_ids)
+
+
+def run(model: JinaV3, texts: list[str], adapter: int | list[int] | None = None) -> np.ndarray:
     ids, mask = tokenize(texts)
     adapter_ids = None if adapter is None else torch.tensor(adapter).expand(len(texts)).contiguous()
     with torch.inference_mode():
-        return mean_pool(model(ids, mask, adapter_ids), mask)
+        return mean_pool(padded(model, ids, mask, adapter_ids), mask)
 
 
 # -- transformers' native reference ----------------------------------------------------------------
@@ -281,13 +289,13 @@ def test_mixed_adapters_equal_separate_batches(tiny_dir: Path) -> None:
     assert len(adapters) == len(TEXTS)
     ids, mask = tokenize(TEXTS)
     with torch.inference_mode():
-        mixed = model(ids, mask, torch.tensor(adapters))
+        mixed = padded(model, ids, mask, torch.tensor(adapters))
     for adapter in range(-1, len(TASKS)):
         rows = [i for i, a in enumerate(adapters) if a == adapter]
         texts = [TEXTS[i] for i in rows]
         sub_ids, sub_mask = tokenize(texts)  # padded to their own width
         with torch.inference_mode():
-            alone = model(sub_ids, sub_mask, None if adapter == -1 else torch.full((len(rows),), adapter))
+            alone = padded(model, sub_ids, sub_mask, None if adapter == -1 else torch.full((len(rows),), adapter))
         for j, i in enumerate(rows):
             n = int(mask[i].sum())
             assert np.abs((mixed[i, :n] - alone[j, :n]).numpy()).max() < 1e-5, (adapter, i)
@@ -298,17 +306,17 @@ def test_merge_adapter_equals_unmerged(tiny_dir: Path, task: int) -> None:
     model = load_module(tiny_dir)
     ids, mask = tokenize(TEXTS)
     with torch.inference_mode():
-        unmerged = model(ids, mask, torch.full((len(TEXTS),), task))
+        unmerged = padded(model, ids, mask, torch.full((len(TEXTS),), task))
     model.merge_adapter(task)
     assert model.merged_adapter == task
     assert not any("lora" in name for name in model.state_dict())
     with torch.inference_mode():
-        merged = model(ids, mask, torch.full((len(TEXTS),), task))
-        also_merged = model(ids, mask)
+        merged = padded(model, ids, mask, torch.full((len(TEXTS),), task))
+        also_merged = padded(model, ids, mask)
     assert torch.equal(merged, also_merged)
     assert np.abs((merged - unmerged)[mask].numpy()).max() < 1e-5
     with pytest.raises(ValueError, match=f"adapter {task} .* is merged"):
-        model(ids, mask, torch.full((len(TEXTS),), (task + 1) % len(TASKS)))
+        padded(model, ids, mask, torch.full((len(TEXTS),), (task + 1) % len(TASKS)))
     with pytest.raises(ValueError, match="already merged"):
         model.merge_adapter(task)
 
@@ -339,7 +347,7 @@ def test_bad_adapter_ids_are_refused(tiny_dir: Path, adapter_ids: list[int], mes
     model = load_module(tiny_dir)
     ids, mask = tokenize(TEXTS[:3])
     with pytest.raises(ValueError, match=message):
-        model(ids, mask, torch.tensor(adapter_ids))
+        padded(model, ids, mask, torch.tensor(adapter_ids))
 
 
 # -- golden vectors from the original remote code ----------------------------------------------------
@@ -409,7 +417,7 @@ def test_golden_without_prompt_file_uses_task_instructions(tmp_path: Path) -> No
 def test_golden_merged_adapter_end_to_end() -> None:
     case = _case("task:retrieval.passage")
     embedder = embedkit.load(FIXTURE_MODEL, device="cpu", default_task="retrieval.passage", merge_lora=True)
-    assert embedder._model.merged_adapter == 1
+    assert embedder.describe()["merged_adapter"] == "retrieval.passage"  # adapter 1
     ours = embedder.embed(TEXTS, task="retrieval.passage")
     assert np.abs(ours - np.asarray(case["embeddings"], dtype=np.float32)).max() < 1e-5
 
@@ -509,6 +517,6 @@ def test_cuda_module_takes_host_adapter_ids(tiny_dir: Path) -> None:
     adapters = torch.tensor([-1, 0, 1, 2, 3, 4, 4, 3, 2, 1, 0, -1])
     ids, mask = tokenize(TEXTS)
     with torch.inference_mode():
-        expected = model(ids, mask, adapters)
-        ours = model.cuda()(ids.cuda(), mask.cuda(), adapters).cpu()
+        expected = padded(model, ids, mask, adapters)
+        ours = padded(model.cuda(), ids.cuda(), mask.cuda(), adapters).cpu()
     assert (ours - expected)[mask].abs().max() < 1e-4

@@ -34,6 +34,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 import embedkit
 from embedkit.errors import ModelLoadError
 from embedkit.models import qwen
+from embedkit.models.base import positions_from_mask
 from embedkit.models.loading import assign_weights
 from embedkit.models.pooling import pool
 from embedkit.weights import load_state_dict
@@ -380,7 +381,8 @@ def test_qwen3_matches_native_left_and_right_padding(tmp_path: Path, qwen3_dir: 
     for side in ("left", "right"):
         ids, mask = padded_batch(rows, side)
         with torch.no_grad():
-            results[side] = pool(module(ids, mask), mask, ["lasttoken"]).numpy()
+            states = module.forward_padded(ids, mask, positions_from_mask(mask))  # left padding too
+            results[side] = pool(states, mask, ["lasttoken"]).numpy()
         expected = native_last_token(native, ids, mask, bidirectional=False)
         assert np.abs(results[side] - expected).max() < 1e-5, side
     assert np.abs(results["left"] - results["right"]).max() < 1e-5

@@ -54,19 +54,19 @@ def test_auto_picks_onnx_for_float32_on_cpu(tiny_dir: Path, tmp_path: Path, monk
 def test_auto_falls_back_to_torch_when_the_family_cannot_export(
     tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    traced = Bert.forward
+    traced = Bert.forward_padded  # what the exporter traces
 
-    def branches_on_values(self: Bert, input_ids, attention_mask):  # noqa: ANN001, ANN202
+    def branches_on_values(self, input_ids, attention_mask, position_ids, adapter_ids=None):  # noqa: ANN001, ANN202
         if attention_mask.sum() > 1:  # a branch on tensor values: torch's exporter cannot trace it
-            return traced(self, input_ids, attention_mask)
-        return traced(self, input_ids, attention_mask) * 1
+            return traced(self, input_ids, attention_mask, position_ids, adapter_ids)
+        return traced(self, input_ids, attention_mask, position_ids, adapter_ids) * 1
 
-    monkeypatch.setattr(Bert, "forward", branches_on_values)
+    monkeypatch.setattr(Bert, "forward_padded", branches_on_values)
     with pytest.raises(ModelLoadError, match="bert model cannot be exported to ONNX") as refused:
         onnx_load(tiny_dir, tmp_path)
     assert "backend='torch'" in str(refused.value)
     assert not [p for p in tmp_path.iterdir()], "a failed export leaves nothing in the cache"
-    with caplog.at_level(logging.WARNING, logger="embedkit.runtime"):
+    with caplog.at_level(logging.WARNING, logger="embedkit.local"):
         fallback = embedkit.load(tiny_dir, device="cpu", backend="auto", onnx_cache_dir=tmp_path)
     assert fallback.backend == "torch"
     assert "running on torch instead" in caplog.text and "bert" in caplog.text
@@ -95,9 +95,9 @@ def test_bad_backend_from_the_environment_names_the_variable(tiny_dir: Path, mon
 
 def test_threads_follow_embedkit_num_threads(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMBEDKIT_NUM_THREADS", "1")
-    assert onnx_load(tiny_dir, tmp_path)._model.threads == 1
+    assert onnx_load(tiny_dir, tmp_path).model.threads == 1
     monkeypatch.delenv("EMBEDKIT_NUM_THREADS")
-    assert onnx_load(tiny_dir, tmp_path)._model.threads == len(os.sched_getaffinity(0))
+    assert onnx_load(tiny_dir, tmp_path).model.threads == len(os.sched_getaffinity(0))
     monkeypatch.setenv("EMBEDKIT_NUM_THREADS", "zero")
     with pytest.raises(InputError, match="EMBEDKIT_NUM_THREADS='zero'"):
         onnx_load(tiny_dir, tmp_path)
@@ -162,7 +162,7 @@ def test_a_damaged_or_stale_entry_is_rebuilt_never_used(
         rebuilt = onnx_load(tiny_dir, tmp_path).embed(TEXTS)
     assert "stale or corrupt ONNX cache entry; rebuilding it" in caplog.text
     np.testing.assert_allclose(rebuilt, expected, atol=1e-5)
-    assert GraphCache._verified(entry, GraphKey(**json.loads(manifest.read_text())["key"])) is not None
+    assert GraphCache.verified(entry, GraphKey(**json.loads(manifest.read_text())["key"])) is not None
 
 
 def test_weights_and_quantisation_are_part_of_the_key(tiny_dir: Path, minilm_dir: Path, tmp_path: Path) -> None:
@@ -172,6 +172,8 @@ def test_weights_and_quantisation_are_part_of_the_key(tiny_dir: Path, minilm_dir
     onnx_load(other, tmp_path / "cache")
     keys = [json.loads((e / "manifest.json").read_text())["key"] for e in entries(tmp_path / "cache")]
     assert len(keys) == 3
+    # the graph reads the batch's position ids: a graph of the older (ids, mask) form is another entry
+    assert {k["inputs"] for k in keys} == {"input_ids,attention_mask,position_ids"}
     assert sorted(k["quantize"] for k in keys) == ["int8", "none", "none"]
     assert len({k["weights_digest"] for k in keys}) == 2
 
@@ -179,7 +181,7 @@ def test_weights_and_quantisation_are_part_of_the_key(tiny_dir: Path, minilm_dir
 def test_two_builders_racing_publish_one_entry(tmp_path: Path) -> None:
     """Both builders are inside `build` at once; one rename wins, the other uses the winner's entry."""
     cache = GraphCache(tmp_path)
-    key = GraphKey("w" * 64, "c" * 64, "bert", "base", "float32", "none", "0", "0")
+    key = GraphKey("w" * 64, "c" * 64, "bert", "base", "float32", "none", "0", "0", "input_ids")
     both_building = threading.Barrier(2, timeout=30)
     results: list[tuple[Path, dict]] = []
 
@@ -196,7 +198,7 @@ def test_two_builders_racing_publish_one_entry(tmp_path: Path) -> None:
     assert len(results) == 2 and results[0][0] == results[1][0]
     assert results[0][1]["files"] == results[1][1]["files"]  # both hold the published entry's manifest
     assert [p.name for p in tmp_path.iterdir()] == [key.name]  # no staging directory left behind
-    assert GraphCache._verified(tmp_path / key.name, key) is not None
+    assert GraphCache.verified(tmp_path / key.name, key) is not None
 
 
 def test_two_processes_exporting_at_once_share_one_entry(tiny_dir: Path, tmp_path: Path) -> None:
@@ -216,7 +218,7 @@ sys.stdout.write(repr(vectors.round(5).tolist()))
     assert [child.returncode for child in children] == [0, 0]
     assert outputs[0] == outputs[1]
     (entry,) = entries(cache)
-    assert GraphCache._verified(entry, GraphKey(**json.loads((entry / "manifest.json").read_text())["key"]))
+    assert GraphCache.verified(entry, GraphKey(**json.loads((entry / "manifest.json").read_text())["key"]))
 
 
 def test_an_unwritable_cache_is_a_clear_error(tiny_dir: Path, tmp_path: Path) -> None:
@@ -233,7 +235,7 @@ def test_int8_keeps_quality_on_natural_text(minilm_dir: Path, tmp_path: Path) ->
     fp32 = onnx_load(minilm_dir, tmp_path)
     int8 = onnx_load(minilm_dir, tmp_path, quantize="int8")
     assert int8.describe()["backend"] == "onnx int8" and int8.describe()["dtype"] == "int8" and int8.quantize == "int8"
-    assert int8._model.kept_fp32 == [f"layers.{i}.mlp.down" for i in range(6)]
+    assert int8.model.kept_fp32 == [f"layers.{i}.mlp.down" for i in range(6)]
     chunker = Chunker(fp32, max_tokens=128)
     passages = [chunk.text for doc in load_directory(EXAMPLE_DOCS) for chunk in chunker.split(doc.text)]
     assert len(passages) > 50

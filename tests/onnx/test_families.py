@@ -79,9 +79,9 @@ def test_exported_attention_keeps_its_direction(tmp_path: Path, config: dict, ca
     """Under causal attention (Qwen3) a token's state cannot depend on later tokens; under gte-Qwen2's
     bidirectional attention it must."""
     model_dir = write_qwen(tmp_path / "model", config, seed=2)
-    graph = embedkit.load(model_dir, device="cpu", backend="onnx", onnx_cache_dir=tmp_path / "cache")._model
+    graph = embedkit.load(model_dir, device="cpu", backend="onnx", onnx_cache_dir=tmp_path / "cache").model
     ids = torch.tensor([[11, 12, 13, 14, 15], [11, 12, 13, 14, 99]])
-    states = graph(ids, torch.ones_like(ids, dtype=torch.bool))
+    states = graph.forward_padded(ids, torch.ones_like(ids, dtype=torch.bool), torch.arange(5).expand(2, 5))
     same_prefix = torch.allclose(states[0, :4], states[1, :4], atol=1e-5)
     assert same_prefix == causal
 

@@ -127,11 +127,11 @@ def test_a_much_smaller_foreign_tokenizer_is_refused(tmp_path: Path, minilm_dir:
 def test_padded_tables_pass(tokens: int, rows: int) -> None:
     from tokenizers import Tokenizer, models
 
-    from embedkit.runtime import _check_vocabulary
+    from embedkit.local.loader import check_vocabulary
 
     tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(tokens)}, unk_token="t0"))
     with torch.device("meta"):
-        _check_vocabulary(tokenizer, torch.nn.Embedding(rows, 1), Path("tokenizer.json"))
+        check_vocabulary(tokenizer, torch.nn.Embedding(rows, 1), Path("tokenizer.json"))
 
 
 @pytest.mark.parametrize(
@@ -146,11 +146,11 @@ def test_padded_tables_pass(tokens: int, rows: int) -> None:
 def test_tables_far_past_the_vocabulary_are_refused(tokens: int, rows: int) -> None:
     from tokenizers import Tokenizer, models
 
-    from embedkit.runtime import _check_vocabulary
+    from embedkit.local.loader import check_vocabulary
 
     tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(tokens)}, unk_token="t0"))
     with torch.device("meta"), pytest.raises(ModelLoadError, match=rf"has {tokens} tokens, .* has {rows} rows"):
-        _check_vocabulary(tokenizer, torch.nn.Embedding(rows, 1), Path("m/tokenizer.json"))
+        check_vocabulary(tokenizer, torch.nn.Embedding(rows, 1), Path("m/tokenizer.json"))
 
 
 class _Payload:

@@ -111,3 +111,24 @@ ERRORS = [
 def test_detection_errors_name_what_was_seen(config: dict, tensors: set[str], message: str) -> None:
     with pytest.raises(ModelLoadError, match=message):
         detect_family(config, tensors, "model")
+
+
+def test_every_family_hook_names_a_function_of_its_file() -> None:
+    from embedkit.models.registry import FAMILIES, Hook
+
+    for family in FAMILIES.values():
+        hooks = [family.build, family.prepare_tokenizer, family.default_prompts]
+        for hook in hooks:
+            if hook is not None:
+                assert isinstance(hook, Hook) and hook.module == family.module
+                assert callable(hook.resolve())
+
+
+def test_importing_the_registry_imports_no_model_code() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, embedkit.models.registry; print(any(m in sys.modules for m in ('torch', 'embedkit.models.bert')))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
