@@ -46,7 +46,8 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", choices=("int8",), help="int8 weights on the ONNX backend (CPU)")
 
 
-def _add_remote_options(parser: argparse.ArgumentParser, embedder: argparse._MutuallyExclusiveGroup) -> None:
+def _add_remote_options(parser: argparse.ArgumentParser, embedder: Any) -> None:
+    # `embedder`: the mutually exclusive group of --model and --tei-url (argparse keeps its class private)
     embedder.add_argument("--tei-url", help="embed through a TEI-compatible server (key: $EMBEDKIT_API_KEY)")
     parser.add_argument(
         "--api",

@@ -9,7 +9,7 @@ spends nothing on padding. `TokenBatch.padded()` gives the [B, T] view for backe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -119,6 +119,24 @@ class TokenBatch:
         position_ids = torch.zeros(mask.shape, dtype=torch.int64, device=self.device)
         position_ids[mask] = self.position_ids
         return PaddedBatch(input_ids, mask, position_ids)
+
+    def rows(self) -> list[list[int]]:
+        """Each row's token ids as host lists (reads the device once when the batch is on a GPU)."""
+        starts, flat = self.cu_seqlens.tolist(), self.input_ids.tolist()
+        return [flat[starts[i] : starts[i + 1]] for i in range(self.size)]
+
+    def split(self, batch_tokens: int, max_batch_size: int) -> list[TokenBatch]:
+        """This batch cut into batches of at most `batch_tokens` padded tokens and `max_batch_size` rows,
+        longest first (as `pack`); their `indices` stay this batch's (the caller's positions)."""
+        parts = pack(
+            self.rows(),
+            batch_tokens=batch_tokens,
+            max_batch_size=max_batch_size,
+            adapter_ids=None if self.adapter_ids is None else self.adapter_ids.numpy(),
+            prompt_lengths=None if self.prompt_lengths is None else self.prompt_lengths.numpy(),
+            pad_id=self.pad_id,
+        )
+        return [replace(part, indices=tuple(self.indices[i] for i in part.indices)) for part in parts]
 
     def to(self, device: torch.device | str) -> TokenBatch:
         """The device tensors moved to `device` (host fields stay); from pinned memory on CUDA, without a sync."""

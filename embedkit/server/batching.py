@@ -3,11 +3,11 @@
 Requests arrive tokenized and truncated (token ids, prompt and special tokens included: the app's one
 tokenisation), so the budget counts exactly the tokens that run. A single worker takes the oldest
 request and every queued request behind it whose tokens fit `max_batch_tokens` (and
-`max_batch_requests`, when set): one pass. The pass's rows are packed longest first into groups of at
-most `max_batch_tokens` padded tokens (`embedkit.local.batching.token_budget_batches`, the runtime's
-own packing) and each group is handed to the model on a dedicated thread (the model runs one batch at a
-time; torch's own threads parallelise inside it). The budget is the batcher's: the embedder's own
-`batch_tokens` is never changed (it may cut a group finer for its memory, never coarser).
+`max_batch_requests`, when set): one pass. The pass's rows become one TokenBatch
+(`embedkit.local.batching`, the runtime's own batch type), cut longest first into parts of at most
+`max_batch_tokens` padded tokens, and each part is handed to the model on a dedicated thread (the model
+runs one batch at a time; torch's own threads parallelise inside it). The budget is the batcher's alone:
+the embedder's own `batch_tokens` is neither read nor changed.
 
 If a pass fails, each of its requests runs again alone, so one request's failure is never another's.
 Vectors come back raw (unnormalised): each request applies its own dimensions / normalize afterwards.
@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embedkit.local.batching import token_budget_batches
 from embedkit.local.embedder import LocalEmbedder
 from embedkit.memory import release_freed_memory
 
@@ -162,19 +161,16 @@ class DynamicBatcher:
         return out
 
     def _run_rows(self, ids: list[list[int]], tasks: list[str | None]) -> np.ndarray:
-        """Raw vectors [len(ids), dimension] in row order: the rows packed within this batcher's budget,
-        longest first, one model call per group. The one place the batcher calls the model."""
-        groups = token_budget_batches([len(row) for row in ids], self.max_batch_tokens, self._embedder.max_batch_size)
-        parts = [
-            # truncate=False: the app cut every input to its limit already; anything longer is a bug to report
-            self._embedder.embed_ids(
-                [ids[i] for i in group], task=[tasks[i] for i in group], normalize=False, truncate=False
-            )
-            for group in groups
-        ]
-        order = [i for group in groups for i in group]
-        vectors = np.empty((len(ids), parts[0].shape[1]), dtype=parts[0].dtype)
-        vectors[order] = np.concatenate(parts)
+        """Raw vectors [len(ids), dimension] in row order: one TokenBatch of every row (ids checked,
+        lengths refused past the model's limit, each row's adapter and prompt length planned once), cut
+        within this batcher's budget longest first, one model call per part. The one place the batcher
+        calls the model."""
+        # the app cut every input to its limit already; a longer row is refused here, not truncated
+        whole = self._embedder.token_batch(ids, task=tasks)
+        parts = whole.split(self.max_batch_tokens, self._embedder.max_batch_size)
+        raw = [self._embedder.embed_token_batch(part) for part in parts]
+        vectors = np.empty((len(ids), raw[0].shape[1]), dtype=raw[0].dtype)
+        vectors[[i for part in parts for i in part.indices]] = np.concatenate(raw)
         return vectors
 
 

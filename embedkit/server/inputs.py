@@ -14,7 +14,7 @@ from typing import Any
 
 from embedkit.embedder import check_dimensions, check_encodable
 from embedkit.errors import InputError
-from embedkit.runtime import LocalEmbedder
+from embedkit.local.embedder import LocalEmbedder
 from embedkit.server.errors import ApiError, validation_error
 from embedkit.server.settings import ServerSettings
 

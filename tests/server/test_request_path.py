@@ -23,7 +23,7 @@ TEXTS = ["a short one", "a somewhat longer text about rivers and the sea", "mid 
 class Recording:
     """The embedder, with each call of the methods that tokenise or run the model recorded."""
 
-    watched = ("encode", "tokenize", "count_tokens", "embed", "embed_ids")
+    watched = ("encode", "tokenize", "count_tokens", "embed", "embed_ids", "token_batch", "embed_token_batch")
 
     def __init__(self, embedder: Any) -> None:
         self.embedder = embedder
@@ -73,12 +73,14 @@ def test_each_request_is_tokenised_once_and_the_model_runs_those_ids(recording: 
         body = {"inputs": TEXTS} if path == "/embed" else {"input": TEXTS}
         response = client.post(path, json=body)
     assert response.status_code == 200, response.text
-    assert [name for name, *_ in recording.calls] == ["encode", "embed_ids"]
+    # one tokenisation; the batcher builds one TokenBatch of those very ids and runs it
+    assert [name for name, *_ in recording.calls] == ["encode", "token_batch", "embed_token_batch"]
     ((encoded_args, _, ids),) = recording.named("encode")
     assert encoded_args[0] == TEXTS
-    ((run_args, run_kwargs, _),) = recording.named("embed_ids")
-    assert sorted(map(tuple, run_args[0])) == sorted(map(tuple, ids))  # the same ids, packed longest first
-    assert run_kwargs["truncate"] is False  # already cut to the server's limit: nothing to tokenise or cut
+    ((batch_args, _, batch),) = recording.named("token_batch")
+    assert batch_args[0] == ids
+    ((run_args, _, _),) = recording.named("embed_token_batch")
+    assert sorted(map(tuple, run_args[0].rows())) == sorted(map(tuple, ids))  # the same ids, longest first
 
 
 def test_tokenize_tokenises_once(recording: Recording) -> None:
@@ -99,10 +101,10 @@ def test_the_batcher_packs_within_its_own_budget_and_leaves_the_embedder_alone(
     assert response.status_code == 200, response.text
     assert info["max_batch_tokens"] == 64
     assert embedder.batch_tokens == budget_before  # the server never overwrote the embedder's budget
-    runs = recording.named("embed_ids")
+    runs = recording.named("embed_token_batch")
     assert len(runs) > 1
     for args, _, _ in runs:
-        rows = args[0]
-        assert len(rows) * max(map(len, rows)) <= 64 or len(rows) == 1  # padded tokens per forward call
+        batch = args[0]
+        assert batch.size * batch.max_length <= 64 or batch.size == 1  # padded tokens per forward call
     expected = embedder.embed(texts[:16], normalize=True)
     np.testing.assert_allclose(np.asarray(response.json()), expected, atol=1e-5)
