@@ -37,9 +37,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import Run, corpus, minilm_dir, model_flops, timed  # noqa: E402
+from throughput import Run, corpus, minilm_dir, model_flops, timed
 
-import embedkit  # noqa: E402
+import embedkit
 
 STDLIB_MODULES = (
     "argparse asyncio.tasks base64 bisect calendar collections concurrent.futures contextlib copy csv dataclasses "
@@ -140,7 +140,7 @@ def main() -> None:
     export_int8 = time.perf_counter() - started
     print(f"export + cache: fp32 {export_fp32:.1f} s, int8 {export_int8:.1f} s (kept fp32: {int8.model.kept_fp32})")
 
-    def runner(embed):  # noqa: ANN001, ANN202
+    def runner(embed):
         return lambda warmup: embed(texts[:64] if warmup else texts)
 
     runs: list[Run] = [

@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import MODELS, corpus  # noqa: E402
+from throughput import MODELS, corpus
 
-import embedkit  # noqa: E402
+import embedkit
 
 DTYPES = ("float16", "bfloat16")
 

@@ -43,7 +43,7 @@ import torch
 import embedkit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tokenizers_built  # noqa: E402
+import tokenizers_built
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -195,7 +195,7 @@ class Run:
     peak_mib: float
 
 
-def timed(name: str, device: str, embed) -> Run:  # noqa: ANN001
+def timed(name: str, device: str, embed) -> Run:
     embed_warm = embed(warmup=True)
     del embed_warm
     gc.collect()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from embedkit.chunking import Chunk, Chunker, embed_chunks  # noqa: E402
+from embedkit.chunking import Chunk, Chunker, embed_chunks
 from embedkit.errors import (
     AuthError,
     EmbedkitError,

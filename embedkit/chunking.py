@@ -32,7 +32,7 @@ from embedkit.embedder import SpanEmbedder
 from embedkit.errors import InputError
 from embedkit.local.tokenizer import as_tokenizer, load_tokenizer, plain_copy
 
-__all__ = ["Chunk", "Chunker", "TokenCounter", "STRATEGIES", "default_chunker", "embed_chunks"]
+__all__ = ["STRATEGIES", "Chunk", "Chunker", "TokenCounter", "default_chunker", "embed_chunks"]
 
 Strategy = Literal["auto", "markdown", "text", "code", "rst"]
 STRATEGIES = ("auto", "markdown", "text", "code", "rst")
@@ -45,7 +45,7 @@ _UNENCODABLE = re.compile(r"[\ud800-\udfff]")  # lone surrogates: no UTF-8 form,
 _PARAGRAPH = re.compile(r"\r?\n[ \t]*\r?\n\s*")
 _LINE = re.compile(r"\n\s*")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
-_CJK_SENTENCE = re.compile(r"(?<=[。！？；])")  # no space follows a CJK sentence end
+_CJK_SENTENCE = re.compile(r"(?<=[。！？；])")  # noqa: RUF001 - CJK sentence ends (fullwidth), followed by no space
 _WORD = re.compile(r"\s+")
 _CODE_BLOCK = re.compile(
     r"\n(?=(?:async\s+def|def|class|function|fn|pub\s+fn|func|impl|struct|interface|export|public|private|"

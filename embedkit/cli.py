@@ -249,7 +249,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sink(args: argparse.Namespace):  # noqa: ANN202 - QdrantSink, imported lazily
+def _sink(args: argparse.Namespace):
     from embedkit.sinks.qdrant import QdrantSink
 
     if args.qdrant_url:

@@ -17,13 +17,13 @@ __all__ = [
     "Embedder",
     "EmbedderBase",
     "SpanEmbedder",
-    "validate_text",
-    "check_encodable",
-    "validate_texts",
-    "iter_windows",
     "check_dimensions",
     "check_embed_args",
+    "check_encodable",
+    "iter_windows",
     "postprocess",
+    "validate_text",
+    "validate_texts",
 ]
 
 

@@ -17,15 +17,15 @@ Messages carry context (index, length, field, path) but never a secret.
 from __future__ import annotations
 
 __all__ = [
+    "AuthError",
     "EmbedkitError",
     "InputError",
-    "UnknownTaskError",
+    "MissingDependencyError",
     "ModelLoadError",
     "ModelNotFoundError",
-    "MissingDependencyError",
-    "StoreError",
     "RemoteError",
-    "AuthError",
+    "StoreError",
+    "UnknownTaskError",
 ]
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from embedkit.errors import UnknownTaskError
 
-__all__ = ["CANONICAL_TASKS", "ALIASES", "TaskTable", "KnownPrompts", "KNOWN_PROMPTS", "known_prompts"]
+__all__ = ["ALIASES", "CANONICAL_TASKS", "KNOWN_PROMPTS", "KnownPrompts", "TaskTable", "known_prompts"]
 
 CANONICAL_TASKS = ("query", "document")
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from embedkit.errors import ModelLoadError
 
-__all__ = ["weight_files", "read_header", "tensor_shapes", "load_state_dict", "weights_digest"]
+__all__ = ["load_state_dict", "read_header", "tensor_shapes", "weight_files", "weights_digest"]
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"

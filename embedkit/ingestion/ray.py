@@ -48,7 +48,7 @@ from embedkit.ingestion.sources import (
 from embedkit.ingestion.writer import Pending, writing
 from embedkit.sinks.base import Sink
 
-__all__ = ["ingest_ray", "DEFAULT_BATCH_DOCS"]
+__all__ = ["DEFAULT_BATCH_DOCS", "ingest_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def ingest_ray(
 def _import_ray() -> Any:
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError as exc:
         raise MissingDependencyError(
             f"scale-out ingestion needs Ray Data ({exc.name} is missing): pip install 'embedkit[ray]'"

@@ -28,18 +28,18 @@ from embedkit.embedder import check_encodable
 from embedkit.errors import InputError
 
 __all__ = [
+    "DEFAULT_PATTERNS",
     "Document",
     "Unreadable",
-    "DEFAULT_PATTERNS",
+    "check_document",
+    "json_metadata",
+    "list_files",
     "load_directory",
     "load_jsonl",
     "load_paths",
-    "list_files",
+    "qualify",
     "read_document",
     "source_of",
-    "qualify",
-    "check_document",
-    "json_metadata",
     "strategy_for",
 ]
 
@@ -256,7 +256,7 @@ def json_metadata(value: Any, where: str) -> Any:
     bytes (no text form), strings that cannot be encoded, non-string keys, and any other type. Returns
     `value` itself when nothing needed converting.
     """
-    if value is None or isinstance(value, (bool, int)) and type(value) in (bool, int):
+    if value is None or (isinstance(value, (bool, int)) and type(value) in (bool, int)):
         return value
     if isinstance(value, str):
         check_encodable(value, where)

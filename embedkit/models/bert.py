@@ -18,7 +18,7 @@ from embedkit.models.base import Attention, EncoderModel
 from embedkit.models.layers import activation
 from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
 
-__all__ = ["ATTENTION_RENAMES", "EMBEDDINGS_RENAMES", "BertConfig", "Bert", "LAYOUT", "build"]
+__all__ = ["ATTENTION_RENAMES", "EMBEDDINGS_RENAMES", "LAYOUT", "Bert", "BertConfig", "build"]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from embedkit.models.base import Attention, EncoderModel
 from embedkit.models.layers import ROPE_SCALINGS, RMSNorm, Rope, activation, apply_rope
 from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
 
-__all__ = ["GteConfig", "Gte", "LAYOUT", "build"]
+__all__ = ["LAYOUT", "Gte", "GteConfig", "build"]
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from embedkit.models.base import Attention, EncoderModel
 from embedkit.models.layers import activation, alibi_slopes
 from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
 
-__all__ = ["JinaBertConfig", "JinaBert", "LAYOUT", "CODE_LAYOUT", "build"]
+__all__ = ["CODE_LAYOUT", "LAYOUT", "JinaBert", "JinaBertConfig", "build"]
 
 # the activation on the gated half, by config.json's feed_forward_type (the remote code ignores hidden_act)
 _GLU_ACTIVATIONS = {"geglu": "gelu", "reglu": "relu"}

@@ -47,7 +47,7 @@ from embedkit.models.base import Attention, EncoderModel
 from embedkit.models.layers import Rope, activation, apply_rope
 from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
 
-__all__ = ["JinaV3Config", "JinaV3", "LORA_LAYOUT", "PLAIN_LAYOUT", "build", "task_instructions", "default_prompts"]
+__all__ = ["LORA_LAYOUT", "PLAIN_LAYOUT", "JinaV3", "JinaV3Config", "build", "default_prompts", "task_instructions"]
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ except ImportError:  # pragma: no cover - depends on the installed torch
     varlen_attn = None  # type: ignore[assignment]
 
 __all__ = [
+    "ROPE_SCALINGS",
     "PackedAttention",
     "PaddedAttention",
     "RMSNorm",
     "Rope",
-    "ROPE_SCALINGS",
     "activation",
     "alibi_slopes",
     "apply_rope",

@@ -17,7 +17,7 @@ from embedkit.errors import ModelLoadError
 if TYPE_CHECKING:
     from embedkit.local.batching import TokenBatch
 
-__all__ = ["POOLING_MODES", "pool", "pool_packed", "check_modes"]
+__all__ = ["POOLING_MODES", "check_modes", "pool", "pool_packed"]
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 

@@ -45,7 +45,7 @@ from embedkit.models import base
 from embedkit.models.layers import RMSNorm, Rope, activation, apply_rope
 from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
 
-__all__ = ["QwenConfig", "Qwen", "LAYOUT", "build", "prepare_tokenizer", "default_prompts"]
+__all__ = ["LAYOUT", "Qwen", "QwenConfig", "build", "default_prompts", "prepare_tokenizer"]
 
 log = logging.getLogger(__name__)
 

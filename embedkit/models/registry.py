@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from embedkit.models.loading import TensorLayout
 
-__all__ = ["Family", "FAMILIES", "Detection", "Hook", "detect_family"]
+__all__ = ["FAMILIES", "Detection", "Family", "Hook", "detect_family"]
 
 log = logging.getLogger(__name__)
 

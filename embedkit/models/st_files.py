@@ -16,7 +16,7 @@ from typing import Any
 from embedkit.errors import ModelLoadError
 from embedkit.models.pooling import check_modes
 
-__all__ = ["PipelineFiles", "read_pipeline_files", "read_json"]
+__all__ = ["PipelineFiles", "read_json", "read_pipeline_files"]
 
 # legacy boolean keys of 1_Pooling/config.json, in sentence-transformers' concatenation order
 _LEGACY_POOLING_KEYS = {

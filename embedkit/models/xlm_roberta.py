@@ -14,7 +14,7 @@ from embedkit.models.bert import LAYOUT as BERT_LAYOUT
 from embedkit.models.bert import Bert, BertConfig
 from embedkit.models.loading import TensorLayout, config_from_dict
 
-__all__ = ["XLMRoberta", "LAYOUT", "build"]
+__all__ = ["LAYOUT", "XLMRoberta", "build"]
 
 LAYOUT = replace(
     BERT_LAYOUT,

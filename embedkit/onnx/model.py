@@ -37,7 +37,7 @@ NUM_THREADS_ENV = "EMBEDKIT_NUM_THREADS"
 PIP_HINT = "pip install 'embedkit[onnx]' (onnxruntime, onnx, onnxscript)"
 
 
-def import_onnxruntime():  # noqa: ANN201 - the module, whose type stubs are optional
+def import_onnxruntime():
     """onnxruntime, or MissingDependencyError with the pip command."""
     try:
         import onnx  # noqa: F401 - the exporter writes graphs with it

@@ -25,9 +25,9 @@ from embedkit.remote.settings import API_KEY_ENV, DEFAULT_TIMEOUT, ClientSetting
 
 __all__ = [
     "API_KEY_ENV",
+    "DEFAULT_TIMEOUT",
     "AsyncTEIClient",
     "ClientSettings",
-    "DEFAULT_TIMEOUT",
     "RetryPolicy",
     "ServerInfo",
     "TEIClient",

@@ -16,7 +16,7 @@ import numpy as np
 from embedkit.embedder import validate_text, validate_texts
 from embedkit.errors import InputError
 
-__all__ = ["Answer", "Batch", "Input", "MAX_TOKEN_ID", "Options", "ServerInfo", "Token", "validate_inputs"]
+__all__ = ["MAX_TOKEN_ID", "Answer", "Batch", "Input", "Options", "ServerInfo", "Token", "validate_inputs"]
 
 MAX_TOKEN_ID = 2**32 - 1  # TEI reads token ids as u32
 Input = str | list[int]  # a text, or one sequence of token ids (TEI's and OpenAI's token-array input)

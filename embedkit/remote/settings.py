@@ -20,13 +20,13 @@ from embedkit.errors import InputError
 
 __all__ = [
     "API_KEY_ENV",
-    "Api",
-    "ClientSettings",
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_MAX_RESPONSE_BYTES",
     "DEFAULT_TIMEOUT",
     "FALLBACK_BATCH_SIZE",
+    "Api",
+    "ClientSettings",
     "RetryPolicy",
     "api_key_from_env",
 ]

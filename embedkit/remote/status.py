@@ -29,7 +29,7 @@ from embedkit.errors import AuthError, InputError, RemoteError
 from embedkit.remote.models import Answer, Batch
 from embedkit.remote.settings import API_KEY_ENV
 
-__all__ = ["Outcome", "STATUS_TABLE", "TooLarge", "Transient", "outcome", "raise_for_status", "retry_after", "scrub"]
+__all__ = ["STATUS_TABLE", "Outcome", "TooLarge", "Transient", "outcome", "raise_for_status", "retry_after", "scrub"]
 
 
 class Outcome(enum.Enum):

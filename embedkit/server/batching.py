@@ -28,7 +28,7 @@ import numpy as np
 from embedkit.local.embedder import LocalEmbedder
 from embedkit.memory import release_freed_memory
 
-__all__ = ["Overloaded", "DynamicBatcher"]
+__all__ = ["DynamicBatcher", "Overloaded"]
 
 
 class Overloaded(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
+from typing import ClassVar
 
 __all__ = ["Metrics"]
 
@@ -39,7 +40,7 @@ class _Histogram:
 class Metrics:
     """Thread-safe counters and histograms; `render()` gives the /metrics body."""
 
-    _HELP = {
+    _HELP: ClassVar[dict[str, tuple[str, str]]] = {
         "te_request_count": ("counter", "Requests received, by route"),
         "te_request_success": ("counter", "Requests answered 2xx, by route"),
         "te_request_failure": ("counter", "Requests answered with an error, by error type"),

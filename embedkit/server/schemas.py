@@ -13,17 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 __all__ = [
     "EmbedRequest",
-    "OpenAIEmbeddingRequest",
-    "TokenizeRequest",
-    "OpenAIEmbedding",
-    "OpenAIUsage",
-    "OpenAIEmbeddingResponse",
-    "SimpleToken",
     "EmbeddingModel",
-    "ModelType",
-    "Info",
     "ErrorResponse",
+    "Info",
+    "ModelType",
+    "OpenAIEmbedding",
+    "OpenAIEmbeddingRequest",
+    "OpenAIEmbeddingResponse",
     "OpenAIErrorResponse",
+    "OpenAIUsage",
+    "SimpleToken",
+    "TokenizeRequest",
 ]
 
 TokenIds = list[StrictInt]

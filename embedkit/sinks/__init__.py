@@ -9,7 +9,7 @@ from embedkit.sinks.base import Point, SearchHit, Sink
 if TYPE_CHECKING:
     from embedkit.sinks.qdrant import QdrantSink
 
-__all__ = ["Point", "SearchHit", "Sink", "QdrantSink"]
+__all__ = ["Point", "QdrantSink", "SearchHit", "Sink"]
 
 
 def __getattr__(name: str) -> Any:

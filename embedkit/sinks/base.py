@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Point", "Sink", "SearchHit"]
+__all__ = ["Point", "SearchHit", "Sink"]
 
 
 @dataclass(frozen=True)

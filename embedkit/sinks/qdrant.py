@@ -22,7 +22,7 @@ from embedkit.errors import InputError, StoreError
 from embedkit.ingestion.records import CHUNK_COUNT, CHUNK_INDEX, CONTENT_HASH, DOC_ID, METADATA, SOURCE
 from embedkit.sinks.base import Point, SearchHit
 
-__all__ = ["QdrantSink", "FINGERPRINT_KEY", "metadata_condition"]
+__all__ = ["FINGERPRINT_KEY", "QdrantSink", "metadata_condition"]
 
 FINGERPRINT_KEY = "embedkit"  # collection metadata key holding the embedder fingerprint
 PROBES_KEY = "embedkit_probes"  # ... and the probe texts' vectors that decide who may write (ingestion.records)

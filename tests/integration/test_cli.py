@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -89,7 +90,7 @@ def test_chunk_size_overlap_and_strategy_options(tmp_path: Path, example_docs: P
     text = (source / "composting.md").read_text()
     assert all(text[p["start"] : p["end"]] == p["page_content"] for p in payloads)
     assert payloads[1]["headings"][0] == "Home Composting for Beginners"
-    assert any(after["start"] < before["end"] for before, after in zip(payloads, payloads[1:], strict=False))
+    assert any(after["start"] < before["end"] for before, after in itertools.pairwise(payloads))
     bad = run(tmp_path, *args, "--collection", "bad", "--chunk-tokens", "48", "--overlap", "60")
     assert bad.returncode == 1 and "overlap_tokens=60 must be smaller" in bad.stderr
 

@@ -49,7 +49,7 @@ def test_skip_reasons_are_printed_once(tmp_path: Path) -> None:
 
 def test_the_progress_bar_has_a_total_a_rate_and_what_was_stored(
     minilm, example_docs: Path, capsys: pytest.CaptureFixture[str]
-) -> None:  # noqa: ANN001
+) -> None:
     from embedkit.ingestion import ingest, load_directory
     from embedkit.sinks import QdrantSink
 

@@ -140,12 +140,12 @@ def test_ctrl_c_mid_ingest_says_what_is_stored_and_rerun_resumes(tmp_path: Path,
         while run.poll() is None and stored_points(store, "kb") == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         if run.poll() is not None:
-            out, err = run.communicate()
+            _, err = run.communicate()
             assert run.returncode == 0, err
             pytest.skip("the ingest finished before it could be interrupted mid-run (a fast machine)")
         assert stored_points(store, "kb") > 0, "nothing was written within 10 minutes"
         run.send_signal(signal.SIGINT)
-        out, err = run.communicate(timeout=600)
+        _, err = run.communicate(timeout=600)
     finally:
         if run.poll() is None:
             run.kill()

@@ -10,7 +10,7 @@ from .test_minilm_parity import TEXTS
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(("dtype", "min_cosine"), [("float32", 0.99999), ("float16", 0.999)])
-def test_cuda_matches_cpu(minilm, dtype: str, min_cosine: float) -> None:  # noqa: ANN001
+def test_cuda_matches_cpu(minilm, dtype: str, min_cosine: float) -> None:
     import embedkit
 
     gpu = embedkit.load(device="cuda", dtype=dtype)

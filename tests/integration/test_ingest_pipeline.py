@@ -22,16 +22,16 @@ from embedkit.sinks import QdrantSink
 class Counting:
     """The real embedder, counting the chunks it is asked to embed."""
 
-    def __init__(self, embedder) -> None:  # noqa: ANN001
+    def __init__(self, embedder) -> None:
         self._embedder = embedder
         self.calls = 0
         self.texts = 0
         self.fail_after: int | None = None  # raise on this call number
 
-    def __getattr__(self, name: str):  # noqa: ANN204
+    def __getattr__(self, name: str):
         return getattr(self._embedder, name)
 
-    def embed(self, texts, **kwargs):  # noqa: ANN001, ANN003, ANN201
+    def embed(self, texts, **kwargs):
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
             raise RuntimeError("embedder failed mid-run")
@@ -44,7 +44,7 @@ class Flaky(QdrantSink):
 
     upserts_left: int | None = None
 
-    def upsert(self, points) -> None:  # noqa: ANN001
+    def upsert(self, points) -> None:
         if self.upserts_left is not None:
             if self.upserts_left == 0:
                 raise StoreError("upsert into 'kb' failed: connection refused")
@@ -72,7 +72,7 @@ def corpus(tmp_path: Path, example_docs: Path) -> Path:
 
 
 @pytest.fixture()
-def counting(minilm) -> Counting:  # noqa: ANN001
+def counting(minilm) -> Counting:
     return Counting(minilm)
 
 
@@ -114,16 +114,16 @@ def test_rerun_edit_and_delete_missing(tmp_path: Path, corpus: Path, counting: C
 class CountingChunker(Chunker):
     """A real Chunker recording which texts it was asked to split."""
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.split_texts: list[str] = []
 
-    def split(self, text, *, strategy=None):  # noqa: ANN001, ANN201
+    def split(self, text, *, strategy=None):
         self.split_texts.append(text)
         return super().split(text, strategy=strategy)
 
 
-def test_a_complete_doc_is_skipped_before_it_is_chunked(tmp_path: Path, corpus: Path, minilm) -> None:  # noqa: ANN001
+def test_a_complete_doc_is_skipped_before_it_is_chunked(tmp_path: Path, corpus: Path, minilm) -> None:
     sink = sink_at(tmp_path / "q")
     try:
         chunker = CountingChunker(minilm, 128)
@@ -147,7 +147,7 @@ def test_a_complete_doc_is_skipped_before_it_is_chunked(tmp_path: Path, corpus: 
         sink.close()
 
 
-def test_sink_down_mid_run_then_rerun_completes_exactly(tmp_path: Path, corpus: Path, minilm) -> None:  # noqa: ANN001
+def test_sink_down_mid_run_then_rerun_completes_exactly(tmp_path: Path, corpus: Path, minilm) -> None:
     clean = sink_at(tmp_path / "clean")
     try:
         ingest(load_directory(corpus, source="docs"), minilm, clean, batch_tokens=600, progress=False)
@@ -188,7 +188,7 @@ def test_embedder_failing_mid_batch_loses_nothing(tmp_path: Path, corpus: Path, 
         sink.close()
 
 
-def test_bad_documents_are_reported_and_nothing_is_half_written(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+def test_bad_documents_are_reported_and_nothing_is_half_written(tmp_path: Path, minilm) -> None:
     source = tmp_path / "src"
     source.mkdir()
     (source / "good.md").write_text("# Good\n\nA fine document.")
@@ -209,7 +209,7 @@ def test_bad_documents_are_reported_and_nothing_is_half_written(tmp_path: Path, 
         sink.close()
 
 
-def test_wrong_dimension_collection_fails_before_any_write(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+def test_wrong_dimension_collection_fails_before_any_write(tmp_path: Path, minilm) -> None:
     from qdrant_client import models
 
     sink = sink_at(tmp_path / "q")
@@ -222,7 +222,7 @@ def test_wrong_dimension_collection_fails_before_any_write(tmp_path: Path, minil
         sink.close()
 
 
-def test_jsonl_source_and_named_vector(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+def test_jsonl_source_and_named_vector(tmp_path: Path, minilm) -> None:
     lines = [
         {"id": "a", "text": "Bees make honey in the hive.", "metadata": {"lang": "en"}},
         {"id": "b", "text": "Volcanoes erupt lava.", "topic": "geology"},
@@ -245,7 +245,7 @@ def test_jsonl_source_and_named_vector(tmp_path: Path, minilm) -> None:  # noqa:
         sink.close()
 
 
-def test_custom_chunker_settings_change_the_content_hash(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+def test_custom_chunker_settings_change_the_content_hash(tmp_path: Path, minilm) -> None:
     sink = sink_at(tmp_path / "q")
     doc = [Document("d", "# T\n\n" + "A sentence about compost. " * 40)]
     try:
@@ -258,7 +258,7 @@ def test_custom_chunker_settings_change_the_content_hash(tmp_path: Path, minilm)
         sink.close()
 
 
-def test_transient_store_errors_are_retried(minilm) -> None:  # noqa: ANN001
+def test_transient_store_errors_are_retried(minilm) -> None:
     from qdrant_client import QdrantClient
     from qdrant_client.http.exceptions import ResponseHandlingException
 
@@ -266,7 +266,7 @@ def test_transient_store_errors_are_retried(minilm) -> None:  # noqa: ANN001
         failures = 2
         attempts = 0
 
-        def upsert(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        def upsert(self, *args, **kwargs):
             type(self).attempts += 1
             if type(self).failures:
                 type(self).failures -= 1
@@ -286,16 +286,16 @@ def test_transient_store_errors_are_retried(minilm) -> None:  # noqa: ANN001
         )
 
 
-def test_disk_full_stops_with_a_report_and_a_rerun_completes(tmp_path: Path, corpus: Path, minilm) -> None:  # noqa: ANN001
+def test_disk_full_stops_with_a_report_and_a_rerun_completes(tmp_path: Path, corpus: Path, minilm) -> None:
     import errno
 
     class FullDisk(QdrantSink):
         writes_left: int | None = 5
 
-        def upsert(self, points) -> None:  # noqa: ANN001
+        def upsert(self, points) -> None:
             original = self.client.upsert
 
-            def failing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            def failing(*args, **kwargs):
                 if self.writes_left == 0:
                     raise OSError(errno.ENOSPC, "No space left on device")
                 if self.writes_left is not None:
@@ -326,7 +326,7 @@ def test_disk_full_stops_with_a_report_and_a_rerun_completes(tmp_path: Path, cor
 
 # qdrant-client leaves its .lock file open when it refuses a locked folder (its leak, reported at GC)
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_store_unreachable_or_locked_is_a_clear_error(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+def test_store_unreachable_or_locked_is_a_clear_error(tmp_path: Path, minilm) -> None:
     import subprocess
     import sys
 

@@ -29,7 +29,7 @@ def sink(tmp_path: Path) -> QdrantSink:
     store.close()
 
 
-def test_search_finds_the_obvious_document_first(minilm, sink: QdrantSink, example_docs: Path) -> None:  # noqa: ANN001
+def test_search_finds_the_obvious_document_first(minilm, sink: QdrantSink, example_docs: Path) -> None:
     report = ingest(load_directory(example_docs, source="docs"), minilm, sink, progress=False)
     assert report.docs == report.embedded == 20 and not report.skipped
     assert report.chunks == sink.count() > 20
@@ -38,7 +38,7 @@ def test_search_finds_the_obvious_document_first(minilm, sink: QdrantSink, examp
         assert hits[0].payload["doc_id"] == f"docs/{expected}", (query, [h.payload["doc_id"] for h in hits])
 
 
-def test_rerun_embeds_nothing_and_keeps_the_count(minilm, sink: QdrantSink, example_docs: Path) -> None:  # noqa: ANN001
+def test_rerun_embeds_nothing_and_keeps_the_count(minilm, sink: QdrantSink, example_docs: Path) -> None:
     first = ingest(load_directory(example_docs, source="docs"), minilm, sink, progress=False)
     points = sink.count()
     second = ingest(load_directory(example_docs, source="docs"), minilm, sink, progress=False)
@@ -46,7 +46,7 @@ def test_rerun_embeds_nothing_and_keeps_the_count(minilm, sink: QdrantSink, exam
     assert sink.count() == points == first.chunks
 
 
-def test_payload_and_ids_are_deterministic(minilm, sink: QdrantSink, example_docs: Path) -> None:  # noqa: ANN001
+def test_payload_and_ids_are_deterministic(minilm, sink: QdrantSink, example_docs: Path) -> None:
     ingest(load_directory(example_docs, source="docs"), minilm, sink, progress=False)
     source = (example_docs / "honeybees.md").read_text()
     records = sink.client.retrieve("kb", ids=[point_id("docs/honeybees.md", 0)], with_payload=True)
@@ -57,7 +57,7 @@ def test_payload_and_ids_are_deterministic(minilm, sink: QdrantSink, example_doc
     assert payload["metadata"] == {"source": "docs/honeybees.md"} and len(payload["content_hash"]) == 64
 
 
-def test_changed_document_replaces_its_chunks_and_deletes_surplus(minilm, sink: QdrantSink) -> None:  # noqa: ANN001
+def test_changed_document_replaces_its_chunks_and_deletes_surplus(minilm, sink: QdrantSink) -> None:
     long_text = "\n\n".join(f"Paragraph {i}. " + "Bees gather nectar from flowers all summer. " * 12 for i in range(8))
     ingest([Document("doc", long_text), Document("other", "Unrelated text.")], minilm, sink, progress=False)
     before = sink.count()
@@ -71,7 +71,7 @@ def test_changed_document_replaces_its_chunks_and_deletes_surplus(minilm, sink: 
     assert hit.payload["page_content"] == "Now it is short." and hit.payload["chunk_count"] == 1
 
 
-def test_interrupted_write_is_repaired_on_rerun(minilm, sink: QdrantSink) -> None:  # noqa: ANN001
+def test_interrupted_write_is_repaired_on_rerun(minilm, sink: QdrantSink) -> None:
     docs = [Document("a", "Alpha text about rivers."), Document("b", "Beta text about mountains.")]
     ingest(docs, minilm, sink, progress=False)
     # simulate a crash between the upsert and the final hash write: the hash is missing
@@ -80,12 +80,12 @@ def test_interrupted_write_is_repaired_on_rerun(minilm, sink: QdrantSink) -> Non
     assert report.embedded == 1 and report.unchanged == 1 and sink.count() == 2
 
 
-def test_other_embedder_is_refused_without_reembed(minilm, tiny_bert_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_other_embedder_is_refused_without_reembed(minilm, tiny_bert_dir: Path, tmp_path: Path) -> None:
     import embedkit
 
     sink = QdrantSink("kb", location=":memory:")
     ingest(["some text"], minilm, sink, progress=False)
-    with pytest.raises(StoreError, match="holds 384-d vectors.*gives 32-d vectors"):
+    with pytest.raises(StoreError, match=r"holds 384-d vectors.*gives 32-d vectors"):
         ingest(["some text"], embedkit.load(tiny_bert_dir), sink, progress=False)
     with pytest.raises(StoreError, match=r"was written by embedder .*normalize=True.*normalize=False.*reembed=True"):
         ingest(["some text"], minilm, sink, normalize=False, progress=False)
@@ -122,13 +122,13 @@ def test_collections_accept_the_weights_that_reproduce_their_probes(tiny_bert_di
     assert replaced.embedded == 2 and sink.recorded_probes() != probes
 
 
-def test_bad_documents_raise_or_are_skipped(minilm, sink: QdrantSink, tmp_path: Path) -> None:  # noqa: ANN001
+def test_bad_documents_raise_or_are_skipped(minilm, sink: QdrantSink, tmp_path: Path) -> None:
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / "good.md").write_text("A good document about tides.")
     (folder / "empty.md").write_text("   \n")
     (folder / "binary.txt").write_bytes(b"\xff\xfe\x00bad")
-    with pytest.raises(InputError, match="binary.txt: not UTF-8 text"):
+    with pytest.raises(InputError, match=r"binary.txt: not UTF-8 text"):
         ingest(load_directory(folder), minilm, sink, progress=False)
     report = ingest(load_directory(folder), minilm, sink, on_error="skip", progress=False)
     assert report.embedded == 1

@@ -92,7 +92,7 @@ def test_two_folders_under_one_source_name_both_files_in_the_error(
     assert sorted(p["doc_id"] for p in points(workdir / "qdrant")) == ["a/README.md", "b/README.md"]
 
 
-def test_jsonl_ids_are_qualified_by_their_file(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+def test_jsonl_ids_are_qualified_by_their_file(tmp_path: Path, minilm) -> None:
     one = write(tmp_path / "one.jsonl", json.dumps({"id": 1, "text": "Export one, record one."}) + "\n")
     two = write(tmp_path / "two.jsonl", json.dumps({"id": 1, "text": "Export two, record one."}) + "\n")
     with QdrantSink("kb", path=tmp_path / "q") as sink:
@@ -124,10 +124,10 @@ def test_a_glob_matching_nothing_deletes_nothing(workdir: Path, capsys: pytest.C
     assert points(workdir / "qdrant") == []
 
 
-def test_an_empty_run_in_python_deletes_nothing_unless_forced(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+def test_an_empty_run_in_python_deletes_nothing_unless_forced(tmp_path: Path, minilm) -> None:
     with QdrantSink("kb", location=":memory:") as sink:
         ingest([{"id": "a", "text": "kept"}], minilm, sink, source="crm", progress=False)
-        with pytest.raises(InputError, match="read no documents from source\\(s\\) 'crm'.*nothing was deleted"):
+        with pytest.raises(InputError, match=r"read no documents from source\(s\) 'crm'.*nothing was deleted"):
             ingest([], minilm, sink, sources=["crm"], delete_missing=True, progress=False)
         with pytest.raises(InputError, match="read no documents from the input"):
             ingest(iter(()), minilm, sink, delete_missing=True, progress=False)
@@ -136,7 +136,7 @@ def test_an_empty_run_in_python_deletes_nothing_unless_forced(tmp_path: Path, mi
         assert report.deleted_docs == 1 and sink.count() == 0
 
 
-def test_a_skipped_file_is_never_deleted(workdir: Path, capsys: pytest.CaptureFixture[str], caplog) -> None:  # noqa: ANN001
+def test_a_skipped_file_is_never_deleted(workdir: Path, capsys: pytest.CaptureFixture[str], caplog) -> None:
     write(workdir / "docs/good.md", "Good text about rivers.")
     bad = write(workdir / "docs/latin1.txt", "Café au lait, crème brûlée.")
     assert cli("ingest", "docs") == 0
@@ -147,7 +147,7 @@ def test_a_skipped_file_is_never_deleted(workdir: Path, capsys: pytest.CaptureFi
     assert {p["doc_id"] for p in points(workdir / "qdrant")} == {"docs/good.md", "docs/latin1.txt"}
 
 
-def test_a_jsonl_line_without_a_readable_id_guards_its_whole_source(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+def test_a_jsonl_line_without_a_readable_id_guards_its_whole_source(tmp_path: Path, minilm) -> None:
     export = tmp_path / "export.jsonl"
     rows = [{"id": i, "text": f"Record {i} about tides."} for i in range(3)]
     export.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -163,7 +163,7 @@ def test_a_jsonl_line_without_a_readable_id_guards_its_whole_source(tmp_path: Pa
         assert report.deleted_docs == 0 and sink.count() == 3
 
 
-def test_points_other_tools_wrote_are_left_alone(workdir: Path, minilm, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_points_other_tools_wrote_are_left_alone(workdir: Path, minilm, capsys: pytest.CaptureFixture[str]) -> None:
     from qdrant_client import models
 
     write(workdir / "docs/a.md", "Alpha text.")
@@ -209,7 +209,7 @@ def test_jsonl_inside_a_folder_is_read_as_records(workdir: Path) -> None:
     assert stored["corpus/export.jsonl/r1"]["metadata"] == {"lang": "en"}
 
 
-def test_empty_and_hidden_files(workdir: Path, capsys: pytest.CaptureFixture[str], caplog) -> None:  # noqa: ANN001
+def test_empty_and_hidden_files(workdir: Path, capsys: pytest.CaptureFixture[str], caplog) -> None:
     write(workdir / "docs/a.md", "Alpha text.")
     write(workdir / "docs/empty.md", "")
     write(workdir / "docs/blank.txt", "  \n\n")
@@ -227,7 +227,7 @@ def test_empty_and_hidden_files(workdir: Path, capsys: pytest.CaptureFixture[str
     assert "--chunk-tokens: must be at least 1, got 0" in capsys.readouterr().err
 
 
-def test_bom_and_crlf_spans_index_the_file_as_stored(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+def test_bom_and_crlf_spans_index_the_file_as_stored(tmp_path: Path, minilm) -> None:
     raw = "\ufeff# Title\r\n\r\nFirst paragraph about tides.\r\n\r\n## Part\r\n\r\nSecond paragraph.\r\n"
     path = write(tmp_path / "docs/crlf.md", raw.encode("utf-8"))
     with QdrantSink("kb", location=":memory:") as sink:
@@ -245,7 +245,7 @@ def test_bom_and_crlf_spans_index_the_file_as_stored(tmp_path: Path, minilm) -> 
 # -- inputs JSON or UTF-8 cannot hold -----------------------------------------------------------------
 
 
-def test_lone_surrogates_name_the_record_and_skip_keeps_the_rest(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+def test_lone_surrogates_name_the_record_and_skip_keeps_the_rest(tmp_path: Path, minilm) -> None:
     export = tmp_path / "export.jsonl"
     export.write_text(
         '{"id": "a", "text": "Fine text."}\n'
@@ -262,7 +262,7 @@ def test_lone_surrogates_name_the_record_and_skip_keeps_the_rest(tmp_path: Path,
         assert sink.count() == 2
 
 
-def test_metadata_json_cannot_hold_is_converted_or_refused(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+def test_metadata_json_cannot_hold_is_converted_or_refused(tmp_path: Path, minilm) -> None:
     when = dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.timezone.utc)
     docs = [
         Document("a", "Alpha.", {"n": np.int64(3), "w": np.float32(0.5), "ok": np.bool_(True), "at": when}),
@@ -322,7 +322,7 @@ def test_search_into_a_closed_pipe_ends_quietly(workdir: Path) -> None:
     assert child.wait(timeout=300) == 141 and "Traceback" not in err and "Exception ignored" not in err, err
 
 
-def test_a_collection_from_before_source_ids_is_refused_not_doubled(minilm) -> None:  # noqa: ANN001
+def test_a_collection_from_before_source_ids_is_refused_not_doubled(minilm) -> None:
     from embedkit.errors import StoreError
     from embedkit.ingestion import fingerprint
 

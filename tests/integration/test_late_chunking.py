@@ -31,7 +31,7 @@ AMBIGUOUS = [
 
 
 @pytest.mark.parametrize(("document", "query"), AMBIGUOUS)
-def test_late_chunks_carry_the_name_the_naive_chunk_lacks(minilm, document: str, query: str) -> None:  # noqa: ANN001
+def test_late_chunks_carry_the_name_the_naive_chunk_lacks(minilm, document: str, query: str) -> None:
     chunks = Chunker(minilm, 32).split(document)
     assert len(chunks) == 2 and chunks[1].text.split()[0] in ("She", "It", "The")
     q = minilm.embed_query(query)
@@ -40,7 +40,7 @@ def test_late_chunks_carry_the_name_the_naive_chunk_lacks(minilm, document: str,
     assert late[1] > naive[1] + 0.05, (naive, late)
 
 
-def test_equals_pooling_transformers_token_states(minilm, minilm_dir) -> None:  # noqa: ANN001
+def test_equals_pooling_transformers_token_states(minilm, minilm_dir) -> None:
     """Within the model's limit: the mean of transformers' BertModel states over each span's tokens."""
     import torch
     from transformers import BertModel
@@ -63,7 +63,7 @@ def test_equals_pooling_transformers_token_states(minilm, minilm_dir) -> None:  
         np.testing.assert_allclose(vector, states[inside].mean(axis=0), atol=1e-5)
 
 
-def test_documents_beyond_the_limit_are_read_in_windows(minilm, example_docs) -> None:  # noqa: ANN001
+def test_documents_beyond_the_limit_are_read_in_windows(minilm, example_docs) -> None:
     document = "\n\n".join((example_docs / name).read_text() for name in ("composting.md", "honeybees.md"))
     assert minilm.count_tokens([document])[0] > 3 * minilm.max_input_tokens
     chunks = Chunker(minilm, 64).split(document)
@@ -81,7 +81,7 @@ def test_documents_beyond_the_limit_are_read_in_windows(minilm, example_docs) ->
     assert np.mean(late[bee_chunks] @ bees) > np.mean(late[others] @ bees) + 0.1
 
 
-def test_refused_where_it_means_nothing(tmp_path, minilm, minilm_dir) -> None:  # noqa: ANN001
+def test_refused_where_it_means_nothing(tmp_path, minilm, minilm_dir) -> None:
     import embedkit
     from embedkit.remote import TEIClient
 

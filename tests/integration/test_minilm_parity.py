@@ -86,7 +86,7 @@ def test_corpus_is_varied() -> None:
     assert len(TEXTS) >= 50
 
 
-def test_normalised_vectors_equal_sentence_transformers(minilm, st_minilm) -> None:  # noqa: ANN001
+def test_normalised_vectors_equal_sentence_transformers(minilm, st_minilm) -> None:
     ours = minilm.embed(TEXTS)
     reference = st_minilm.encode(TEXTS, normalize_embeddings=True, batch_size=16)
     cosines = (ours * reference).sum(axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(reference, axis=1))
@@ -95,7 +95,7 @@ def test_normalised_vectors_equal_sentence_transformers(minilm, st_minilm) -> No
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
 
-def test_raw_vectors_equal_sentence_transformers_without_normalize(minilm, st_minilm) -> None:  # noqa: ANN001
+def test_raw_vectors_equal_sentence_transformers_without_normalize(minilm, st_minilm) -> None:
     ours = minilm.embed(TEXTS, normalize=False)
     reference = st_minilm.encode(TEXTS, normalize_embeddings=False, batch_size=16)
     # the model's modules.json has a Normalize step; drop it to get the raw pooled vector
@@ -108,7 +108,7 @@ def test_raw_vectors_equal_sentence_transformers_without_normalize(minilm, st_mi
     assert np.abs(reference - unnormalised / np.linalg.norm(unnormalised, axis=1, keepdims=True)).max() < 1e-5
 
 
-def test_truncation_is_counted_and_logged(minilm, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
+def test_truncation_is_counted_and_logged(minilm, caplog: pytest.LogCaptureFixture) -> None:
     before = minilm.truncated_count
     with caplog.at_level(logging.WARNING, logger="embedkit.local"):
         minilm.embed(["short", LONG])
@@ -118,7 +118,7 @@ def test_truncation_is_counted_and_logged(minilm, caplog: pytest.LogCaptureFixtu
         minilm.embed(["short", LONG], truncate=False)
 
 
-def test_matryoshka_truncates_then_normalises(minilm) -> None:  # noqa: ANN001
+def test_matryoshka_truncates_then_normalises(minilm) -> None:
     full = minilm.embed(TEXTS[:5], normalize=False)
     small = minilm.embed(TEXTS[:5], dimensions=64)
     expected = full[:, :64] / np.linalg.norm(full[:, :64], axis=1, keepdims=True)
@@ -127,7 +127,7 @@ def test_matryoshka_truncates_then_normalises(minilm) -> None:  # noqa: ANN001
         minilm.embed(["x"], dimensions=385)
 
 
-def test_contract_properties_and_shortcuts(minilm) -> None:  # noqa: ANN001
+def test_contract_properties_and_shortcuts(minilm) -> None:
     assert minilm.dimension == 384 and minilm.max_input_tokens == 256
     assert minilm.tasks == ["query", "document"]
     assert minilm.model_id == "sentence-transformers/all-MiniLM-L6-v2"
@@ -144,12 +144,12 @@ def test_contract_properties_and_shortcuts(minilm) -> None:  # noqa: ANN001
     ("texts", "message"),
     [([], "texts is empty"), (["fine", 7], r"texts\[1\] is int"), (["fine", ""], r"texts\[1\] is an empty string")],
 )
-def test_bad_input_is_named(minilm, texts: list, message: str) -> None:  # noqa: ANN001
+def test_bad_input_is_named(minilm, texts: list, message: str) -> None:
     with pytest.raises(InputError, match=message):
         minilm.embed(texts)
 
 
-def test_prompts_from_sentence_transformers_config(tmp_path, minilm_dir) -> None:  # noqa: ANN001
+def test_prompts_from_sentence_transformers_config(tmp_path, minilm_dir) -> None:
     import embedkit
 
     from ..conftest import write_tiny_bert

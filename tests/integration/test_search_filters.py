@@ -40,7 +40,7 @@ FOREIGN = ["Bumblebees can fly in the cold.", "A page about bee hotels."]
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, minilm) -> Path:  # noqa: ANN001
+def store(tmp_path_factory: pytest.TempPathFactory, minilm) -> Path:
     from langchain_embedkit import EmbedkitEmbeddings, qdrant_vector_store
 
     path = tmp_path_factory.mktemp("filters") / "qdrant"
@@ -127,7 +127,7 @@ def test_foreign_points_show_their_id_and_source(store: Path, capsys: pytest.Cap
     assert out.splitlines()[0].endswith("  notes/b/bees.md [chunk 0]")  # embedkit's own points as before
 
 
-def test_python_api_keeps_typed_values(store: Path, minilm) -> None:  # noqa: ANN001
+def test_python_api_keeps_typed_values(store: Path, minilm) -> None:
     vector = minilm.embed_query("bees")
     with QdrantSink("kb", path=store) as sink:
 

@@ -78,7 +78,7 @@ def test_masked_lm_checkpoint_with_bert_prefix_loads(tmp_path: Path, minilm_dir:
     assert np.abs(ours - reference_vectors(model_dir, TEXTS, "mean")).max() < 1e-5
 
 
-def _rewrite_weights(model_dir: Path, change) -> None:  # noqa: ANN001
+def _rewrite_weights(model_dir: Path, change) -> None:
     path = model_dir / "model.safetensors"
     state = load_file(str(path))
     change(state)
@@ -140,7 +140,7 @@ def test_truncated_safetensors_is_named(tmp_path: Path, tiny_bert_dir: Path) -> 
     broken = Path(shutil.copytree(tiny_bert_dir, tmp_path / "truncated"))
     path = broken / "model.safetensors"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(ModelLoadError, match="model.safetensors"):
+    with pytest.raises(ModelLoadError, match=r"model.safetensors"):
         embedkit.load(broken)
 
 
@@ -154,7 +154,7 @@ def test_hub_id_resolves_from_local_cache(tmp_path: Path, tiny_bert_dir: Path) -
     embedder = embedkit.load("acme/tiny-bert", cache_dir=cache)
     assert embedder.model_id == "acme/tiny-bert"
     np.testing.assert_allclose(embedder.embed(TEXTS), embedkit.load(tiny_bert_dir).embed(TEXTS), atol=1e-6)
-    with pytest.raises(ModelNotFoundError, match="acme/absent.*could not be fetched"):
+    with pytest.raises(ModelNotFoundError, match=r"acme/absent.*could not be fetched"):
         embedkit.load("acme/absent", cache_dir=cache)
 
 

@@ -221,7 +221,7 @@ def _edit_config(model_dir: Path, **changes: object) -> None:
     (model_dir / "config.json").write_text(json.dumps(config))
 
 
-def _rewrite_weights(model_dir: Path, change) -> None:  # noqa: ANN001
+def _rewrite_weights(model_dir: Path, change) -> None:
     path = model_dir / "model.safetensors"
     state = load_file(str(path))
     change(state)

@@ -241,7 +241,7 @@ def run_native(model: torch.nn.Module, texts: list[str]) -> np.ndarray:
 
 @pytest.mark.parametrize("task", [None, *range(len(TASKS))], ids=["base", *TASKS])
 def test_matches_transformers_native(tmp_path: Path, tiny_dir: Path, task: int | None) -> None:
-    ids, mask = tokenize(TEXTS)
+    _, mask = tokenize(TEXTS)
     assert (~mask).any() and mask.sum(1).max() > 100, "a padded batch of mixed lengths"
     ours = run(load_module(tiny_dir), TEXTS, task)
     expected = run_native(native_model(tiny_dir, tmp_path / "native", task), TEXTS)

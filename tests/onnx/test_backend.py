@@ -56,7 +56,7 @@ def test_auto_falls_back_to_torch_when_the_family_cannot_export(
 ) -> None:
     traced = Bert.forward_padded  # what the exporter traces
 
-    def branches_on_values(self, input_ids, attention_mask, position_ids, adapter_ids=None):  # noqa: ANN001, ANN202
+    def branches_on_values(self, input_ids, attention_mask, position_ids, adapter_ids=None):
         if attention_mask.sum() > 1:  # a branch on tensor values: torch's exporter cannot trace it
             return traced(self, input_ids, attention_mask, position_ids, adapter_ids)
         return traced(self, input_ids, attention_mask, position_ids, adapter_ids) * 1
@@ -224,7 +224,7 @@ sys.stdout.write(repr(vectors.round(5).tolist()))
 def test_an_unwritable_cache_is_a_clear_error(tiny_dir: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(ModelLoadError, match="cannot write the ONNX cache.*EMBEDKIT_CACHE_DIR"):
+    with pytest.raises(ModelLoadError, match=r"cannot write the ONNX cache.*EMBEDKIT_CACHE_DIR"):
         onnx_load(tiny_dir, blocker / "cache")
 
 

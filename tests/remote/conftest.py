@@ -65,14 +65,14 @@ class ScriptedServer:
             def log_message(self, *args: object) -> None:  # keep pytest output clean
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 outer._record(self.path, {})
                 if self.path == "/info":
                     self._send(Answer(200, outer.info))
                 else:
                     self._send(Answer(200, b""))
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 body["_authorization"] = self.headers.get("Authorization")
                 number = outer._record(self.path, body)

@@ -34,7 +34,7 @@ def test_loops_in_threads_at_once_each_get_their_own_connections(scripted: Scrip
 
         try:
             results[n] = asyncio.run(run())
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
@@ -64,7 +64,7 @@ def test_aclose_closes_this_loops_connections_and_the_client_stays_usable(script
 
 
 def test_from_client_takes_only_embedkit_clients() -> None:
-    with pytest.raises(InputError, match="AsyncTEIClient.from_client needs a TEIClient or an AsyncTEIClient"):
+    with pytest.raises(InputError, match=r"AsyncTEIClient.from_client needs a TEIClient or an AsyncTEIClient"):
         AsyncTEIClient.from_client("http://127.0.0.1:9")  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="TEIClient.from_client needs"):
+    with pytest.raises(InputError, match=r"TEIClient.from_client needs"):
         TEIClient.from_client(object())  # type: ignore[arg-type]

@@ -366,7 +366,7 @@ def test_task_errors(scripted: ScriptedServer) -> None:
             remote.embed(["x 0"], task="query")
         remote.embed(["x 0"])  # no task needs no prompts
     scripted.info["model_id"] = "jinaai/jina-embeddings-v3"
-    with client(scripted) as remote, pytest.raises(InputError, match="LoRA adapter 'retrieval.query'"):
+    with client(scripted) as remote, pytest.raises(InputError, match=r"LoRA adapter 'retrieval.query'"):
         remote.embed(["x 0"], task="query")
     with client(scripted, prompts={"query": "my query: "}) as remote:
         remote.embed(["x 0"], task="query")

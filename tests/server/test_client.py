@@ -34,7 +34,7 @@ def remote(server: RunningServer) -> Iterator[TEIClient]:
         yield client
 
 
-def test_same_vectors_remote_and_local_across_batches(remote: TEIClient, minilm) -> None:  # noqa: ANN001
+def test_same_vectors_remote_and_local_across_batches(remote: TEIClient, minilm) -> None:
     vectors = remote.embed(TEXTS)  # 30 texts, the server takes 8 per request: 4 requests, 4 at once
     assert remote.info().max_client_batch_size == 8
     local = minilm.embed(TEXTS)
@@ -44,7 +44,7 @@ def test_same_vectors_remote_and_local_across_batches(remote: TEIClient, minilm)
     assert remote.dimension == 384 and remote.max_input_tokens == 256 and remote.model_id == minilm.model_id
 
 
-def test_normalize_off_and_dimensions_match_local(remote: TEIClient, minilm) -> None:  # noqa: ANN001
+def test_normalize_off_and_dimensions_match_local(remote: TEIClient, minilm) -> None:
     raw = remote.embed(TEXTS[:5], normalize=False)
     np.testing.assert_allclose(raw, minilm.embed(TEXTS[:5], normalize=False), rtol=1e-4, atol=1e-5)
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
@@ -56,7 +56,7 @@ def test_normalize_off_and_dimensions_match_local(remote: TEIClient, minilm) -> 
     )
 
 
-def test_query_and_documents(remote: TEIClient, minilm) -> None:  # noqa: ANN001
+def test_query_and_documents(remote: TEIClient, minilm) -> None:
     np.testing.assert_allclose(remote.embed_query("what is x?"), minilm.embed_query("what is x?"), atol=1e-5)
     np.testing.assert_allclose(remote.embed_documents(TEXTS[:3]), minilm.embed_documents(TEXTS[:3]), atol=1e-5)
     assert remote.tasks == minilm.tasks
@@ -79,7 +79,7 @@ def test_async_and_sync_give_identical_vectors(server: RunningServer, remote: TE
     np.testing.assert_allclose(np.concatenate(streamed), vectors, atol=1e-6)
 
 
-def test_openai_route_float_and_base64(server: RunningServer, minilm) -> None:  # noqa: ANN001
+def test_openai_route_float_and_base64(server: RunningServer, minilm) -> None:
     local = minilm.embed(TEXTS[:10])
     for encoding in ("float", "base64"):
         with TEIClient(server.url, api="openai", api_key=API_KEY, encoding_format=encoding) as client:
@@ -92,7 +92,7 @@ def test_openai_route_float_and_base64(server: RunningServer, minilm) -> None:  
             client.embed(TEXTS[:2], normalize=False)
 
 
-def test_tokens_counted_remotely_equal_local(remote: TEIClient, minilm) -> None:  # noqa: ANN001
+def test_tokens_counted_remotely_equal_local(remote: TEIClient, minilm) -> None:
     texts = ["héllo wörld", "日本語のテキスト", "plain words here"] * 4
     assert remote.count_tokens(texts) == minilm.count_tokens(texts)
     assert remote.input_overhead("query") == minilm.input_overhead("query")
@@ -150,7 +150,7 @@ def test_jina_v3_task_adapters_selected_by_name(jina_server: RunningServer) -> N
             client.embed(texts, task="query")
 
 
-def test_ingest_through_the_server_equals_local_ingest(remote: TEIClient, minilm, example_docs, tmp_path) -> None:  # noqa: ANN001
+def test_ingest_through_the_server_equals_local_ingest(remote: TEIClient, minilm, example_docs, tmp_path) -> None:
     """Remote chunking (token counts through /tokenize) and embedding give the local collection."""
     from embedkit.ingestion import ingest, load_directory
     from embedkit.sinks import QdrantSink

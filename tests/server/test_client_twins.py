@@ -139,7 +139,7 @@ class CountingTransport(httpx.HTTPTransport):
         return super().handle_request(request)
 
 
-def test_construction_sends_nothing_then_the_first_call_works(server: RunningServer, minilm) -> None:  # noqa: ANN001
+def test_construction_sends_nothing_then_the_first_call_works(server: RunningServer, minilm) -> None:
     from langchain_embedkit import EmbedkitEmbeddings
 
     transport = CountingTransport()
@@ -154,7 +154,7 @@ def test_construction_sends_nothing_then_the_first_call_works(server: RunningSer
     client.close()
 
 
-def test_token_ids_embed_as_their_text(server: RunningServer, minilm) -> None:  # noqa: ANN001
+def test_token_ids_embed_as_their_text(server: RunningServer, minilm) -> None:
     """TEI decodes token ids and tokenizes the text again: ids with their special tokens give the text's vector."""
     texts = ["hello world", "token ids travel as lists of ints"]
     ids = [encoding.ids for encoding in minilm.tokenize(texts)]  # with [CLS] ... [SEP]
@@ -167,7 +167,7 @@ def test_token_ids_embed_as_their_text(server: RunningServer, minilm) -> None:  
 
 def test_ingest_through_the_openai_route_takes_a_tokenizer(
     server: RunningServer,
-    minilm,  # noqa: ANN001
+    minilm,
     minilm_dir: Path,
     example_docs: Path,
     tmp_path: Path,

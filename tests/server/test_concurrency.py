@@ -47,7 +47,7 @@ def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
     stop_server(running)
 
 
-def test_32_clients_posting_32_texts_are_all_served(default_server: RunningServer, minilm) -> None:  # noqa: ANN001
+def test_32_clients_posting_32_texts_are_all_served(default_server: RunningServer, minilm) -> None:
     batches = [[f"client {c} text {t}: vectors, search and embeddings" for t in range(32)] for c in range(32)]
     responses = _at_once(default_server.url, [("/embed", {"inputs": texts}) for texts in batches])
     statuses = [response.status_code for response in responses]

@@ -88,7 +88,7 @@ def test_no_crash_was_logged_and_no_backend_failure_counted(server: RunningServe
     assert 'te_request_failure{err="validation"}' in metrics
 
 
-async def test_a_request_that_fails_in_a_shared_forward_pass_fails_alone(minilm) -> None:  # noqa: ANN001
+async def test_a_request_that_fails_in_a_shared_forward_pass_fails_alone(minilm) -> None:
     batches: list[int] = []
     batcher = DynamicBatcher(minilm, max_batch_tokens=16384, on_batch=lambda n, tokens, s: batches.append(n))
     batcher.start()

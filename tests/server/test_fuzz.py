@@ -27,7 +27,7 @@ def test_no_request_breaks_the_server(server: RunningServer) -> None:
 
         @given(case=operation.as_strategy())
         @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        def call(case) -> None:  # noqa: ANN001
+        def call(case) -> None:
             response = case.call(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
             seen.setdefault(case.operation.path, set()).add(response.status_code)
             assert response.status_code < 500, (case.operation.path, case.body, response.text[:300])
@@ -43,7 +43,7 @@ def test_no_request_breaks_the_server(server: RunningServer) -> None:
     assert not_tei == [], not_tei[:10]  # 0 error bodies outside TEI's shapes
 
 
-def _error_shape(path: str, response) -> str | None:  # noqa: ANN001
+def _error_shape(path: str, response) -> str | None:
     """None when `response` is TEI's error body for its route, else what is wrong with it."""
     try:
         body = response.json()

@@ -23,7 +23,7 @@ def short(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     stop_server(running)
 
 
-def test_texts_are_cut_at_max_input_length(short: RunningServer, minilm, st_minilm) -> None:  # noqa: ANN001
+def test_texts_are_cut_at_max_input_length(short: RunningServer, minilm, st_minilm) -> None:
     info = httpx.get(f"{short.url}/info", headers={"Authorization": f"Bearer {API_KEY}"}).json()
     assert info["max_input_length"] == LIMIT
     texts = [LONG, "short text"]
@@ -44,7 +44,7 @@ def test_texts_are_cut_at_max_input_length(short: RunningServer, minilm, st_mini
     np.testing.assert_allclose(served, reference, atol=1e-5)
 
 
-def test_left_truncation_keeps_the_end(short: RunningServer, minilm) -> None:  # noqa: ANN001
+def test_left_truncation_keeps_the_end(short: RunningServer, minilm) -> None:
     text = "beginning " + LONG + " the very end"
     left = post(short, "/embed", {"inputs": text, "truncation_direction": "Left"}).json()
     ids = minilm.encode([text], max_length=LIMIT, truncation_direction="left")
@@ -52,7 +52,7 @@ def test_left_truncation_keeps_the_end(short: RunningServer, minilm) -> None:  #
     np.testing.assert_allclose(left, minilm.embed_ids(ids), atol=1e-5)
 
 
-def test_openai_usage_counts_the_tokens_that_ran(short: RunningServer, minilm) -> None:  # noqa: ANN001
+def test_openai_usage_counts_the_tokens_that_ran(short: RunningServer, minilm) -> None:
     body = post(short, "/v1/embeddings", {"input": [LONG, LONG]}).json()
     assert body["usage"] == {"prompt_tokens": 2 * LIMIT, "total_tokens": 2 * LIMIT}
     expected = minilm.embed_ids(minilm.encode([LONG], max_length=LIMIT))[0]
@@ -70,7 +70,7 @@ def test_past_max_input_length_without_truncation_is_refused(short: RunningServe
     )
 
 
-def test_token_ids_are_cut_at_max_input_length(short: RunningServer, minilm) -> None:  # noqa: ANN001
+def test_token_ids_are_cut_at_max_input_length(short: RunningServer, minilm) -> None:
     ids = minilm.encode([LONG])[0]
     response = post(short, "/embed", {"inputs": [ids]})
     assert response.headers["x-compute-tokens"] == str(LIMIT)

@@ -78,7 +78,7 @@ def _drive(url: str, expected: dict[str, np.ndarray]) -> dict[str, object]:
 
 
 @pytest.mark.slow
-def test_concurrent_clients_get_exact_answers(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+def test_concurrent_clients_get_exact_answers(tmp_path: Path, minilm) -> None:
     every_text = sorted({text for seed in range(CLIENTS) for batch in _requests(seed, 30) for text in batch})
     expected = dict(zip(every_text, minilm.embed(every_text), strict=True))  # one request at a time, locally
 

@@ -77,7 +77,7 @@ def test_each_request_is_tokenised_once_and_the_model_runs_those_ids(recording: 
     assert [name for name, *_ in recording.calls] == ["encode", "token_batch", "embed_token_batch"]
     ((encoded_args, _, ids),) = recording.named("encode")
     assert encoded_args[0] == TEXTS
-    ((batch_args, _, batch),) = recording.named("token_batch")
+    ((batch_args, _, _),) = recording.named("token_batch")
     assert batch_args[0] == ids
     ((run_args, _, _),) = recording.named("embed_token_batch")
     assert sorted(map(tuple, run_args[0].rows())) == sorted(map(tuple, ids))  # the same ids, longest first

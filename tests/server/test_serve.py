@@ -17,7 +17,7 @@ def post(server: RunningServer, path: str, body: object, auth: dict[str, str]) -
     return httpx.post(f"{server.url}{path}", json=body, headers=auth, timeout=60)
 
 
-def test_embed_equals_local_embedding(server: RunningServer, auth: dict[str, str], minilm) -> None:  # noqa: ANN001
+def test_embed_equals_local_embedding(server: RunningServer, auth: dict[str, str], minilm) -> None:
     response = post(server, "/embed", {"inputs": TEXTS}, auth)
     assert response.status_code == 200, response.text
     remote = np.asarray(response.json(), dtype=np.float32)
@@ -37,7 +37,7 @@ def test_single_string_gives_a_list_of_one(server: RunningServer, auth: dict[str
     assert len(vectors) == 1 and len(vectors[0]) == 384
 
 
-def test_truncation_direction_and_auto_truncate(server: RunningServer, auth: dict[str, str], minilm) -> None:  # noqa: ANN001
+def test_truncation_direction_and_auto_truncate(server: RunningServer, auth: dict[str, str], minilm) -> None:
     long_text = "start " + "filler " * 400 + "end"
     right = post(server, "/embed", {"inputs": long_text}, auth).json()
     left = post(server, "/embed", {"inputs": long_text, "truncation_direction": "Left"}, auth).json()
@@ -48,7 +48,7 @@ def test_truncation_direction_and_auto_truncate(server: RunningServer, auth: dic
     assert refused.json()["error"].startswith("Input validation error: `inputs` must have less than 256 tokens")
 
 
-def test_openai_client_float_and_base64(server: RunningServer, minilm) -> None:  # noqa: ANN001
+def test_openai_client_float_and_base64(server: RunningServer, minilm) -> None:
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
@@ -61,7 +61,7 @@ def test_openai_client_float_and_base64(server: RunningServer, minilm) -> None: 
     assert floats.model == minilm.model_id
 
 
-def test_base64_is_little_endian_float32(server: RunningServer, auth: dict[str, str], minilm) -> None:  # noqa: ANN001
+def test_base64_is_little_endian_float32(server: RunningServer, auth: dict[str, str], minilm) -> None:
     body = post(server, "/v1/embeddings", {"input": ["a text"], "encoding_format": "base64"}, auth).json()
     vector = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_allclose(vector, minilm.embed(["a text"])[0], atol=1e-6)
@@ -156,7 +156,7 @@ def test_transport_level_refusals_and_the_server_keeps_serving(server: RunningSe
     assert API_KEY not in server.log() and "nope" not in server.log()
 
 
-def test_sigterm_finishes_in_flight_requests(tmp_path, minilm) -> None:  # noqa: ANN001
+def test_sigterm_finishes_in_flight_requests(tmp_path, minilm) -> None:
     import signal
     import threading
     import time
@@ -187,7 +187,7 @@ def test_sigterm_finishes_in_flight_requests(tmp_path, minilm) -> None:  # noqa:
         httpx.get(f"{running.url}/health", timeout=2)
 
 
-def test_slow_bodies_time_out_and_the_server_keeps_serving(tmp_path, auth: dict[str, str]) -> None:  # noqa: ANN001
+def test_slow_bodies_time_out_and_the_server_keeps_serving(tmp_path, auth: dict[str, str]) -> None:
     import socket
     import time
 
@@ -218,7 +218,7 @@ def test_slow_bodies_time_out_and_the_server_keeps_serving(tmp_path, auth: dict[
         stop_server(running)
 
 
-def _read_response(sock) -> str:  # noqa: ANN001
+def _read_response(sock) -> str:
     """One whole HTTP response: its headers, then as many body bytes as Content-Length says."""
     received = b""
     while b"\r\n\r\n" not in received and (chunk := sock.recv(4096)):
@@ -231,7 +231,7 @@ def _read_response(sock) -> str:  # noqa: ANN001
     return (head + b"\r\n\r\n" + body).decode()
 
 
-def test_all_interfaces_without_a_key_is_warned_about(tmp_path) -> None:  # noqa: ANN001
+def test_all_interfaces_without_a_key_is_warned_about(tmp_path) -> None:
     from .conftest import start_server, stop_server
 
     running = start_server(tmp_path, "--host", "0.0.0.0", api_key=None)

@@ -44,7 +44,7 @@ def _texts(rng: random.Random) -> list[str]:
 
 
 @pytest.mark.slow
-def test_soak(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+def test_soak(tmp_path: Path, minilm) -> None:
     seconds = float(os.environ.get("EMBEDKIT_SOAK_SECONDS", "30"))
     server = start_server(tmp_path, "--max-concurrent-requests", "4096")
     process = psutil.Process(server.process.pid)

@@ -43,7 +43,7 @@ def test_the_server_refuses_lax_types_naming_the_field(
     assert message.startswith("Failed to deserialize the JSON body into the target type: ") and field in message
 
 
-def test_the_strict_forms_are_accepted(server: RunningServer, minilm) -> None:  # noqa: ANN001
+def test_the_strict_forms_are_accepted(server: RunningServer, minilm) -> None:
     response = post(server, "/embed", {"inputs": "x", "dimensions": 8, "normalize": False, "truncate": None})
     assert response.status_code == 200, response.text
     np.testing.assert_allclose(response.json(), minilm.embed(["x"], dimensions=8, normalize=False), atol=1e-5)
@@ -62,7 +62,7 @@ LAX = [
 
 
 @pytest.mark.parametrize(("kwargs", "message"), LAX)
-def test_the_local_embedder_refuses_lax_types(minilm, kwargs: dict, message: str) -> None:  # noqa: ANN001
+def test_the_local_embedder_refuses_lax_types(minilm, kwargs: dict, message: str) -> None:
     with pytest.raises(InputError, match=message):
         minilm.embed(["x"], **kwargs)
     with pytest.raises(InputError, match=message):

@@ -29,7 +29,7 @@ def ids_of(server: RunningServer, texts: list[str], **fields: object) -> list[li
     return [[token["id"] for token in row] for row in tokens]
 
 
-def test_ids_of_a_text_embed_as_the_text(server: RunningServer, minilm) -> None:  # noqa: ANN001
+def test_ids_of_a_text_embed_as_the_text(server: RunningServer, minilm) -> None:
     ids = ids_of(server, TEXTS)
     by_ids = post(server, "/embed", {"inputs": ids})
     by_text = post(server, "/embed", {"inputs": TEXTS})
@@ -40,7 +40,7 @@ def test_ids_of_a_text_embed_as_the_text(server: RunningServer, minilm) -> None:
     assert by_ids.headers["x-compute-characters"] == str(sum(map(len, ids)))  # TEI counts ids for id inputs
 
 
-def test_one_id_list_is_one_input_and_texts_and_ids_mix(server: RunningServer, minilm) -> None:  # noqa: ANN001
+def test_one_id_list_is_one_input_and_texts_and_ids_mix(server: RunningServer, minilm) -> None:
     hello = ids_of(server, ["hello"])[0]
     assert hello == [101, 7592, 102]
     single = post(server, "/embed", {"inputs": hello}).json()
@@ -50,7 +50,7 @@ def test_one_id_list_is_one_input_and_texts_and_ids_mix(server: RunningServer, m
     np.testing.assert_allclose(mixed, minilm.embed(["Qdrant stores vectors", "hello"], normalize=False), atol=1e-5)
 
 
-def test_openai_token_arrays(server: RunningServer, minilm) -> None:  # noqa: ANN001
+def test_openai_token_arrays(server: RunningServer, minilm) -> None:
     ids = ids_of(server, TEXTS[:3])
     batch = post(server, "/v1/embeddings", {"input": ids}).json()
     one = post(server, "/v1/embeddings", {"input": ids[0], "encoding_format": "float"}).json()
@@ -83,7 +83,7 @@ def test_empty_id_lists_are_400_empty(server: RunningServer, inputs: list) -> No
     assert_tei_error(post(server, "/embed", {"inputs": inputs}), 400, "Empty")
 
 
-def test_long_ids_are_cut_plainly_or_refused(server: RunningServer, minilm) -> None:  # noqa: ANN001
+def test_long_ids_are_cut_plainly_or_refused(server: RunningServer, minilm) -> None:
     ids = minilm.encode([LONG])[0]  # untruncated, [CLS] ... [SEP]
     assert len(ids) > 256
     cut = post(server, "/embed", {"inputs": ids})
@@ -99,7 +99,7 @@ def test_long_ids_are_cut_plainly_or_refused(server: RunningServer, minilm) -> N
 # -- the runtime under the route ---------------------------------------------------------------
 
 
-def test_embed_ids_of_encode_equals_embed(minilm) -> None:  # noqa: ANN001
+def test_embed_ids_of_encode_equals_embed(minilm) -> None:
     texts = [*TEXTS, LONG]
     for direction in ("right", "left"):
         ids = minilm.encode(texts, max_length=minilm.max_input_tokens, truncation_direction=direction)
@@ -122,7 +122,7 @@ def test_embed_ids_of_encode_equals_embed(minilm) -> None:  # noqa: ANN001
         ([[101, 102] * 200], r"inputs\[0\] is 400 tokens long, over this model's limit of 256"),
     ],
 )
-def test_embed_ids_refuses_bad_ids_naming_them(minilm, ids: list, message: str) -> None:  # noqa: ANN001
+def test_embed_ids_refuses_bad_ids_naming_them(minilm, ids: list, message: str) -> None:
     with pytest.raises(InputError, match=message):
         minilm.embed_ids(ids, truncate=False)
 

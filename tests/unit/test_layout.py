@@ -11,9 +11,13 @@ from pathlib import Path
 
 import pytest
 
-NAMEDTUPLE_API = frozenset({"_replace", "_asdict", "_fields", "_make"})  # public API, underscored to avoid field names
+# namedtuple methods: public API, underscored only to stay clear of field names
+NAMEDTUPLE_API = frozenset({"_replace", "_asdict", "_fields", "_make"})
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = {"embedkit": REPO / "embedkit", "langchain_embedkit": REPO / "integrations" / "langchain" / "langchain_embedkit"}
+PACKAGES = {
+    "embedkit": REPO / "embedkit",
+    "langchain_embedkit": REPO / "integrations" / "langchain" / "langchain_embedkit",
+}
 
 
 def _module_name(root: Path, package: str, path: Path) -> str:
@@ -68,7 +72,8 @@ def _crossings(module: str, path: Path) -> list[str]:
                 if alias.name.startswith(first_party):
                     if any(_private(part) for part in alias.name.split(".")[1:]):
                         found.append(f"{path.name}:{node.lineno}: import {alias.name}")
-                    aliases[alias.asname or alias.name.split(".")[0]] = alias.asname and alias.name or alias.name.split(".")[0]
+                    top = alias.name.split(".")[0]
+                    aliases[alias.asname or top] = alias.name if alias.asname else top
     own = _own_attributes(tree)
     for node in ast.walk(tree):
         if not isinstance(node, ast.Attribute) or not _private(node.attr) or node.attr in NAMEDTUPLE_API:

@@ -25,7 +25,7 @@ def model_dir(tmp_path: Path, tiny_bert_dir: Path) -> Path:
     return target
 
 
-def rewrite(model_dir: Path, change) -> None:  # noqa: ANN001
+def rewrite(model_dir: Path, change) -> None:
     path = model_dir / "model.safetensors"
     state = load_file(str(path))
     change(state)
@@ -59,7 +59,7 @@ def test_nan_or_inf_weights(model_dir: Path) -> None:
 def test_missing_tensor_and_wrong_shape(model_dir: Path) -> None:
     original = load_file(str(model_dir / "model.safetensors"))
     rewrite(model_dir, lambda state: state.pop(next(n for n in state if n.endswith("intermediate.dense.weight"))))
-    with pytest.raises(ModelLoadError, match="intermediate.dense.weight"):
+    with pytest.raises(ModelLoadError, match=r"intermediate.dense.weight"):
         embedkit.load(model_dir)
     save_file(original, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
 
@@ -154,7 +154,7 @@ def test_tables_far_past_the_vocabulary_are_refused(tokens: int, rows: int) -> N
 
 
 class _Payload:
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (Path.touch, (Path(_Payload.target),))
 
 

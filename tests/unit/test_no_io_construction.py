@@ -112,7 +112,7 @@ def test_tokenizer_arguments_are_checked(recorder: Recorder, minilm_dir: Path, t
     client = TEIClient(URL, transport=recorder.sync())
     with pytest.raises(InputError, match="does not exist"):
         default_chunker(client, tokenizer=tmp_path / "missing.json")
-    with pytest.raises(InputError, match="holds no tokenizer.json"):
+    with pytest.raises(InputError, match=r"holds no tokenizer.json"):
         default_chunker(client, tokenizer=tmp_path)
     with pytest.raises(InputError, match="tokenizer must be"):
         default_chunker(client, tokenizer=42)
@@ -124,7 +124,7 @@ def test_tokenizer_arguments_are_checked(recorder: Recorder, minilm_dir: Path, t
     (tmp_path / "tokenizer.json").write_text("{not json")
     from embedkit.errors import ModelLoadError
 
-    with pytest.raises(ModelLoadError, match="tokenizer.json"):
+    with pytest.raises(ModelLoadError, match=r"tokenizer.json"):
         default_chunker(client, tokenizer=tmp_path)
     assert recorder.requests == []
 

@@ -27,7 +27,7 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert test_command in ci.splitlines()
 
 
-def test_python_quickstart_runs(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+def test_python_quickstart_runs(tmp_path, monkeypatch, capsys) -> None:
     import shutil
 
     quickstart = next(code for lang, code in _code_blocks() if lang == "python")

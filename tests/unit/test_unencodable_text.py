@@ -67,7 +67,7 @@ def test_valid_non_ascii_text_passes() -> None:
 # -- local --------------------------------------------------------------------------------------------
 
 
-def test_local_embed_names_the_text(minilm) -> None:  # noqa: ANN001
+def test_local_embed_names_the_text(minilm) -> None:
     with pytest.raises(InputError, match=r"texts\[1\] cannot be encoded as UTF-8: lone surrogate '\\ud800'") as caught:
         minilm.embed(["ok", "bad \ud800 text"])
     assert caught.value.index == 1
@@ -77,7 +77,7 @@ def test_local_embed_names_the_text(minilm) -> None:  # noqa: ANN001
         minilm.tokenize(["ok", "bad \ud800"])
 
 
-def test_local_embed_iter_names_the_stream_index(minilm) -> None:  # noqa: ANN001
+def test_local_embed_iter_names_the_stream_index(minilm) -> None:
     def stream() -> Iterator[str]:
         yield from ["one", "two", "three", "four \ud800"]
 

@@ -55,7 +55,7 @@ def local_embedder():
 
 
 @pytest.fixture(scope="session")
-def qdrant_path(tmp_path_factory: pytest.TempPathFactory, local_embedder) -> Iterator[str]:  # noqa: ANN001
+def qdrant_path(tmp_path_factory: pytest.TempPathFactory, local_embedder) -> Iterator[str]:
     """The example docs ingested by embedkit, with a `topic` metadata field to filter on."""
     from embedkit.ingestion import Document, ingest, load_directory
     from embedkit.sinks import QdrantSink

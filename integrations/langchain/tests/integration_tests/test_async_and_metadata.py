@@ -102,7 +102,7 @@ CLASHING = {
 
 
 @pytest.fixture()
-def clashing_store(tmp_path: Path, local_embedder) -> Iterator[QdrantSink]:  # noqa: ANN001
+def clashing_store(tmp_path: Path, local_embedder) -> Iterator[QdrantSink]:
     docs = [
         Document(
             "reviews/a.md", "# Reviews\n\n" + "The blender is loud but fast. " * 3, dict(CLASHING), source="reviews"
@@ -114,7 +114,7 @@ def clashing_store(tmp_path: Path, local_embedder) -> Iterator[QdrantSink]:  # n
         yield sink
 
 
-def test_user_metadata_comes_back_unchanged(clashing_store: QdrantSink, local_embedder) -> None:  # noqa: ANN001
+def test_user_metadata_comes_back_unchanged(clashing_store: QdrantSink, local_embedder) -> None:
     embeddings = EmbedkitEmbeddings(embedder=local_embedder)
     retriever = EmbedkitRetriever(collection="kb", client=clashing_store.client, embeddings=embeddings, k=5)
     docs = {doc.metadata["embedkit"]["doc_id"]: doc for doc in retriever.invoke("is the blender loud")}
@@ -135,13 +135,13 @@ def test_user_metadata_comes_back_unchanged(clashing_store: QdrantSink, local_em
     assert {k: v for k, v in theirs[first.page_content].items() if not k.startswith("_")} == CLASHING
 
 
-def test_metadata_holding_the_reserved_key_is_an_error_not_a_merge(tmp_path: Path, local_embedder) -> None:  # noqa: ANN001
+def test_metadata_holding_the_reserved_key_is_an_error_not_a_merge(tmp_path: Path, local_embedder) -> None:
     mine = {"embedkit": {"version": "mine"}, "score": 1}
     embeddings = EmbedkitEmbeddings(embedder=local_embedder)
     with QdrantSink("kb", path=tmp_path / "q") as sink:
         ingest([Document("a", "some text", dict(mine), source="s")], local_embedder, sink, progress=False)
         retriever = EmbedkitRetriever(collection="kb", client=sink.client, embeddings=embeddings)
-        with pytest.raises(InputError, match="its own metadata key 'embedkit'.*embedkit_key="):
+        with pytest.raises(InputError, match=r"its own metadata key 'embedkit'.*embedkit_key="):
             retriever.invoke("text")
         elsewhere = EmbedkitRetriever(collection="kb", client=sink.client, embeddings=embeddings, embedkit_key="_ek")
         (doc,) = elsewhere.invoke("text")

@@ -43,7 +43,7 @@ class TestRemoteEmbeddings(EmbeddingsIntegrationTests):
 TEXTS = ["how do I reset my password", "Qdrant stores vectors", "ünïcödé 日本語"]
 
 
-def test_remote_and_local_give_the_same_vectors(server_url: str, local_embedder) -> None:  # noqa: ANN001
+def test_remote_and_local_give_the_same_vectors(server_url: str, local_embedder) -> None:
     local = EmbedkitEmbeddings(embedder=local_embedder)
     remote = EmbedkitEmbeddings(tei_url=server_url, api_key=API_KEY)
     np.testing.assert_allclose(remote.embed_documents(TEXTS), local.embed_documents(TEXTS), atol=1e-5)
@@ -58,7 +58,7 @@ async def _both(embeddings: EmbedkitEmbeddings) -> tuple[list[list[float]], list
     return await embeddings.aembed_documents(TEXTS), await embeddings.aembed_query(TEXTS[0])
 
 
-def test_dimensions_and_tasks_pass_through(local_embedder) -> None:  # noqa: ANN001
+def test_dimensions_and_tasks_pass_through(local_embedder) -> None:
     embeddings = EmbedkitEmbeddings(embedder=local_embedder, dimensions=128)
     vector = embeddings.embed_query("x")
     assert len(vector) == 128

@@ -22,7 +22,7 @@ class TestEmbedkitRetriever(RetrieversIntegrationTests):
 
     @pytest.fixture(autouse=True, scope="class")
     @classmethod
-    def _collection(cls, qdrant_path: str, local_embedder) -> None:  # noqa: ANN001
+    def _collection(cls, qdrant_path: str, local_embedder) -> None:
         cls.path = qdrant_path
         cls.embeddings = EmbedkitEmbeddings(embedder=local_embedder)
 
@@ -40,7 +40,7 @@ class TestEmbedkitRetriever(RetrieversIntegrationTests):
 
 
 @pytest.fixture()
-def retriever(qdrant_path: str, local_embedder) -> EmbedkitRetriever:  # noqa: ANN001
+def retriever(qdrant_path: str, local_embedder) -> EmbedkitRetriever:
     return EmbedkitRetriever(
         collection=COLLECTION, path=qdrant_path, embeddings=EmbedkitEmbeddings(embedder=local_embedder), k=5
     )
@@ -102,7 +102,7 @@ def test_same_ranking_as_langchain_qdrant(retriever: EmbedkitRetriever, qdrant_p
             assert ours_user == theirs_user
 
 
-def test_rag_example_runs(tmp_path) -> None:  # noqa: ANN001
+def test_rag_example_runs(tmp_path) -> None:
     import subprocess
     import sys
     from pathlib import Path
