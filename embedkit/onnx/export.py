@@ -81,6 +81,8 @@ def export_graph(model: EncoderModel, path: Path) -> None:
             optimize=True,
             verbose=False,
         )
+    if program is None:  # only the legacy (dynamo=False) exporter returns nothing
+        raise RuntimeError("torch.onnx.export returned no ONNX program")
     program.save(str(path), external_data=True)  # one layout for every size (protobuf stops at 2 GB)
 
 
@@ -97,7 +99,7 @@ def quantize_int8(source: Path, target: Path, *, keep_fp32: tuple[str, ...] = FF
     for node in graph.graph.node:
         if node.op_type != "MatMul":
             continue
-        scopes = next((ast.literal_eval(p.value) for p in node.metadata_props if p.key == _NAME_SCOPES), [])
+        scopes: list[str] = next((ast.literal_eval(p.value) for p in node.metadata_props if p.key == _NAME_SCOPES), [])
         owner = next((scope for scope in scopes if scope.rsplit(".", 1)[-1] in keep_fp32), None)
         if owner is not None:
             kept[node.name] = owner.removeprefix("model.")  # the export wrapper's attribute
