@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_ch
 
 import numpy as np
 
-from embedkit.embedder import SpanEmbedder
+from embedkit.embedder import Embedder, SpanEmbedder
 from embedkit.errors import InputError
 from embedkit.local.tokenizer import as_tokenizer, load_tokenizer, plain_copy
 
@@ -532,7 +532,7 @@ DEFAULT_MAX_CHUNK_TOKENS = 512  # long-context models can take 8k tokens, but re
 
 
 def default_chunker(
-    embedder: TokenCounter,
+    embedder: Embedder | TokenCounter,
     tokenizer: Any = None,
     *,
     max_tokens: int | None = None,
@@ -547,10 +547,12 @@ def default_chunker(
     or the path of a tokenizer.json or of a model folder holding one (the CLI's --tokenizer PATH). A service
     without /tokenize (TEIClient(url, api="openai")) needs one. The limit and the task's prompt still come
     from `embedder`; a remote one is asked on the first split, so building the chunker sends no request.
+    Without `tokenizer`, `embedder` must count tokens itself (a TokenCounter, as embedkit's embedders are).
 
-    Raises InputError (from Chunker) for max_tokens < 1 or a negative overlap_tokens: None, not 0, means
-    the default; InputError for a tokenizer path that does not exist, ModelLoadError for one that is not a
-    tokenizer.json.
+    Raises InputError (from Chunker) when nothing can count tokens (no `tokenizer`, and an embedder without
+    count_tokens/input_overhead or a service without /tokenize), and for max_tokens < 1 or a negative
+    overlap_tokens: None, not 0, means the default; InputError for a tokenizer path that does not exist,
+    ModelLoadError for one that is not a tokenizer.json.
     """
     sizing = _Sizing(max_tokens, overlap_tokens, cap=DEFAULT_MAX_CHUNK_TOKENS)
     chunker = Chunker.__new__(Chunker)
