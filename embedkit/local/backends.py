@@ -13,10 +13,9 @@ import os
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from embedkit.errors import InputError, ModelLoadError
-from embedkit.models.base import EmbeddingModel
+from embedkit.models.base import EmbeddingModel, EncoderModel
 from embedkit.models.registry import Family
 from embedkit.onnx.cache import GraphCache
 from embedkit.onnx.model import OnnxModel, import_onnxruntime
@@ -68,7 +67,7 @@ def choose_backend(
 
 
 def onnx_runner(
-    module: nn.Module,
+    module: EncoderModel,
     family: Family,
     model_dir: Path,
     table: TaskTable,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -41,9 +42,30 @@ from embedkit.onnx.model import OnnxModel
 from embedkit.tasks import TaskTable
 from embedkit.weights import weights_digest
 
-__all__ = ["DEFAULT_STREAM_WINDOW", "LocalEmbedder"]
+__all__ = ["DEFAULT_STREAM_WINDOW", "LocalEmbedder", "ModelDescription"]
 
 DEFAULT_STREAM_WINDOW = 4096  # texts per embed_iter window: long enough to sort well, short enough to hold
+
+
+class ModelDescription(TypedDict):
+    """`LocalEmbedder.describe()`: a plain JSON-ready dict (`embedkit inspect --json` prints it), keys in this order."""
+
+    model_id: str
+    path: str
+    family: str
+    detected_by: list[str]  # the evidence for `family`: what config.json and the tensor names said
+    dimension: int
+    matryoshka_dimensions: list[int] | None
+    max_input_tokens: int
+    pooling: list[str]  # sentence-transformers pooling modes, e.g. ["mean"]
+    tasks: dict[str, str]  # task -> the prompt prefix it puts before each text
+    default_prompt_name: str | None
+    default_task: str | None
+    adapters: list[str]  # LoRA adapter names (jina-embeddings-v3); empty for most models
+    merged_adapter: str | None  # the adapter folded into the weights (merge_lora=True)
+    device: str
+    backend: str  # "torch", "onnx" or "onnx int8"
+    dtype: str  # of the weights: "float32", "float16", "bfloat16", "int8"
 
 
 class LocalEmbedder(EmbedderBase):
@@ -158,7 +180,7 @@ class LocalEmbedder(EmbedderBase):
         """sha256 of the weight files: identifies these exact weights in ingest fingerprints."""
         return weights_digest(self._model_dir)
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> ModelDescription:
         """What was loaded and why: family and the evidence for it, sizes, pooling, prompts."""
         merged = self._merged_adapter_name
         if isinstance(self._model, nn.Module):

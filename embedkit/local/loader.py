@@ -22,7 +22,7 @@ from embedkit.local.backends import choose_backend, onnx_runner
 from embedkit.local.batching import DEFAULT_BATCH_TOKENS, DEFAULT_CPU_BATCH_TOKENS
 from embedkit.local.embedder import LocalEmbedder
 from embedkit.local.tokenizer import load_model_tokenizer
-from embedkit.models.base import EmbeddingModel
+from embedkit.models.base import EmbeddingModel, EncoderModel
 from embedkit.models.loading import assign_weights
 from embedkit.models.registry import detect_family
 from embedkit.models.st_files import PipelineFiles, read_json, read_pipeline_files
@@ -155,7 +155,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def check_vocabulary(tokenizer: Tokenizer, module: nn.Module, source: Path) -> None:
+def check_vocabulary(tokenizer: Tokenizer, module: EncoderModel, source: Path) -> None:
     """Raise ModelLoadError, naming `source` (the tokenizer file), when the tokenizer does not fit the
     model's embedding table: ids past the table read out of bounds or crash mid-batch, and a vocabulary
     reaching under half the rows is another model's (every text then embeds to nearly the same vector).
@@ -204,7 +204,7 @@ def max_input_tokens(pipeline: PipelineFiles, model: EmbeddingModel, model_dir: 
     return limit
 
 
-def merge_adapter(module: nn.Module, table: TaskTable, task: str | None) -> None:
+def merge_adapter(module: EncoderModel, table: TaskTable, task: str | None) -> None:
     """Fold `task`'s LoRA adapter into the weights (load's merge_lora=True); InputError when it has none."""
     if not table.adapters:
         raise InputError("merge_lora=True: this model has no LoRA adapters to merge")

@@ -180,6 +180,8 @@ _LORA_SIGN = ".parametrizations.weight.original"
 
 # -- modules ----------------------------------------------------------------------------------------
 
+NO_ADAPTERS = "this layer holds no LoRA adapters (the config has none, or one was merged)"
+
 
 class LoRALinear(nn.Linear):
     """nn.Linear plus optional stacked adapters: lora_A [n, r, in], lora_B [n, out, r]."""
@@ -191,8 +193,11 @@ class LoRALinear(nn.Linear):
         self.lora_B = nn.Parameter(torch.empty(n, out_features, r)) if n else None
         self.scaling = config.lora_scale
 
-    def forward(self, x: torch.Tensor, adapters: torch.Tensor | None) -> torch.Tensor:
-        """x [..., in], adapters [..., n] (each token's scale on its own adapter, 0 elsewhere) -> [..., out]."""
+    def forward(self, x: torch.Tensor, adapters: torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., in], adapters [..., n] (each token's scale on its own adapter, 0 elsewhere) -> [..., out].
+
+        Without `adapters` it is the plain nn.Linear it extends (the base weights).
+        """
         y = super().forward(x)
         if adapters is None or self.lora_A is None or self.lora_B is None:
             return y
@@ -203,7 +208,9 @@ class LoRALinear(nn.Linear):
         return y + F.linear(xa.flatten(-2), self.lora_B.permute(1, 0, 2).flatten(1))  # y + (x A_t^T) B_t^T
 
     def delta(self, index: int) -> torch.Tensor:
-        """[out, in] fp32: what adapter `index` adds to the weight."""
+        """[out, in] fp32: what adapter `index` adds to the weight; ValueError when the layer holds none."""
+        if self.lora_A is None or self.lora_B is None:
+            raise ValueError(NO_ADAPTERS)
         return self.lora_B[index].float() @ self.lora_A[index].float() * self.scaling
 
 
@@ -217,8 +224,8 @@ class LoRAEmbedding(nn.Embedding):
         self.lora_B = nn.Parameter(torch.empty(n, r, embedding_dim)) if n else None
         self.scaling = config.lora_scale
 
-    def forward(self, ids: torch.Tensor, adapters: torch.Tensor | None) -> torch.Tensor:
-        """ids [...], adapters [..., n] -> [..., H]."""
+    def forward(self, ids: torch.Tensor, adapters: torch.Tensor | None = None) -> torch.Tensor:
+        """ids [...], adapters [..., n] -> [..., H]; without `adapters`, the plain nn.Embedding (base table)."""
         x = F.embedding(ids, self.weight)
         if adapters is None or self.lora_A is None or self.lora_B is None:
             return x
@@ -226,7 +233,9 @@ class LoRAEmbedding(nn.Embedding):
         return x + a.flatten(-2) @ self.lora_B.flatten(0, 1)  # x + A_t[id] B_t
 
     def delta(self, index: int) -> torch.Tensor:
-        """[vocab, H] fp32: what adapter `index` adds to the table."""
+        """[vocab, H] fp32: what adapter `index` adds to the table; ValueError when the layer holds none."""
+        if self.lora_A is None or self.lora_B is None:
+            raise ValueError(NO_ADAPTERS)
         return self.lora_A[index].float() @ self.lora_B[index].float() * self.scaling
 
 

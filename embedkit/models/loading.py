@@ -24,6 +24,7 @@ __all__ = ["TensorLayout", "assign_weights", "check_heads", "config_from_dict"]
 log = logging.getLogger(__name__)
 
 ConfigT = TypeVar("ConfigT")
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def config_from_dict(
@@ -115,7 +116,7 @@ class TensorLayout:
         return ours_name
 
 
-def assign_weights(model: nn.Module, state: dict[str, torch.Tensor], layout: TensorLayout, source: str) -> nn.Module:
+def assign_weights(model: ModuleT, state: dict[str, torch.Tensor], layout: TensorLayout, source: str) -> ModuleT:
     """Load `state` into `model` (built on the meta device) by name; errors name the tensor and `source`."""
     prefix = layout.find_prefix(list(state))
     if prefix is None:

@@ -233,11 +233,10 @@ def prepare_tokenizer(tokenizer: Tokenizer, config: dict) -> Tokenizer:
     if token_id is None:  # a renamed vocabulary: fall back to the config's eos id
         eos = config.get("eos_token_id")
         eos = eos[0] if isinstance(eos, list) and eos else eos
-        token = tokenizer.id_to_token(eos) if isinstance(eos, int) else None
-        if token is None:
+        if not isinstance(eos, int) or (name := tokenizer.id_to_token(eos)) is None:
             log.warning("tokenizer has no %s and config.json no usable eos_token_id; left unchanged", END_OF_TEXT)
             return tokenizer
-        token_id = eos
+        token, token_id = name, eos
     sample = tokenizer.encode("a")
     real = [i for i, attend in zip(sample.ids, sample.attention_mask, strict=True) if attend]
     if real and real[-1] == token_id:

@@ -25,8 +25,8 @@ from embedkit.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
-    from torch import nn
 
+    from embedkit.models.base import EncoderModel
     from embedkit.models.loading import TensorLayout
 
 __all__ = ["FAMILIES", "Detection", "Family", "Hook", "detect_family"]
@@ -59,7 +59,7 @@ class Family:
     module: str  # the family file
     default_pooling: tuple[str, ...]  # when the checkpoint has no sentence-transformers pooling config
     # (config, tensor_names, source) -> (module on the meta device, its tensor layout)
-    build: Callable[[dict, set[str], str], tuple[nn.Module, TensorLayout]]
+    build: Callable[[dict, set[str], str], tuple[EncoderModel, TensorLayout]]
     # (tokenizer, config) -> the tokenizer the weights were trained with (gte-Qwen2's end-of-text token)
     prepare_tokenizer: Callable[[Tokenizer, dict], Tokenizer] | None = None
     # config -> {task: prefix} when config_sentence_transformers.json has no prompts (Qwen, jina-v3)
@@ -181,9 +181,9 @@ def detect_family(config: dict[str, Any], tensor_names: set[str], source: str) -
             "%s: config.json names no known architecture (%s); tensors say %s", source, _describe(config), family
         )
         return Detection(FAMILIES[family], ("config.json: no known architecture fields", f"tensors: {seen[1]}"))
-    families = ", ".join(FAMILIES)
+    known = ", ".join(FAMILIES)
     raise ModelLoadError(
         f"{source}: unsupported architecture ({_describe(config)}"
         + (f"; tensors look like {' or '.join(sorted(seen[0]))}" if seen else "")
-        + f"); built-in families: {families}"
+        + f"); built-in families: {known}"
     )

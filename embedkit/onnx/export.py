@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from embedkit.models.base import EncoderModel
+
 __all__ = ["FFN_OUTPUT_MODULES", "export_graph", "quantize_int8"]
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ def _quiet_tools() -> Iterator[None]:
 class _Exportable(nn.Module):
     """`forward_padded` with the ONNX-conventional int64 mask; adapters, if any, are already merged."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: EncoderModel) -> None:
         super().__init__()
         self.model = model
 
@@ -61,8 +63,8 @@ class _Exportable(nn.Module):
         return self.model.forward_padded(input_ids, attention_mask.bool(), position_ids)
 
 
-def export_graph(model: nn.Module, path: Path) -> None:
-    """Write `model` (an EmbeddingModel torch module: eval mode, fp32, CPU) as an ONNX graph at `path`,
+def export_graph(model: EncoderModel, path: Path) -> None:
+    """Write `model` (eval mode, fp32, CPU) as an ONNX graph at `path`,
     weights in `path`.data."""
     example_ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12], [5, 6, 7, 8, 9, 0, 0, 0]])
     example_mask = (example_ids != 0).long()
@@ -79,6 +81,8 @@ def export_graph(model: nn.Module, path: Path) -> None:
             optimize=True,
             verbose=False,
         )
+    if program is None:  # only the legacy (dynamo=False) exporter returns nothing
+        raise RuntimeError("torch.onnx.export returned no ONNX program")
     program.save(str(path), external_data=True)  # one layout for every size (protobuf stops at 2 GB)
 
 
@@ -95,7 +99,7 @@ def quantize_int8(source: Path, target: Path, *, keep_fp32: tuple[str, ...] = FF
     for node in graph.graph.node:
         if node.op_type != "MatMul":
             continue
-        scopes = next((ast.literal_eval(p.value) for p in node.metadata_props if p.key == _NAME_SCOPES), [])
+        scopes: list[str] = next((ast.literal_eval(p.value) for p in node.metadata_props if p.key == _NAME_SCOPES), [])
         owner = next((scope for scope in scopes if scope.rsplit(".", 1)[-1] in keep_fp32), None)
         if owner is not None:
             kept[node.name] = owner.removeprefix("model.")  # the export wrapper's attribute

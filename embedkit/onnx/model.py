@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from embedkit.errors import InputError, MissingDependencyError, ModelLoadError
+from embedkit.models.base import EncoderModel
 from embedkit.onnx.cache import GraphCache, GraphKey
 from embedkit.onnx.export import INPUT_NAMES, export_graph, quantize_int8
 
@@ -67,7 +67,7 @@ class OnnxModel:
 
     def __init__(
         self,
-        module: nn.Module,  # a torch family implementing EmbeddingModel (models/base.py)
+        module: EncoderModel,
         *,
         family: str,
         model_dir: Path,
@@ -78,7 +78,7 @@ class OnnxModel:
     ) -> None:
         self._ort = import_onnxruntime()
         # kept while another task's graph may still be exported from it; dropped once no more can be
-        self._module: nn.Module | None = module.float().cpu().eval()
+        self._module: EncoderModel | None = module.float().cpu().eval()
         self._family = family
         self.quantize = quantize
         self._cache = cache or GraphCache()
