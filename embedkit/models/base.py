@@ -25,7 +25,7 @@ from embedkit.models.layers import PackedAttention, PaddedAttention
 if TYPE_CHECKING:
     from embedkit.local.batching import TokenBatch
 
-__all__ = ["Attention", "EmbeddingModel", "EncoderModel", "positions_from_mask"]
+__all__ = ["Attention", "EmbeddingModel", "EncoderModel", "padded_states", "positions_from_mask"]
 
 # what a family's `encode` calls for attention: the padded or the packed form, the same interface
 Attention = PaddedAttention | PackedAttention
@@ -73,6 +73,14 @@ class EmbeddingModel(Protocol):
     ) -> torch.Tensor:
         """input_ids [B, T], attention_mask [B, T] bool, position_ids [B, T], adapter_ids [B] -> [B, T, H]."""
         ...
+
+
+def padded_states(model: EmbeddingModel, batch: TokenBatch) -> torch.Tensor:
+    """The padded route of the boundary, for either implementation: batch.padded() -> forward_padded ->
+    its real tokens, [N, H] in the packed order (row-major over the real tokens)."""
+    view = batch.padded()
+    states = model.forward_padded(view.input_ids, view.attention_mask, view.position_ids, batch.adapter_ids)
+    return states[view.attention_mask]
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -137,11 +145,7 @@ class EncoderModel(nn.Module):
         """batch -> packed token states [N, H]; `packed` None: the packed form on CUDA, padded elsewhere."""
         if packed is None:
             packed = batch.device.type == "cuda"
-        if packed:
-            return self.forward_packed(batch)
-        view = batch.padded()
-        states = self.forward_padded(view.input_ids, view.attention_mask, view.position_ids, batch.adapter_ids)
-        return states[view.attention_mask]  # [N, H], the packed order (row-major over real tokens)
+        return self.forward_packed(batch) if packed else padded_states(self, batch)
 
     def forward_padded(
         self,

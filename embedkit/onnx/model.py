@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from embedkit.errors import InputError, MissingDependencyError, ModelLoadError
-from embedkit.models.base import EncoderModel
+from embedkit.models.base import EncoderModel, padded_states
 from embedkit.onnx.cache import GraphCache, GraphKey
 from embedkit.onnx.export import INPUT_NAMES, export_graph, quantize_int8
 
@@ -117,9 +117,7 @@ class OnnxModel:
 
     def __call__(self, batch: TokenBatch) -> torch.Tensor:
         """batch (on the CPU) -> token states [N, H], packed as `batch.input_ids`."""
-        view = batch.padded()
-        states = self.forward_padded(view.input_ids, view.attention_mask, view.position_ids, batch.adapter_ids)
-        return states[view.attention_mask]  # row-major over the real tokens: the packed order
+        return padded_states(self, batch)
 
     def forward_padded(
         self,
