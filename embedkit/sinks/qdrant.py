@@ -22,7 +22,7 @@ from embedkit.errors import InputError, StoreError
 from embedkit.ingestion.records import CHUNK_COUNT, CHUNK_INDEX, CONTENT_HASH, DOC_ID, METADATA, SOURCE
 from embedkit.sinks.base import Point, SearchHit
 
-__all__ = ["FINGERPRINT_KEY", "QdrantSink", "metadata_condition"]
+__all__ = ["FINGERPRINT_KEY", "OWN_FIELDS", "QdrantSink", "metadata_condition", "payload_fields", "unusable_reason"]
 
 FINGERPRINT_KEY = "embedkit"  # collection metadata key holding the embedder fingerprint
 PROBES_KEY = "embedkit_probes"  # ... and the probe texts' vectors that decide who may write (ingestion.records)
@@ -48,11 +48,13 @@ def _local_client(path: str) -> tuple[QdrantClient, threading.RLock]:
                     "stop it, or use a Qdrant server (--qdrant-url) for concurrent writers"
                 ) from exc
             except OSError as exc:  # qdrant-client creates the folder, meta.json and .lock as it opens
-                raise StoreError(f"cannot open the embedded Qdrant store at {key}: {_unusable(key, exc)}") from exc
+                raise StoreError(
+                    f"cannot open the embedded Qdrant store at {key}: {unusable_reason(key, exc)}"
+                ) from exc
         return _local_clients[key]
 
 
-def _unusable(key: str, error: OSError) -> str:
+def unusable_reason(key: str, error: OSError) -> str:
     """Why the local store path `key` could not be opened, in the user's terms."""
     if isinstance(error, FileExistsError) and Path(key).is_file():
         return "it is a file, not a directory; give a directory (it is created if missing)"
@@ -447,13 +449,13 @@ class QdrantSink:
         no keys to compare with, so it passes. One point is enough to tell, so each check asks for one."""
         if not self._any_point(None):
             return
-        missing = [key for key in keys if not any(self._any_point(_has_field(field)) for field in _payload_fields(key))]
+        missing = [key for key in keys if not any(self._any_point(_has_field(field)) for field in payload_fields(key))]
         if not missing:
             return
         described = ", ".join(
             f"field {key!r}"
-            if key in _OWN_FIELDS
-            else f"metadata key {_payload_fields(key)[0].removeprefix('metadata.')!r}"
+            if key in OWN_FIELDS
+            else f"metadata key {payload_fields(key)[0].removeprefix('metadata.')!r}"
             for key in missing
         )
         seen, more = self._metadata_keys()
@@ -485,7 +487,7 @@ def _transient(error: BaseException) -> bool:
     return isinstance(error, UnexpectedResponse) and error.status_code in (429, 502, 503, 504)
 
 
-_OWN_FIELDS = (DOC_ID, SOURCE)  # embedkit's top-level payload fields, which a plain filter key also reaches
+OWN_FIELDS = (DOC_ID, SOURCE)  # embedkit's top-level payload fields, which a plain filter key also reaches
 
 
 def metadata_condition(metadata_filter: Mapping[str, Any] | None) -> models.Filter | None:
@@ -506,13 +508,13 @@ def metadata_condition(metadata_filter: Mapping[str, Any] | None) -> models.Filt
     conditions: list[models.Condition] = []
     for key, value in metadata_filter.items():
         values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
-        matches = [match for field in _payload_fields(key) for match in _matches(field, key, values)]
+        matches = [match for field in payload_fields(key) for match in _matches(field, key, values)]
         # MatchAny takes one type only, so a mixed key is a `should` of one condition per type
         conditions.append(matches[0] if len(matches) == 1 else models.Filter(should=matches))
     return models.Filter(must=conditions)
 
 
-def _payload_fields(key: object) -> list[str]:
+def payload_fields(key: object) -> list[str]:
     """The payload paths a filter key reaches: the metadata key, and for doc_id / source the top-level field."""
     if not isinstance(key, str) or not key:
         raise InputError(f"metadata filter keys must be non-empty strings, got {key!r}")
@@ -520,7 +522,7 @@ def _payload_fields(key: object) -> list[str]:
         if key == "metadata.":
             raise InputError("metadata filter key 'metadata.' names no key; write metadata.KEY")
         return [key]
-    return [key, f"{METADATA}.{key}"] if key in _OWN_FIELDS else [f"{METADATA}.{key}"]
+    return [key, f"{METADATA}.{key}"] if key in OWN_FIELDS else [f"{METADATA}.{key}"]
 
 
 def _matches(field: str, key: str, values: list[Any]) -> list[models.Condition]:
