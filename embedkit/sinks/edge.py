@@ -32,7 +32,9 @@ what was checked by running it, marked "seen"):
   indexes, field -> PayloadIndexInfo).
 - Filters: `Filter(must, should, must_not)`, `FieldCondition(key, match=MatchValue(v) | MatchAny([...]),
   range=RangeFloat(gte, lte, ...))`, `IsEmptyCondition(key)` (a null counts as empty, seen, as on a server);
-  MatchAny([]) matches nothing (seen), as qdrant-client's does.
+  MatchAny([]) matches nothing (seen), as qdrant-client's does. A bug: `MatchValue(True)` is read as the
+  integer 1 (its `.value` is 1; it finds a stored 1 and misses a stored true, seen); `MatchValue(numpy.True_)`
+  matches booleans, so `_match_value` passes bools that way. Payload bools are stored as booleans (seen).
 - Durability: the WAL is on unless `wal_enabled=False` ("Without a WAL, updates are durable only once flush()
   returns"). A process killed by os._exit right after `update` (no flush, no close) left every upsert and
   set_payload on reload (seen), so the crash protocol of embedkit.ingestion.records holds as it does on a
@@ -65,6 +67,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import qdrant_edge as qe
 from qdrant_client import models
 
@@ -193,6 +196,12 @@ def _field_match(field: str, value: str) -> qe.FieldCondition:
     return qe.FieldCondition(field, match=qe.MatchValue(value))
 
 
+def _match_value(value: str | int | bool) -> Any:
+    # qdrant-edge-py 0.9.0 reads a Python bool as the integer 0 / 1 (MatchValue(True).value == 1), which finds
+    # integers and misses stored booleans; numpy's bool is not an int and arrives as a boolean
+    return qe.MatchValue(np.bool_(value) if isinstance(value, bool) else value)
+
+
 def _doc_filter(doc_id: str, *extra: Any) -> qe.Filter:
     return qe.Filter(must=[_field_match(DOC_ID, doc_id), *extra])
 
@@ -217,7 +226,7 @@ def edge_filter(condition: Any) -> Any:
     if isinstance(condition, models.FieldCondition):
         match, bounds = condition.match, condition.range
         if isinstance(match, models.MatchValue):
-            return qe.FieldCondition(condition.key, match=qe.MatchValue(match.value))
+            return qe.FieldCondition(condition.key, match=_match_value(match.value))
         if isinstance(match, models.MatchAny):
             return qe.FieldCondition(condition.key, match=qe.MatchAny(list(match.any)))
         if isinstance(bounds, models.Range):
