@@ -199,11 +199,16 @@ def _field_match(field: str, value: str) -> qe.FieldCondition:
 def _match_value(value: str | int | bool) -> Any:
     # qdrant-edge-py 0.9.0 reads a Python bool as the integer 0 / 1 (MatchValue(True).value == 1), which finds
     # integers and misses stored booleans; numpy's bool is not an int and arrives as a boolean
-    return qe.MatchValue(np.bool_(value) if isinstance(value, bool) else value)
+    as_given: Any = np.bool_(value) if isinstance(value, bool) else value
+    return qe.MatchValue(as_given)
 
 
 def _doc_filter(doc_id: str, *extra: Any) -> qe.Filter:
     return qe.Filter(must=[_field_match(DOC_ID, doc_id), *extra])
+
+
+def _scroller(request: qe.ScrollRequest) -> Callable[[Any], Any]:
+    return lambda shard: shard.scroll(request)
 
 
 def _has_field(field: str) -> qe.Filter:
@@ -228,7 +233,7 @@ def edge_filter(condition: Any) -> Any:
         if isinstance(match, models.MatchValue):
             return qe.FieldCondition(condition.key, match=_match_value(match.value))
         if isinstance(match, models.MatchAny):
-            return qe.FieldCondition(condition.key, match=qe.MatchAny(list(match.any)))
+            return qe.FieldCondition(condition.key, match=qe.MatchAny(list(match.any)))  # type: ignore[arg-type]
         if isinstance(bounds, models.Range):
             return qe.FieldCondition(
                 condition.key, range=qe.RangeFloat(gte=bounds.gte, gt=bounds.gt, lte=bounds.lte, lt=bounds.lt)
@@ -484,7 +489,7 @@ class EdgeSink:
             request = qe.ScrollRequest(
                 offset=offset, limit=1024, filter=scroll_filter, with_payload=fields, with_vector=False
             )
-            records, offset = self._call("scroll", lambda shard, request=request: shard.scroll(request))
+            records, offset = self._call("scroll", _scroller(request))
             for record in records:
                 yield dict(record.payload or {})
             if offset is None:
