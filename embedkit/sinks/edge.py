@@ -40,7 +40,10 @@ what was checked by running it, marked "seen"):
   set_payload on reload (seen), so the crash protocol of embedkit.ingestion.records holds as it does on a
   server. `flush()` writes pending changes, `close()` releases the shard (a second close does nothing; any
   call after it raises "Shard is not initialized", seen). `optimize()` runs the optimisers (HNSW build) in the
-  calling thread until done.
+  calling thread until done. Nothing indexes in the background: 12,000 random 384-d points upserted, then 5 s
+  idle, left indexed_vectors_count at 0; optimize() then took 8.6 s (2 cores) and indexed all 12,000; 30,000
+  64-d points (7.7 MB, under the default indexing threshold) were left unindexed by it (seen). Until then a
+  search scans every vector (exact). `EdgeOptimizersConfig(indexing_threshold=KB)` sets the threshold.
 - Errors are plain `Exception` (no exception classes are exported, seen); this module turns them into
   StoreError at the boundary.
 
@@ -249,7 +252,10 @@ class EdgeSink:
 
     Payload indexes: doc_id and source (keyword), chunk_index (integer), and `index_fields` {metadata key:
     "keyword" | "integer" | "float" | "bool"} as `metadata.KEY`. Searches use HNSW with `hnsw_ef` (None: the
-    engine's default) or scan every vector when `exact`; both may be given per search too.
+    engine's default) or scan every vector when `exact`; both may be given per search too. The engine builds
+    the HNSW index only when `optimize()` is called (see the module docstring): call it after a large ingest.
+    `indexing_threshold_kb` (set when the shard is created) is the vector storage size below which a segment
+    is not indexed.
     """
 
     def __init__(
@@ -262,6 +268,7 @@ class EdgeSink:
         index_fields: Mapping[str, str] | None = None,
         hnsw_ef: int | None = None,
         exact: bool = False,
+        indexing_threshold_kb: int | None = None,
     ) -> None:
         root = Path(path).resolve()
         self.collection = _check_name(collection, str(root))
@@ -269,6 +276,7 @@ class EdgeSink:
         self.batch_size = batch_size
         self.hnsw_ef = hnsw_ef
         self.exact = exact
+        self.indexing_threshold_kb = indexing_threshold_kb
         self.index_fields = dict(index_fields or {})
         for key, kind in self.index_fields.items():
             if kind not in INDEX_TYPES:
@@ -420,7 +428,14 @@ class EdgeSink:
             self._handle = None
             shutil.rmtree(self._shard_dir)
         params = qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)
-        config = qe.EdgeConfig(vectors={self.vector_name: params} if self.vector_name else params)
+        optimizers = (
+            qe.EdgeOptimizersConfig(indexing_threshold=self.indexing_threshold_kb)
+            if self.indexing_threshold_kb is not None
+            else None
+        )
+        config = qe.EdgeConfig(
+            vectors={self.vector_name: params} if self.vector_name else params, optimizers=optimizers
+        )
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -460,6 +475,18 @@ class EdgeSink:
             _write_atomically(self._record_path, record)
         except OSError as exc:
             raise StoreError(f"cannot write {self._record_path}: {exc}") from exc
+
+    def optimize(self) -> bool:
+        """Build the HNSW index (and merge, vacuum) now, in this thread; True if anything was done.
+
+        Qdrant Edge runs no optimiser in the background: vectors stay unindexed (searched by a full scan,
+        exact but slower as the collection grows) until this is called. Segments under the indexing
+        threshold (`indexing_threshold_kb`, the engine's default when None) are left as they are."""
+        return bool(self._call("optimize", lambda shard: shard.optimize()))
+
+    def indexed_vectors(self) -> int:
+        """How many vectors the HNSW index holds (0 until `optimize` has built one)."""
+        return int(self._call("info", lambda shard: shard.info()).indexed_vectors_count)
 
     def payload_indexes(self) -> dict[str, str]:
         """The shard's payload indexes: field -> type name (for inspection)."""

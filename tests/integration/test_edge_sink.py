@@ -209,10 +209,13 @@ DOCS_B = [{"id": "bees.md", "text": "Wild bees nest in the ground.", "metadata":
 @pytest.fixture(scope="module")
 def filtered(tmp_path_factory: pytest.TempPathFactory, minilm):
     path = tmp_path_factory.mktemp("edge-filters") / "store"
-    with EdgeSink("kb", path=path, vector_name="dense", index_fields={"year": "integer", "lang": "keyword"}) as sink:
+    indexes = {"year": "integer", "lang": "keyword"}
+    # a 1 KB indexing threshold: optimize() builds HNSW over these few points, so searches below go through it
+    with EdgeSink("kb", path=path, vector_name="dense", index_fields=indexes, indexing_threshold_kb=1) as sink:
         ingest(DOCS_A, minilm, sink, source="notes/a", progress=False)
         ingest(DOCS_B, minilm, sink, source="notes/b", progress=False)
         assert sink.payload_indexes()["metadata.year"] == "integer"
+        assert sink.indexed_vectors() == 0 and sink.optimize() and sink.indexed_vectors() == 5
         yield sink
 
 
