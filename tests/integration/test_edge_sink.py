@@ -316,3 +316,70 @@ def test_a_shard_left_without_its_record_is_made_again(tmp_path: Path) -> None:
         assert not sink.exists()
         sink.prepare(8, {"model_id": "new"})
         assert sink.recorded_fingerprint() == {"model_id": "new"} and sink.count() == 0
+
+
+RANDOM_KILL_RUN = """
+import sys
+from pathlib import Path
+import embedkit
+from embedkit.ingestion import ingest
+from embedkit.sinks.edge import EdgeSink
+corpus, store, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+copies = range(4) if mode == "full" else range(2)  # "half": half the corpus gone, copy 1 edited
+docs = [{"id": f"{copy}/{p.name}", "text": f"# {'Edited' if mode == 'half' and copy == 1 else 'Copy'} {copy}\\n\\n"
+         + p.read_text(), "metadata": {"copy": copy}} for copy in copies for p in sorted(corpus.glob("*.md"))]
+sink = EdgeSink("kb", path=store)
+embedder = embedkit.load(device="cpu")
+print("started", flush=True)
+report = ingest(docs, embedder, sink, source="corpus", batch_tokens=512, delete_missing=mode == "half", progress=False)
+print(report.summary(), flush=True)
+sink.close()
+"""
+
+
+def _stored(store: Path) -> dict[str, tuple[dict, list[float]]]:
+    with EdgeSink("kb", path=store) as sink:
+        return snapshot(sink) if sink.exists() else {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["full", "half"])
+def test_sigkilled_at_random_moments_then_rerun_equals_a_clean_run(
+    tmp_path: Path, example_docs: Path, mode: str
+) -> None:
+    """SIGKILL during an ingest ("full") or during a delete_missing run over an edited, halved corpus ("half"),
+    six times at random moments, then a run to the end: the shard equals a clean run's (the WAL replays)."""
+    import os
+    import random
+    import signal
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(RANDOM_KILL_RUN)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def run(store: Path, run_mode: str) -> None:
+        done = subprocess.run([sys.executable, str(script), str(example_docs), str(store), run_mode],
+                              capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    run(clean, "full")
+    if mode == "half":
+        run(clean, "half")
+        run(killed, "full")
+    expected = _stored(clean)
+    rng = random.Random(11)
+    sizes = []
+    for _ in range(6):
+        child = subprocess.Popen([sys.executable, str(script), str(example_docs), str(killed), mode],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
+        assert child.stdout is not None and child.stdout.readline().strip() == "started"
+        time.sleep(rng.uniform(0.0, 6.0))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+        sizes.append(len(_stored(killed)))
+    run(killed, mode)
+    assert_same_collection(_stored(killed), expected)
+    print(f"\npoints after each kill ({mode}): {sizes}; complete: {len(expected)}")
