@@ -79,7 +79,7 @@ from embedkit.ingestion.records import CHUNK_COUNT, CHUNK_INDEX, CONTENT_HASH, D
 from embedkit.sinks.base import Point, SearchHit
 from embedkit.sinks.qdrant import OWN_FIELDS, metadata_condition, payload_fields, unusable_reason
 
-__all__ = ["INDEX_TYPES", "RECORD_FILE", "SHARD_DIR", "EdgeSink"]
+__all__ = ["INDEX_TYPES", "RECORD_FILE", "SHARD_DIR", "EdgeSink", "store_kind"]
 
 RECORD_FILE = "embedkit.json"  # beside the shard: fingerprint, probes, vector config
 SHARD_DIR = "shard"
@@ -174,6 +174,22 @@ def _write_atomically(path: Path, record: dict[str, Any]) -> None:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def store_kind(path: str | Path) -> str | None:
+    """What the folder `path` holds: "client-local" (qdrant-client's local mode: meta.json and collection/),
+    "edge" (one or more `<collection>/embedkit.json` + `shard/`), None (missing or empty), or "other"."""
+    root = Path(path)
+    if not root.is_dir():
+        return None
+    if (root / "meta.json").is_file() and (root / "collection").is_dir():
+        return "client-local"
+    entries = [entry for entry in root.iterdir() if not entry.name.startswith(".")]
+    if not entries:
+        return None
+    if any((entry / RECORD_FILE).is_file() or (entry / SHARD_DIR).is_dir() for entry in entries):
+        return "edge"
+    return "other"
 
 
 def _check_name(collection: object, where: str) -> str:
@@ -287,6 +303,12 @@ class EdgeSink:
             raise StoreError(
                 f"cannot open the embedded Qdrant store at {root}: {unusable_reason(str(root), exc)}"
             ) from exc
+        if store_kind(root) == "client-local":
+            raise StoreError(
+                f"{root} holds a qdrant-client local-mode store (meta.json, collection/), not Qdrant Edge "
+                "collections: open it with QdrantSink(path=...), or give EdgeSink another path (nothing is "
+                "converted silently)"
+            )
         self._where = str(root)
         self._dir = root / collection
         self._shard_dir = self._dir / SHARD_DIR

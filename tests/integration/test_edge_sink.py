@@ -308,6 +308,23 @@ def test_store_path_that_is_a_file(tmp_path: Path) -> None:
         EdgeSink("kb", path=target)
 
 
+def test_a_client_local_folder_is_detected_and_left_alone(tmp_path: Path) -> None:
+    from embedkit.sinks import QdrantSink
+    from embedkit.sinks.edge import store_kind
+
+    assert store_kind(tmp_path / "none") is None and store_kind(tmp_path) is None
+    with QdrantSink("kb", path=tmp_path / "local") as sink:
+        sink.prepare(4, {"model_id": "test"})
+    before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "local").rglob("*"))
+    assert store_kind(tmp_path / "local") == "client-local"
+    with pytest.raises(StoreError, match=r"holds a qdrant-client local-mode store .*nothing is converted silently"):
+        EdgeSink("collection", path=tmp_path / "local")
+    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "local").rglob("*")) == before
+    with EdgeSink("kb", path=tmp_path / "edge") as sink:
+        sink.prepare(4, {"model_id": "test"})
+    assert store_kind(tmp_path / "edge") == "edge"
+
+
 def test_a_shard_left_without_its_record_is_made_again(tmp_path: Path) -> None:
     with EdgeSink("kb", path=tmp_path / "store") as sink:
         sink.prepare(4, {"model_id": "test"})
