@@ -1,8 +1,8 @@
-"""Qdrant sink on Qdrant's own engine in-process (Qdrant Edge, `qdrant-edge-py`): one shard per collection.
+"""The Qdrant Edge engine of QdrantSink: Qdrant's own engine in-process (`qdrant-edge-py`), one shard per collection.
 
 Layout under the store path: `<path>/<collection>/shard/` is the Edge shard, `<path>/<collection>/embedkit.json`
-records what qdrant-client keeps as collection metadata (the embedder fingerprint, the probe vectors, the
-vector name, size and distance).
+records what a server keeps as collection config and metadata (the vector names, sizes and distances; the
+metadata with the embedder fingerprint and the probe vectors).
 
 What this module relies on, from qdrant-edge-py 0.9.0 (`qdrant_edge/__init__.pyi` stubs and docstrings, and
 what was checked by running it, marked "seen"):
@@ -66,7 +66,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,23 +75,21 @@ import qdrant_edge as qe
 from qdrant_client import models
 
 from embedkit.errors import InputError, StoreError
-from embedkit.ingestion.records import CHUNK_COUNT, CHUNK_INDEX, CONTENT_HASH, DOC_ID, METADATA, SOURCE
 from embedkit.sinks.base import Point, SearchHit
-from embedkit.sinks.qdrant import OWN_FIELDS, metadata_condition, payload_fields, unusable_reason
+from embedkit.sinks.qdrant import QdrantSink, StoredPoint, VectorConfig, unusable_reason
 
-__all__ = ["INDEX_TYPES", "RECORD_FILE", "SHARD_DIR", "EdgeSink", "store_kind"]
+__all__ = ["RECORD_FILE", "SHARD_DIR", "EdgeSink", "collections_at", "edge_filter", "store_kind"]
 
-RECORD_FILE = "embedkit.json"  # beside the shard: fingerprint, probes, vector config
+RECORD_FILE = "embedkit.json"  # beside the shard: vector config and collection metadata
 SHARD_DIR = "shard"
 _RECORD_FORMAT = 1
-INDEX_TYPES = {
+_INDEX_SCHEMAS = {
     "keyword": qe.PayloadSchemaType.Keyword,
     "integer": qe.PayloadSchemaType.Integer,
     "float": qe.PayloadSchemaType.Float,
     "bool": qe.PayloadSchemaType.Bool,
 }
-# embedkit's own fields the sink filters on: doc_id and source (keyword), chunk_index (delete_surplus' range)
-_OWN_INDEXES = {DOC_ID: "keyword", SOURCE: "keyword", CHUNK_INDEX: "integer"}
+_DISTANCES = {"Cosine": qe.Distance.Cosine, "Dot": qe.Distance.Dot, "Euclid": qe.Distance.Euclid}
 _REFUSED_CHARACTERS = '/\\:*?"<>|\0'
 
 
@@ -137,6 +135,12 @@ def _open(shard_dir: Path, create: qe.EdgeConfig | None = None) -> _Handle:
             raise StoreError(f"cannot open the Qdrant Edge shard at {shard_dir}: {exc}") from exc
         _shards[key] = handle = _Handle(shard)
         return handle
+
+
+def _forget(shard_dir: Path, handle: _Handle) -> None:
+    with _shards_lock:
+        if _shards.get(str(shard_dir)) is handle:
+            del _shards[str(shard_dir)]
 
 
 @atexit.register
@@ -192,9 +196,17 @@ def store_kind(path: str | Path) -> str | None:
     return "other"
 
 
-def _check_name(collection: object, where: str) -> str:
-    if not collection or not isinstance(collection, str):
-        raise InputError("collection must be a non-empty string")
+def collections_at(path: str | Path) -> list[str]:
+    """The names of the Edge collections under `path`, sorted (those with a record beside their shard)."""
+    root = Path(path)
+    if not root.is_dir():
+        return []
+    return sorted(
+        entry.name for entry in root.iterdir() if (entry / RECORD_FILE).is_file() and (entry / SHARD_DIR).is_dir()
+    )
+
+
+def _check_name(collection: str, where: str) -> str:
     refused = next((c for c in collection if c in _REFUSED_CHARACTERS or ord(c) < 32), None)
     reason = (
         f"cannot contain {refused!r}"
@@ -211,10 +223,6 @@ def _check_name(collection: object, where: str) -> str:
     return collection
 
 
-def _field_match(field: str, value: str) -> qe.FieldCondition:
-    return qe.FieldCondition(field, match=qe.MatchValue(value))
-
-
 def _match_value(value: str | int | bool) -> Any:
     # qdrant-edge-py 0.9.0 reads a Python bool as the integer 0 / 1 (MatchValue(True).value == 1), which finds
     # integers and misses stored booleans; numpy's bool is not an int and arrives as a boolean
@@ -222,22 +230,11 @@ def _match_value(value: str | int | bool) -> Any:
     return qe.MatchValue(as_given)
 
 
-def _doc_filter(doc_id: str, *extra: Any) -> qe.Filter:
-    return qe.Filter(must=[_field_match(DOC_ID, doc_id), *extra])
-
-
-def _scroller(request: qe.ScrollRequest) -> Callable[[Any], Any]:
-    return lambda shard: shard.scroll(request)
-
-
-def _has_field(field: str) -> qe.Filter:
-    """Points where `field` holds a value (not missing, null or []), as QdrantSink's check reads them."""
-    return qe.Filter(must_not=[qe.IsEmptyCondition(field)])
-
-
 def edge_filter(condition: Any) -> Any:
-    """The qdrant-edge form of a qdrant-client filter built by metadata_condition (Filter, FieldCondition with
-    MatchValue / MatchAny / Range, IsEmptyCondition): one place decides what a filter means."""
+    """The qdrant-edge form of a qdrant-client filter as embedkit.sinks builds them (Filter, FieldCondition
+    with MatchValue / MatchAny / Range, IsEmptyCondition): one place decides what a filter means."""
+    if condition is None:
+        return None
     if isinstance(condition, models.Filter):
 
         def part(conditions: Any) -> list[Any] | None:
@@ -262,41 +259,30 @@ def edge_filter(condition: Any) -> Any:
     raise TypeError(f"no Qdrant Edge form for filter condition {condition!r}")
 
 
-class EdgeSink:
-    """One collection written by embedkit into a Qdrant Edge shard under `path`: the same points, payloads
-    and crash protocol as QdrantSink (cosine distance, one dense vector per point, unnamed or `vector_name`).
+class EdgeSink(QdrantSink):
+    """QdrantSink on a Qdrant Edge shard under `path` (see embedkit.sinks.qdrant.QdrantSink for the arguments).
 
-    Payload indexes: doc_id and source (keyword), chunk_index (integer), and `index_fields` {metadata key:
-    "keyword" | "integer" | "float" | "bool"} as `metadata.KEY`. Searches use HNSW with `hnsw_ef` (None: the
-    engine's default) or scan every vector when `exact`; both may be given per search too. The engine builds
-    the HNSW index only when `optimize()` is called (see the module docstring): call it after a large ingest.
-    `indexing_threshold_kb` (set when the shard is created) is the vector storage size below which a segment
-    is not indexed.
+    The engine builds the HNSW index only when `optimize()` is called (see the module docstring); ingest
+    calls it at the end of a run. Until then a search scans every vector, exactly.
     """
 
-    def __init__(
+    engine = "edge"
+
+    def _connect(
         self,
-        collection: str,
         *,
-        path: str | Path,
-        vector_name: str | None = None,
-        batch_size: int = 256,
-        index_fields: Mapping[str, str] | None = None,
-        hnsw_ef: int | None = None,
-        exact: bool = False,
-        indexing_threshold_kb: int | None = None,
+        path: str | Path | None,
+        url: str | None,
+        api_key: str | None,
+        location: str | None,
+        client: Any,
+        indexing_threshold_kb: int | None,
     ) -> None:
+        if path is None or url or location or client is not None:
+            raise InputError("the Qdrant Edge engine is the embedded store of a path: give path= alone")
         root = Path(path).resolve()
-        self.collection = _check_name(collection, str(root))
-        self.vector_name = vector_name
-        self.batch_size = batch_size
-        self.hnsw_ef = hnsw_ef
-        self.exact = exact
+        _check_name(self.collection, str(root))
         self.indexing_threshold_kb = indexing_threshold_kb
-        self.index_fields = dict(index_fields or {})
-        for key, kind in self.index_fields.items():
-            if kind not in INDEX_TYPES:
-                raise InputError(f"index field {key!r}: type {kind!r} is not one of {', '.join(INDEX_TYPES)}")
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -306,15 +292,14 @@ class EdgeSink:
         if store_kind(root) == "client-local":
             raise StoreError(
                 f"{root} holds a qdrant-client local-mode store (meta.json, collection/), not Qdrant Edge "
-                "collections: open it with QdrantSink(path=...), or give EdgeSink another path (nothing is "
-                "converted silently)"
+                "collections: open it with engine='client-local', or convert it with `embedkit collections "
+                "convert` (nothing is converted silently)"
             )
         self._where = str(root)
-        self._dir = root / collection
+        self._dir = root / self.collection
         self._shard_dir = self._dir / SHARD_DIR
         self._record_path = self._dir / RECORD_FILE
         self._handle: _Handle | None = None
-        self._closed = False
         if self.exists():
             self._shard()  # the store in use by another process is an error now, not at the first write
 
@@ -330,22 +315,11 @@ class EdgeSink:
         handle, self._handle = self._handle, None
         if handle is None:
             return
-        with _shards_lock:
-            if _shards.get(str(self._shard_dir)) is handle:
-                del _shards[str(self._shard_dir)]
+        _forget(self._shard_dir, handle)
         try:
             handle.close()
         except Exception as exc:
             raise StoreError(f"closing the Qdrant Edge shard of {self.collection!r} failed: {exc}") from exc
-
-    def __enter__(self) -> EdgeSink:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"EdgeSink(collection={self.collection!r}, at={self._where!r})"
 
     @property
     def shard(self) -> Any:
@@ -355,7 +329,7 @@ class EdgeSink:
     def _shard(self, create: qe.EdgeConfig | None = None) -> _Handle:
         if self._closed:
             raise StoreError(
-                f"the EdgeSink of collection {self.collection!r} at {self._where} is closed; open a new one"
+                f"the QdrantSink of collection {self.collection!r} at {self._where} is closed; open a new one"
             )
         if self._handle is None or self._handle.closed:
             if create is None and not self._shard_dir.is_dir():
@@ -379,13 +353,23 @@ class EdgeSink:
     def _update(self, name: str, operation: Any) -> None:
         self._call(name, lambda shard: shard.update(operation))
 
+    def collection_names(self) -> list[str]:
+        return collections_at(self._where)
+
+    def drop(self) -> None:
+        """Delete the collection: its record first (so it no longer exists), then the shard's folder."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            _forget(self._shard_dir, handle)
+            handle.close()
+        self._record_path.unlink(missing_ok=True)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
     # -- the record beside the shard -----------------------------------------------------------------------
 
-    def _record(self) -> dict[str, Any] | None:
+    def _record(self) -> dict[str, Any]:
         try:
             text = self._record_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
         except OSError as exc:
             raise StoreError(f"cannot read {self._record_path}: {exc}") from exc
         try:
@@ -401,95 +385,56 @@ class EdgeSink:
             self._shard()  # raises: closed
         return self._record_path.is_file() and self._shard_dir.is_dir()
 
-    def recorded_fingerprint(self) -> dict[str, Any] | None:
-        record = self._record() if self.exists() else None
-        return record.get("fingerprint") if record else None
+    def _metadata(self) -> dict[str, Any]:
+        return dict(self._record().get("metadata") or {})
 
-    def recorded_probes(self) -> dict[str, Any] | None:
-        record = self._record() if self.exists() else None
-        return record.get("probes") if record else None
+    def _write_metadata(self, metadata: dict[str, Any]) -> None:
+        self._write_record({**self._record(), "metadata": metadata})
 
-    def prepare(
-        self,
-        dimension: int,
-        fingerprint: dict[str, Any],
-        *,
-        probes: dict[str, Any] | None = None,
-        rewrite: bool = False,
-    ) -> None:
-        """Create the collection (shard, payload indexes, then the record) for `dimension`-d cosine vectors, or
-        check that the existing one holds such vectors (StoreError naming both when not); `rewrite` records
-        `fingerprint` and `probes` over the existing record."""
-        record = self._record() if self.exists() else None
-        if record is None:
-            self._create(dimension)
-            record = {
-                "format": _RECORD_FORMAT,
-                "vectors": {self.vector_name or "": {"size": dimension, "distance": "Cosine"}},
-            }
-            rewrite = True
-        else:
-            self._check_vectors(record, dimension)
-        self._ensure_indexes()
-        if rewrite:
-            self._write_record({**record, "fingerprint": fingerprint, "probes": probes})
+    def vectors(self) -> dict[str, VectorConfig]:
+        return {
+            name: VectorConfig(int(params["size"]), str(params["distance"]))
+            for name, params in self._record()["vectors"].items()
+        }
 
-    def _create(self, dimension: int) -> None:
+    def _create(self, vectors: dict[str, VectorConfig], metadata: dict[str, Any]) -> None:
+        """Make the shard and write the record last: the collection exists once its record does."""
         if self._shard_dir.exists():
-            # a shard without a record: a run stopped inside prepare, before anything was written to it
-            handle = self._shard()
-            count = self._call("count", lambda shard: shard.count(qe.CountRequest(exact=True)))
-            if count:
-                raise StoreError(
-                    f"{self._shard_dir} holds {count} points but no {RECORD_FILE}: not a collection embedkit "
-                    "made; move it away or use another collection"
-                )
-            with _shards_lock:
-                _shards.pop(str(self._shard_dir), None)
-            handle.close()
-            self._handle = None
-            shutil.rmtree(self._shard_dir)
-        params = qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)
+            self._remove_empty_shard()
+        unknown = [c.distance for c in vectors.values() if c.distance not in _DISTANCES]
+        if unknown:
+            raise StoreError(f"Qdrant Edge has no {unknown[0]} distance (it has {', '.join(_DISTANCES)})")
+        params = {
+            name: qe.EdgeVectorParams(size=c.size, distance=_DISTANCES[c.distance]) for name, c in vectors.items()
+        }
         optimizers = (
             qe.EdgeOptimizersConfig(indexing_threshold=self.indexing_threshold_kb)
             if self.indexing_threshold_kb is not None
             else None
         )
-        config = qe.EdgeConfig(
-            vectors={self.vector_name: params} if self.vector_name else params, optimizers=optimizers
-        )
+        config = qe.EdgeConfig(vectors=params[""] if set(params) == {""} else params, optimizers=optimizers)
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create {self._dir}: {unusable_reason(str(self._dir), exc)}") from exc
         self._shard(create=config)
+        self.ensure_indexes()
+        vector_record = {name: {"size": c.size, "distance": c.distance} for name, c in vectors.items()}
+        self._write_record({"format": _RECORD_FORMAT, "vectors": vector_record, "metadata": metadata})
 
-    def _check_vectors(self, record: dict[str, Any], dimension: int) -> None:
-        vectors = record["vectors"]
-        if self.vector_name:
-            if self.vector_name not in vectors:
-                names = sorted(vectors) if "" not in vectors else "one unnamed vector"
-                raise StoreError(f"collection {self.collection!r} has no vector named {self.vector_name!r} ({names})")
-            params = vectors[self.vector_name]
-        elif "" not in vectors:
+    def _remove_empty_shard(self) -> None:
+        """A shard without a record is what a run stopped inside `_create` leaves: empty, so made again."""
+        handle = self._shard()
+        count = self._call("count", lambda shard: shard.count(qe.CountRequest(exact=True)))
+        if count:
             raise StoreError(
-                f"collection {self.collection!r} uses named vectors ({sorted(vectors)}); pass vector_name="
+                f"{self._shard_dir} holds {count} points but no {RECORD_FILE}: not a collection embedkit "
+                "made; move it away or use another collection"
             )
-        else:
-            params = vectors[""]
-        if params.get("size") != dimension or params.get("distance") != "Cosine":
-            raise StoreError(
-                f"collection {self.collection!r} holds {params.get('size')}-d vectors with "
-                f"{str(params.get('distance')).lower()} distance; this embedder gives {dimension}-d vectors for "
-                "cosine distance. Use another collection."
-            )
-
-    def _ensure_indexes(self) -> None:
-        wanted = {**_OWN_INDEXES, **{f"{METADATA}.{key}": kind for key, kind in self.index_fields.items()}}
-        have = self._call("info", lambda shard: shard.info()).payload_schema
-        for field, kind in wanted.items():
-            if field not in have:
-                self._update("create_field_index", qe.UpdateOperation.create_field_index(field, INDEX_TYPES[kind]))
+        _forget(self._shard_dir, handle)
+        handle.close()
+        self._handle = None
+        shutil.rmtree(self._shard_dir)
 
     def _write_record(self, record: dict[str, Any]) -> None:
         self._call("flush", lambda shard: shard.flush())
@@ -497,6 +442,15 @@ class EdgeSink:
             _write_atomically(self._record_path, record)
         except OSError as exc:
             raise StoreError(f"cannot write {self._record_path}: {exc}") from exc
+
+    # -- indexes -------------------------------------------------------------------------------------------
+
+    def payload_indexes(self) -> dict[str, str]:
+        schema = self._call("info", lambda shard: shard.info()).payload_schema
+        return {field: str(info.data_type).rsplit(".", 1)[-1].lower() for field, info in schema.items()}
+
+    def _create_index(self, field: str, kind: str) -> None:
+        self._update("create_field_index", qe.UpdateOperation.create_field_index(field, _INDEX_SCHEMAS[kind]))
 
     def optimize(self) -> bool:
         """Build the HNSW index (and merge, vacuum) now, in this thread; True if anything was done.
@@ -510,141 +464,51 @@ class EdgeSink:
         """How many vectors the HNSW index holds (0 until `optimize` has built one)."""
         return int(self._call("info", lambda shard: shard.info()).indexed_vectors_count)
 
-    def payload_indexes(self) -> dict[str, str]:
-        """The shard's payload indexes: field -> type name (for inspection)."""
-        schema = self._call("info", lambda shard: shard.info()).payload_schema
-        return {field: str(info.data_type).rsplit(".", 1)[-1].lower() for field, info in schema.items()}
+    # -- the engine operations QdrantSink builds on --------------------------------------------------------
 
-    # -- points --------------------------------------------------------------------------------------------
-
-    def count(self) -> int:
-        if not self.exists():
-            return 0
-        return int(self._call("count", lambda shard: shard.count(qe.CountRequest(exact=True))))
-
-    def upsert(self, points: Sequence[Point]) -> None:
-        for start in range(0, len(points), self.batch_size):
-            batch = [qe.Point(p.id, self._vector(p.vector), p.payload) for p in points[start : start + self.batch_size]]
-            self._update("upsert", qe.UpdateOperation.upsert_points(batch))
-
-    def _vector(self, vector: Sequence[float]) -> Any:
-        values = vector.tolist() if hasattr(vector, "tolist") else [float(x) for x in vector]
-        return {self.vector_name: values} if self.vector_name else values
-
-    def _payloads(self, fields: list[str], scroll_filter: qe.Filter | None = None) -> Iterator[dict[str, Any]]:
-        """The listed payload fields of every point (matching `scroll_filter`), page by page."""
-        offset = None
-        while True:
-            request = qe.ScrollRequest(
-                offset=offset, limit=1024, filter=scroll_filter, with_payload=fields, with_vector=False
-            )
-            records, offset = self._call("scroll", _scroller(request))
-            for record in records:
-                yield dict(record.payload or {})
-            if offset is None:
-                return
-
-    def hashed_points(self, doc_ids: Collection[str] | None = None) -> Iterator[tuple[str, str, int]]:
-        """(doc_id, content_hash, chunk_count) of every point that carries a content hash (of the docs
-        `doc_ids` when given), page by page; see QdrantSink.hashed_points."""
-        hashed = qe.Filter(
-            must=[qe.FieldCondition(DOC_ID, match=qe.MatchAny(list(doc_ids)))] if doc_ids is not None else None,
-            must_not=[qe.IsEmptyCondition(CONTENT_HASH)],
+    def _scroll(
+        self, scroll_filter: models.Filter | None, fields: list[str] | bool, limit: int, offset: Any, vectors: bool
+    ) -> tuple[list[StoredPoint], Any]:
+        request = qe.ScrollRequest(
+            offset=offset, limit=limit, filter=edge_filter(scroll_filter), with_payload=fields, with_vector=vectors
         )
-        for payload in self._payloads([DOC_ID, CONTENT_HASH, CHUNK_COUNT], hashed):
-            doc_id, count = payload.get(DOC_ID), payload.get(CHUNK_COUNT)
-            if isinstance(doc_id, str) and isinstance(count, int):  # another tool's point may share a field name
-                yield doc_id, str(payload[CONTENT_HASH]), count
+        records, next_offset = self._call("scroll", lambda shard: shard.scroll(request))
+        page = [StoredPoint(str(r.id), dict(r.payload or {}), r.vector if vectors else None) for r in records]
+        # the engine hands UUID ids back as uuid.UUID and takes them as strings: keep offsets JSON-friendly
+        return page, None if next_offset is None else str(next_offset)
 
-    def delete_surplus(self, doc_id: str, keep: int) -> int:
-        surplus = _doc_filter(doc_id, qe.FieldCondition(CHUNK_INDEX, range=qe.RangeFloat(gte=keep)))
-        count = int(self._call("count", lambda shard: shard.count(qe.CountRequest(exact=True, filter=surplus))))
-        if count:
-            self._update("delete", qe.UpdateOperation.delete_points_by_filter(surplus))
-        return count
+    def _count(self, count_filter: models.Filter | None) -> int:
+        request = qe.CountRequest(exact=True, filter=edge_filter(count_filter))
+        return int(self._call("count", lambda shard: shard.count(request)))
 
-    def mark_complete(self, doc_id: str, content_hash: str) -> None:
-        self._update(
-            "set_payload", qe.UpdateOperation.set_payload_by_filter(_doc_filter(doc_id), {CONTENT_HASH: content_hash})
-        )
+    def _delete(self, selector: models.Filter) -> None:
+        self._update("delete", qe.UpdateOperation.delete_points_by_filter(edge_filter(selector)))
 
-    def delete_missing(self, sources: Collection[str], keep: Callable[[str], bool]) -> tuple[int, int]:
-        """Delete the docs of `sources` for which `keep(doc_id)` is false; returns (docs, points) removed.
-        Only points with embedkit's doc_id and source are considered; nothing is deleted until every doc of
-        the sources has been listed."""
-        if not sources:
-            return 0, 0
-        theirs = qe.Filter(must=[qe.FieldCondition(SOURCE, match=qe.MatchAny(sorted(sources)))])
-        missing: dict[str, int] = {}
-        for payload in self._payloads([DOC_ID, SOURCE], theirs):
-            doc_id = payload.get(DOC_ID)
-            if isinstance(doc_id, str) and payload.get(SOURCE) in sources and not keep(doc_id):
-                missing[doc_id] = missing.get(doc_id, 0) + 1
-        for doc_id in missing:
-            self._update("delete", qe.UpdateOperation.delete_points_by_filter(_doc_filter(doc_id)))
-        return len(missing), sum(missing.values())
+    def _set_payload(self, selector: models.Filter, payload: dict[str, Any]) -> None:
+        self._update("set_payload", qe.UpdateOperation.set_payload_by_filter(edge_filter(selector), payload))
 
-    # -- search --------------------------------------------------------------------------------------------
+    def _upsert(self, points: list[Point] | list[StoredPoint]) -> None:
+        batch = [
+            qe.Point(p.id, p.vector if isinstance(p, StoredPoint) else self._vector(p.vector), p.payload)
+            for p in points
+        ]
+        self._update("upsert", qe.UpdateOperation.upsert_points(batch))
 
-    def search(
+    def _query(
         self,
-        vector: Sequence[float],
+        vector: list[float],
         k: int,
-        *,
-        metadata_filter: Mapping[str, Any] | None = None,
-        score_threshold: float | None = None,
-        hnsw_ef: int | None = None,
-        exact: bool | None = None,
+        query_filter: models.Filter | None,
+        score_threshold: float | None,
+        params: models.SearchParams,
     ) -> list[SearchHit]:
-        """The `k` nearest chunks, best first; `score_threshold` drops weaker hits; `metadata_filter` as
-        QdrantSink.search reads it (embedkit.sinks.qdrant.metadata_condition), with the same errors.
-        `hnsw_ef` and `exact` override the sink's for this search."""
-        if not self.exists():
-            raise StoreError(f"collection {self.collection!r} does not exist at {self._where}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InputError(f"k must be an int >= 1, got {k!r}")
-        condition = metadata_condition(metadata_filter)
-        values = vector.tolist() if hasattr(vector, "tolist") else [float(x) for x in vector]
         request = qe.QueryRequest(
             limit=k,
-            query=qe.Query.Nearest(values, using=self.vector_name),
-            filter=edge_filter(condition) if condition is not None else None,
+            query=qe.Query.Nearest(vector, using=self.vector_name),
+            filter=edge_filter(query_filter),
             score_threshold=score_threshold,
-            params=qe.SearchParams(
-                hnsw_ef=self.hnsw_ef if hnsw_ef is None else hnsw_ef, exact=self.exact if exact is None else exact
-            ),
+            params=qe.SearchParams(hnsw_ef=params.hnsw_ef, exact=bool(params.exact)),
             with_payload=True,
         )
         points = self._call("query", lambda shard: shard.query(request))
-        if not points and condition is not None and metadata_filter:
-            self._check_keys_exist(list(metadata_filter))
         return [SearchHit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
-
-    def _check_keys_exist(self, keys: list[str]) -> None:
-        """InputError naming the filter keys no point has (as QdrantSink does); an empty collection passes."""
-        if not self._any_point(None):
-            return
-        missing = [key for key in keys if not any(self._any_point(_has_field(field)) for field in payload_fields(key))]
-        if not missing:
-            return
-        described = ", ".join(
-            f"field {key!r}"
-            if key in OWN_FIELDS
-            else f"metadata key {payload_fields(key)[0].removeprefix(METADATA + '.')!r}"
-            for key in missing
-        )
-        records, offset = self._call(
-            "scroll", lambda shard: shard.scroll(qe.ScrollRequest(limit=256, with_payload=[METADATA]))
-        )
-        seen: set[str] = set()
-        for record in records:
-            metadata = (record.payload or {}).get(METADATA)
-            if isinstance(metadata, dict):
-                seen.update(str(key) for key in metadata)
-        listing = ", ".join([*sorted(seen), "..."] if offset is not None else sorted(seen)) or "none"
-        raise InputError(f"no point in collection {self.collection!r} has {described} (keys seen: {listing})")
-
-    def _any_point(self, scroll_filter: qe.Filter | None) -> bool:
-        request = qe.ScrollRequest(limit=1, filter=scroll_filter, with_payload=False, with_vector=False)
-        records, _ = self._call("scroll", lambda shard: shard.scroll(request))
-        return bool(records)
