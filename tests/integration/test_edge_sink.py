@@ -10,6 +10,7 @@ tests/unit/test_sink_lifecycle.py.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -18,9 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("qdrant_edge")
-
 import qdrant_edge as qe
 
 from embedkit.errors import InputError, StoreError
@@ -111,7 +109,11 @@ def test_a_partly_hashed_doc_is_pending_and_reopening_keeps_everything(tmp_path:
         ingest(load_directory(corpus, source="docs"), minilm, sink, progress=False)
         expected = snapshot(sink)
         fingerprint, probes = sink.recorded_fingerprint(), sink.recorded_probes()
-    assert fingerprint and probes and json.loads((store / "kb" / RECORD_FILE).read_text())["fingerprint"] == fingerprint
+    assert (
+        fingerprint
+        and probes
+        and json.loads((store / "kb" / RECORD_FILE).read_text())["metadata"]["embedkit"] == fingerprint
+    )
 
     with EdgeSink("kb", path=store) as sink:  # reopened: the same points, record and indexes
         assert_same_collection(snapshot(sink), expected)
@@ -267,7 +269,7 @@ def test_close_reopen_and_a_closed_sink_says_so(tmp_path: Path) -> None:
         sink.prepare(4, {"model_id": "test"})
         assert sink.exists() and sink.recorded_fingerprint() == {"model_id": "test"}
     sink.close()  # again: nothing to do
-    with pytest.raises(StoreError, match=r"EdgeSink of collection 'kb' at .* is closed"):
+    with pytest.raises(StoreError, match=r"QdrantSink of collection 'kb' at .* is closed"):
         sink.exists()
     with pytest.raises(StoreError, match="is closed"):
         sink.count()
@@ -308,21 +310,31 @@ def test_store_path_that_is_a_file(tmp_path: Path) -> None:
         EdgeSink("kb", path=target)
 
 
-def test_a_client_local_folder_is_detected_and_left_alone(tmp_path: Path) -> None:
+def test_a_client_local_folder_is_detected_and_left_alone(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from embedkit.sinks import QdrantSink
     from embedkit.sinks.edge import store_kind
 
     assert store_kind(tmp_path / "none") is None and store_kind(tmp_path) is None
-    with QdrantSink("kb", path=tmp_path / "local") as sink:
+    with QdrantSink("kb", path=tmp_path / "local", engine="client-local") as sink:
         sink.prepare(4, {"model_id": "test"})
     before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "local").rglob("*"))
     assert store_kind(tmp_path / "local") == "client-local"
     with pytest.raises(StoreError, match=r"holds a qdrant-client local-mode store .*nothing is converted silently"):
         EdgeSink("collection", path=tmp_path / "local")
+    with pytest.raises(StoreError, match=r"holds a qdrant-client local-mode store .*nothing is converted silently"):
+        QdrantSink("kb", path=tmp_path / "local", engine="edge")
     assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "local").rglob("*")) == before
-    with EdgeSink("kb", path=tmp_path / "edge") as sink:
+    # without an engine named, the folder is opened as it is, in local mode, with a warning naming the command
+    with caplog.at_level(logging.WARNING, logger="embedkit.sinks.qdrant"):
+        with QdrantSink("kb", path=tmp_path / "local") as sink:
+            assert sink.engine == "client-local" and sink.recorded_fingerprint() == {"model_id": "test"}
+    assert "embedkit collections convert" in caplog.text
+    with QdrantSink("kb", path=tmp_path / "edge") as sink:
+        assert isinstance(sink, EdgeSink) and sink.engine == "edge"
         sink.prepare(4, {"model_id": "test"})
     assert store_kind(tmp_path / "edge") == "edge"
+    with pytest.raises(StoreError, match="holds Qdrant Edge collections, which qdrant-client's local mode cannot"):
+        QdrantSink("kb", path=tmp_path / "edge", engine="client-local")
 
 
 def test_a_shard_left_without_its_record_is_made_again(tmp_path: Path) -> None:
