@@ -181,12 +181,12 @@ def _write_atomically(path: Path, record: dict[str, Any]) -> None:
 
 
 def store_kind(path: str | Path) -> str | None:
-    """What the folder `path` holds: "client-local" (qdrant-client's local mode: meta.json and collection/),
+    """What the folder `path` holds: "client-local" (qdrant-client's local mode: meta.json, collection/),
     "edge" (one or more `<collection>/embedkit.json` + `shard/`), None (missing or empty), or "other"."""
     root = Path(path)
     if not root.is_dir():
         return None
-    if (root / "meta.json").is_file() and (root / "collection").is_dir():
+    if (root / "meta.json").is_file():  # qdrant-client writes it on opening; an Edge store has none at its root
         return "client-local"
     entries = [entry for entry in root.iterdir() if not entry.name.startswith(".")]
     if not entries:

@@ -339,20 +339,22 @@ def test_store_unreachable_or_locked_is_a_clear_error(tmp_path: Path, minilm) ->
         ingest([Document("a", "text")], minilm, refusing, progress=False)
     assert "127.0.0.1:9" in str(caught.value) or "Connection refused" in str(caught.value)
 
-    store = tmp_path / "locked"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"from qdrant_client import QdrantClient; c = QdrantClient(path={str(store)!r}); "
-         "print('open', flush=True); import time; time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-        with pytest.raises(StoreError, match="in use by another process"):
-            QdrantSink("kb", path=store)
-        import gc
+    for engine in ("edge", "client-local"):
+        store = tmp_path / engine
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "from embedkit.sinks import QdrantSink; "
+             f"s = QdrantSink('kb', path={str(store)!r}, engine={engine!r}); s.prepare(4, {{'model_id': 'x'}}); "
+             "print('open', flush=True); import time; time.sleep(60)"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+            with pytest.raises(StoreError, match="in use by another process"):
+                QdrantSink("kb", path=store)  # the engine the folder holds, found by looking
+            import gc
 
-        gc.collect()  # collect qdrant-client's leaked handle here, under this test's filter
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
+            gc.collect()  # collect qdrant-client's leaked handle here, under this test's filter
+        finally:
+            holder.kill()
+            holder.wait()
+            holder.stdout.close()
