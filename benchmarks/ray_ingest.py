@@ -37,12 +37,7 @@ def write_corpus(target: Path, copies: int) -> None:
 
 
 def stored(sink: QdrantSink) -> dict[str, tuple[np.ndarray, dict]]:
-    found, offset = {}, None
-    while True:
-        page, offset = sink.client.scroll(sink.collection, limit=1024, offset=offset, with_vectors=True)
-        found.update({str(point.id): (np.asarray(point.vector, np.float32), point.payload) for point in page})
-        if offset is None:
-            return found
+    return {point.id: (np.asarray(point.vector, np.float32), point.payload) for point in sink.points()}
 
 
 def vector_difference(ours: dict, expected: dict, what: str) -> float:

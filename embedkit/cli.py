@@ -1,4 +1,5 @@
-"""`embedkit ingest`, `search`, `serve` and `models inspect`: the main jobs from a shell, offline by default."""
+"""`embedkit ingest`, `search`, `serve`, `models inspect` and `collections ...`: the main jobs from a shell,
+offline by default."""
 
 from __future__ import annotations
 
@@ -72,13 +73,41 @@ def _remote(args: argparse.Namespace) -> Any:
 
 def _add_store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collection", required=True, help="Qdrant collection name")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument(
+    _add_store_location(parser)
+
+
+def _add_path_option(parser: Any, what: str) -> None:
+    parser.add_argument(
         "--qdrant-path",
         default=os.environ.get("EMBEDKIT_QDRANT_PATH", DEFAULT_QDRANT_PATH),
-        help="embedded local Qdrant store directory (default: $EMBEDKIT_QDRANT_PATH or ./qdrant)",
+        help=f"{what} (default: $EMBEDKIT_QDRANT_PATH or ./qdrant)",
     )
+
+
+def _add_store_location(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    _add_path_option(where, "the embedded Qdrant store's directory")
     where.add_argument("--qdrant-url", help="Qdrant server URL, e.g. http://localhost:6333 (key: $QDRANT_API_KEY)")
+    _add_engine_option(parser)
+
+
+def _add_engine_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--qdrant-engine",
+        choices=("edge", "client-local"),
+        help="the embedded store's engine: edge (Qdrant's own engine, the default for a new store) or "
+        "client-local (qdrant-client's local mode); default: whichever the folder holds",
+    )
+
+
+def _index_field(text: str) -> tuple[str, str]:
+    from embedkit.sinks.qdrant import INDEX_TYPES
+
+    key, _, kind = text.partition(":")
+    kind = kind or "keyword"
+    if not key or kind not in INDEX_TYPES:
+        raise argparse.ArgumentTypeError(f"expected KEY or KEY:TYPE with TYPE one of {', '.join(INDEX_TYPES)}")
+    return key, kind
 
 
 def _version() -> str:
@@ -147,6 +176,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("--ray-address", help="with --engine ray: the cluster to join (default: start a local one)")
     ingest.add_argument("--num-gpus", type=int, default=0, help="with --engine ray: GPU actors, one model per GPU")
+    ingest.add_argument(
+        "--index-field",
+        type=_index_field,
+        action="append",
+        default=[],
+        metavar="KEY[:TYPE]",
+        help="index metadata KEY for fast filters, TYPE keyword (default), integer, float or bool; repeatable",
+    )
     ingest.add_argument("--actors", type=int, help="with --engine ray and no GPUs: CPU actors (default 1)")
     _add_backend_options(ingest)
     _add_store_options(ingest)
@@ -162,6 +199,10 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--filter", action="append", default=[], metavar="KEY=VALUE", help="keep chunks whose metadata KEY is VALUE"
     )
+    search.add_argument(
+        "--hnsw-ef", type=_at_least(1), help="HNSW candidates per search: higher finds more (default: the store's)"
+    )
+    search.add_argument("--exact", action="store_true", help="compare with every vector instead of the HNSW index")
     _add_store_options(search)
 
     # every default below is ServerSettings' (or serve()'s host and port): one source, so --help never lies
@@ -246,15 +287,56 @@ def _parser() -> argparse.ArgumentParser:
     inspect = model_commands.add_parser("inspect", help="detected family, sizes, pooling, prompts, and why")
     inspect.add_argument("model", help="model directory or hub id")
     inspect.add_argument("--json", action="store_true", help="print as JSON")
+    _add_collections_commands(commands)
     return parser
 
 
-def _sink(args: argparse.Namespace):
+def _add_collections_commands(commands: Any) -> None:
+    collections = commands.add_parser("collections", help="list, inspect, drop, push or convert stored collections")
+    command = collections.add_subparsers(dest="collections_command", required=True)
+    listing = command.add_parser("list", help="the store's collections with their point counts")
+    _add_store_location(listing)
+    inspect = command.add_parser("inspect", help="a collection's embedder, counts, vectors and payload indexes")
+    inspect.add_argument("collection")
+    inspect.add_argument("--json", action="store_true", help="print as JSON")
+    _add_store_location(inspect)
+    drop = command.add_parser("drop", help="delete a collection (asks first)")
+    drop.add_argument("collection")
+    drop.add_argument("--yes", action="store_true", help="do not ask")
+    _add_store_location(drop)
+    push = command.add_parser(
+        "push",
+        help="copy an embedded collection (points, vectors, payloads, metadata) to a Qdrant server; resumable",
+    )
+    push.add_argument("collection")
+    _add_path_option(push, "the embedded store to copy from")
+    _add_engine_option(push)
+    target = push.add_mutually_exclusive_group(required=True)
+    target.add_argument("--qdrant-url", help="the Qdrant server to copy to, e.g. http://localhost:6333")
+    target.add_argument("--to-path", help="or a qdrant-client local-mode folder to copy to (langchain-qdrant reads it)")
+    push.add_argument(
+        "--api-key",
+        default=os.environ.get("QDRANT_API_KEY"),
+        help="the server's API key (prefer the env QDRANT_API_KEY: arguments show in `ps`)",
+    )
+    push.add_argument("--to-collection", help="the collection's name there (default: the same)")
+    push.add_argument("--batch-size", type=_at_least(1), default=256, help="points per write (default 256)")
+    push.add_argument("--quiet", action="store_true", help="no progress bar")
+    convert = command.add_parser(
+        "convert", help="move a qdrant-client local-mode folder (an earlier embedkit's store) onto Qdrant Edge"
+    )
+    _add_path_option(convert, "the folder to convert")
+
+
+def _sink(args: argparse.Namespace, collection: str | None = None, **options: Any):
     from embedkit.sinks.qdrant import QdrantSink
 
+    name = collection or args.collection
     if args.qdrant_url:
-        return QdrantSink(args.collection, url=args.qdrant_url, api_key=os.environ.get("QDRANT_API_KEY"))
-    return QdrantSink(args.collection, path=args.qdrant_path)
+        if args.qdrant_engine:
+            raise InputError("--qdrant-engine is for an embedded store (--qdrant-path), not a server")
+        return QdrantSink(name, url=args.qdrant_url, api_key=os.environ.get("QDRANT_API_KEY"), **options)
+    return QdrantSink(name, path=args.qdrant_path, engine=args.qdrant_engine, **options)
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -280,7 +362,7 @@ def _ingest(args: argparse.Namespace) -> int:
         overlap_tokens=args.overlap,
         strategy=args.strategy,
     )
-    sink = _sink(args)
+    sink = _sink(args, index_fields=dict(args.index_field))
     docs = load_paths(args.paths, patterns, source=args.source, include_hidden=args.include_hidden)
     try:
         report = ingest(
@@ -336,7 +418,7 @@ def _ingest_ray(args: argparse.Namespace, patterns: Sequence[str]) -> int:
             "--engine ray embeds and counts tokens with a local model in each actor; drop --tei-url / --tokenizer "
             "or the engine"
         )
-    sink = _sink(args)
+    sink = _sink(args, index_fields=dict(args.index_field))
     try:
         report = ingest_ray(
             args.paths,
@@ -412,9 +494,8 @@ def _search(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise InputError(f"-k must be at least 1, got {args.k}")
     metadata_filter = _filters(args.filter)  # a malformed --filter fails before the model loads
-    if not args.qdrant_url and not os.path.exists(args.qdrant_path):  # opening it would create an empty store
-        raise StoreError(f"no Qdrant store at {args.qdrant_path}; ingest first, or give --qdrant-path")
-    sink = _sink(args)
+    _require_store(args)
+    sink = _sink(args, hnsw_ef=args.hnsw_ef, exact=args.exact)
     try:
         if not sink.exists():
             hint = f"run `embedkit ingest ... --collection {args.collection}`"
@@ -439,6 +520,11 @@ def _search(args: argparse.Namespace) -> int:
     if not hits:
         print("no results", file=sys.stderr)
     return 0
+
+
+def _require_store(args: argparse.Namespace) -> None:
+    if not args.qdrant_url and not os.path.exists(args.qdrant_path):  # opening it would create an empty store
+        raise StoreError(f"no Qdrant store at {args.qdrant_path}; ingest first, or give --qdrant-path")
 
 
 def _label(hit: Any) -> str:
@@ -503,7 +589,102 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"ingest": _ingest, "search": _search, "serve": _serve, "models": _inspect}
+def _collections(args: argparse.Namespace) -> int:
+    action = args.collections_command
+    if action == "convert":
+        return _convert(args)
+    if action == "push":
+        return _push(args)
+    _require_store(args)
+    if action == "list":
+        return _list_collections(args)
+    with _sink(args, args.collection) as sink:
+        if not sink.exists():
+            raise StoreError(f"collection {args.collection!r} does not exist at {args.qdrant_url or args.qdrant_path}")
+        if action == "inspect":
+            return _inspect_collection(args, sink)
+        return _drop_collection(args, sink)
+
+
+def _list_collections(args: argparse.Namespace) -> int:
+    with _sink(args, "_") as store:  # any name: the store is what is listed
+        names = store.collection_names()
+    if not names:
+        print("no collections", file=sys.stderr)
+    for name in names:
+        with _sink(args, name) as sink:
+            fingerprint = sink.recorded_fingerprint() or {}
+            model = fingerprint.get("model_id", "-") if isinstance(fingerprint, dict) else "-"
+            print(f"{name}\t{sink.count()} points\t{sink.engine}\t{model}")
+    return 0
+
+
+def _inspect_collection(args: argparse.Namespace, sink: Any) -> int:
+    from embedkit.sinks.collections import PUSH_KEY
+
+    info: dict[str, Any] = dict(sink.info())
+    push_state = sink.metadata().get(PUSH_KEY)
+    if push_state:
+        info["unfinished_push"] = push_state
+    if args.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return 0
+    fingerprint = info.pop("fingerprint") or {}
+    width = max(len(key) for key in [*info, *fingerprint]) + 2
+    for key, value in info.items():
+        shown = ", ".join(f"{k or '(unnamed)'}={v}" for k, v in value.items()) if isinstance(value, dict) else value
+        print(f"{key:<{width}}  {shown}")
+    print("embedder:")
+    for key, value in fingerprint.items():
+        print(f"  {key:<{width - 2}}  {value}")
+    return 0
+
+
+def _drop_collection(args: argparse.Namespace, sink: Any) -> int:
+    where = args.qdrant_url or args.qdrant_path
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise InputError(f"drop {args.collection!r}: no terminal to ask on; add --yes to drop it")
+        answer = input(f"drop collection {args.collection!r} ({sink.count()} points) at {where}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing dropped", file=sys.stderr)
+            return 1
+    sink.drop()
+    print(f"dropped {args.collection!r} at {where}")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from embedkit.sinks.collections import push
+    from embedkit.sinks.qdrant import QdrantSink
+
+    if not os.path.exists(args.qdrant_path):
+        raise StoreError(f"no Qdrant store at {args.qdrant_path}; give --qdrant-path")
+    name = args.to_collection or args.collection
+    with QdrantSink(args.collection, path=args.qdrant_path, engine=args.qdrant_engine) as source:
+        if not source.exists():
+            raise StoreError(f"collection {args.collection!r} does not exist at {args.qdrant_path}")
+        if args.qdrant_url:
+            target = QdrantSink(name, url=args.qdrant_url, api_key=args.api_key, batch_size=args.batch_size)
+        else:
+            target = QdrantSink(name, path=args.to_path, engine="client-local", batch_size=args.batch_size)
+        with target, tqdm(total=source.count(), unit="point", disable=args.quiet, desc="push") as bar:
+            report = push(source, target, page_size=args.batch_size, progress=lambda n: bar.update(n - bar.n))
+    print(report.summary())
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from embedkit.sinks.collections import convert_folder
+
+    backup = convert_folder(args.qdrant_path)
+    print(f"{args.qdrant_path} now holds Qdrant Edge collections; the local-mode original is at {backup}")
+    return 0
+
+
+_COMMANDS = {"ingest": _ingest, "search": _search, "serve": _serve, "models": _inspect, "collections": _collections}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

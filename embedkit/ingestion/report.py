@@ -34,6 +34,7 @@ class IngestReport:
     deleted_docs: int = 0  # docs removed by delete_missing
     tokens: int = 0  # chunk tokens embedded
     seconds: float = 0.0
+    index_seconds: float = 0.0  # of `seconds`, building the search index at the end (Qdrant Edge; see finish)
 
     @property
     def tokens_per_second(self) -> float:
@@ -59,6 +60,7 @@ class IngestReport:
             ("chunks deleted", self.deleted),
             ("tokens embedded", self.tokens),
             ("seconds", f"{self.seconds:.1f}"),
+            ("of which indexing", f"{self.index_seconds:.1f}"),
             ("tokens/s", f"{self.tokens_per_second:.0f}"),
         ]
         width = max(len(name) for name, _ in rows)
@@ -113,7 +115,8 @@ class Run:
     def finish(
         self, sink: Sink, *, delete_missing: bool, force_delete: bool, sources: Collection[str], started: float
     ) -> IngestReport:
-        """After every write: warn about an empty run, remove what delete_missing should, stop the clock."""
+        """After every write: warn about an empty run, remove what delete_missing should, build the search index
+        where the store waits to be asked (Qdrant Edge: sink.optimize), stop the clock."""
         report = self.report
         unread = sorted(set(sources) - self.sources)
         if report.docs == 0 or unread:
@@ -134,6 +137,11 @@ class Run:
             if covered:
                 docs, points = sink.delete_missing(covered, self.keeps)
                 report.deleted_docs, report.deleted = docs, report.deleted + points
+        if report.chunks or report.deleted:
+            indexing = time.perf_counter()
+            if sink.optimize():
+                report.index_seconds = time.perf_counter() - indexing
+                log.info("built the search index of %r in %.1f s", sink.collection, report.index_seconds)
         report.seconds = time.perf_counter() - started
         return report
 

@@ -13,7 +13,7 @@ __all__ = ["Point", "QdrantSink", "SearchHit", "Sink"]
 
 
 def __getattr__(name: str) -> Any:
-    # qdrant-client (and httpx under it) load only when a Qdrant sink is asked for
+    # qdrant-client, qdrant-edge (and httpx under them) load only when a Qdrant sink is asked for
     if name == "QdrantSink":
         from embedkit.sinks.qdrant import QdrantSink
 

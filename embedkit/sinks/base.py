@@ -75,6 +75,10 @@ class Sink(Protocol):
         """Delete the docs of `sources` for which `keep(doc_id)` is false, never points without embedkit's
         fields; returns (docs, points) removed."""
 
+    def optimize(self) -> bool:
+        """Build the search index now where the store waits to be asked (Qdrant Edge builds HNSW only then);
+        True if anything was done. The ingest drivers call it once a run has written."""
+
     def search(
         self,
         vector: Sequence[float],

@@ -33,12 +33,7 @@ def cluster():
 
 
 def points(sink: QdrantSink) -> dict[str, tuple[np.ndarray, dict]]:
-    found, offset = {}, None
-    while True:
-        page, offset = sink.client.scroll(sink.collection, limit=512, offset=offset, with_vectors=True)
-        found.update({str(p.id): (np.asarray(p.vector, dtype=np.float32), p.payload) for p in page})
-        if offset is None:
-            return found
+    return {p.id: (np.asarray(p.vector, dtype=np.float32), p.payload) for p in sink.points()}
 
 
 def assert_same_points(ours: QdrantSink, reference: QdrantSink) -> None:

@@ -83,7 +83,7 @@ def test_chunk_size_overlap_and_strategy_options(tmp_path: Path, example_docs: P
     assert int(small.stdout.split(";")[-1].split()[0]) > int(default.stdout.split(";")[-1].split()[0])
     sink = QdrantSink("small", path=tmp_path / "q")
     try:
-        points, _ = sink.client.scroll("small", limit=100, with_payload=True)
+        points = list(sink.points())
     finally:
         sink.close()
     payloads = sorted((p.payload for p in points), key=lambda p: p["chunk_index"])

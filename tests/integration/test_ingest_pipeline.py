@@ -16,7 +16,8 @@ import pytest
 from embedkit.chunking import Chunker
 from embedkit.errors import InputError, StoreError
 from embedkit.ingestion import PROBE_TEXTS, Document, ingest, load_directory, load_jsonl, point_id
-from embedkit.sinks import QdrantSink
+from embedkit.sinks import Point, QdrantSink
+from embedkit.sinks.qdrant import VectorConfig
 
 
 class Counting:
@@ -53,8 +54,7 @@ class Flaky(QdrantSink):
 
 
 def snapshot(sink: QdrantSink) -> dict[str, tuple[dict, list[float]]]:
-    points, _ = sink.client.scroll(sink.collection, limit=10_000, with_payload=True, with_vectors=True)
-    return {str(p.id): (p.payload, p.vector) for p in points}
+    return {p.id: (p.payload, p.vector) for p in sink.points()}
 
 
 def assert_same_collection(a: dict, b: dict) -> None:
@@ -78,6 +78,13 @@ def counting(minilm) -> Counting:
 
 def sink_at(path: Path, cls: type[QdrantSink] = QdrantSink, **kwargs: object) -> QdrantSink:
     return cls("kb", path=path, **kwargs)
+
+
+def unhash(sink: QdrantSink, point: str) -> None:
+    """Store `point` again without its content hash: what a run killed before mark_complete leaves."""
+    stored = next(p for p in sink.points() if p.id == point)
+    payload = {key: value for key, value in stored.payload.items() if key != "content_hash"}
+    sink.upsert([Point(stored.id, stored.vector, payload)])
 
 
 def test_rerun_edit_and_delete_missing(tmp_path: Path, corpus: Path, counting: Counting) -> None:
@@ -138,7 +145,7 @@ def test_a_complete_doc_is_skipped_before_it_is_chunked(tmp_path: Path, corpus: 
         (corpus / "composting.md").write_text(edited)
         # the same doc stored with only some of its points hashed (a run killed before mark_complete) is pending
         stored = next(p for p, _ in snapshot(sink).values() if p["doc_id"] == "docs/volcanoes.md")
-        sink.client.delete_payload(sink.collection, ["content_hash"], points=[point_id("docs/volcanoes.md", 0)])
+        unhash(sink, point_id("docs/volcanoes.md", 0))
         rerun = ingest(load_directory(corpus, source="docs"), minilm, sink, chunker, progress=False)
         assert (rerun.unchanged, rerun.chunked, rerun.embedded) == (18, 2, 2)
         assert chunker.split_texts == [edited, (corpus / "volcanoes.md").read_bytes().decode()]  # source order
@@ -210,11 +217,9 @@ def test_bad_documents_are_reported_and_nothing_is_half_written(tmp_path: Path, 
 
 
 def test_wrong_dimension_collection_fails_before_any_write(tmp_path: Path, minilm) -> None:
-    from qdrant_client import models
-
     sink = sink_at(tmp_path / "q")
     try:
-        sink.client.create_collection("kb", vectors_config=models.VectorParams(size=8, distance=models.Distance.COSINE))
+        sink.create({"": VectorConfig(8, "Cosine")}, {})  # a collection another tool made
         with pytest.raises(StoreError, match="holds 8-d vectors"):
             ingest([Document("a", "some text")], minilm, sink, progress=False)
         assert sink.count() == 0
@@ -239,8 +244,7 @@ def test_jsonl_source_and_named_vector(tmp_path: Path, minilm) -> None:
         assert report.embedded == 2 and [r for _, r in report.skipped][1].startswith(f"{path}:4: not a JSON line")
         hit = sink.search(minilm.embed_query("honey"), 1, metadata_filter={"lang": "en"})[0]
         assert hit.id == point_id("export/a", 0) and hit.payload["metadata"] == {"lang": "en"}
-        info = sink.client.get_collection("kb").config.params.vectors
-        assert isinstance(info, dict) and info["dense"].size == 384
+        assert sink.vectors() == {"dense": VectorConfig(384, "Cosine")}
     finally:
         sink.close()
 
@@ -308,7 +312,7 @@ def test_disk_full_stops_with_a_report_and_a_rerun_completes(tmp_path: Path, cor
             finally:
                 self.client.upsert = original
 
-    sink = sink_at(tmp_path / "q", FullDisk, retry_attempts=1)
+    sink = sink_at(tmp_path / "q", FullDisk, retry_attempts=1, engine="client-local")  # fails in qdrant-client
     try:
         with pytest.raises(StoreError, match="No space left on device") as caught:
             ingest(load_directory(corpus, source="docs"), minilm, sink, progress=False)
@@ -335,20 +339,22 @@ def test_store_unreachable_or_locked_is_a_clear_error(tmp_path: Path, minilm) ->
         ingest([Document("a", "text")], minilm, refusing, progress=False)
     assert "127.0.0.1:9" in str(caught.value) or "Connection refused" in str(caught.value)
 
-    store = tmp_path / "locked"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"from qdrant_client import QdrantClient; c = QdrantClient(path={str(store)!r}); "
-         "print('open', flush=True); import time; time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-        with pytest.raises(StoreError, match="in use by another process"):
-            QdrantSink("kb", path=store)
-        import gc
+    for engine in ("edge", "client-local"):
+        store = tmp_path / engine
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "from embedkit.sinks import QdrantSink; "
+             f"s = QdrantSink('kb', path={str(store)!r}, engine={engine!r}); s.prepare(4, {{'model_id': 'x'}}); "
+             "print('open', flush=True); import time; time.sleep(60)"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+            with pytest.raises(StoreError, match="in use by another process"):
+                QdrantSink("kb", path=store)  # the engine the folder holds, found by looking
+            import gc
 
-        gc.collect()  # collect qdrant-client's leaked handle here, under this test's filter
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
+            gc.collect()  # collect qdrant-client's leaked handle here, under this test's filter
+        finally:
+            holder.kill()
+            holder.wait()
+            holder.stdout.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,12 @@ import pytest
 from embedkit.cli import main
 from embedkit.errors import InputError
 from embedkit.ingestion import Document, ingest, load_directory, load_jsonl, point_id
-from embedkit.sinks import QdrantSink
+from embedkit.sinks import Point, QdrantSink
 
 
 def points(store: Path, collection: str = "kb") -> list[dict]:
     with QdrantSink(collection, path=store) as sink:
-        records, _ = sink.client.scroll(collection, limit=10_000, with_payload=True)
-    return [dict(r.payload or {}, id=str(r.id)) for r in records]
+        return [dict(p.payload, id=p.id) for p in sink.points(vectors=False)]
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -102,7 +102,7 @@ def test_jsonl_ids_are_qualified_by_their_file(tmp_path: Path, minilm) -> None:
     with QdrantSink("dicts", location=":memory:") as sink:
         ingest([{"id": 7, "text": "CRM note"}], minilm, sink, source="crm", progress=False)
         ingest([{"id": 7, "text": "Wiki page"}], minilm, sink, source="wiki", progress=False)
-        records, _ = sink.client.scroll("dicts", with_payload=True)
+        records = list(sink.points(vectors=False))
         assert sorted(r.payload["doc_id"] for r in records) == ["crm/7", "wiki/7"]
 
 
@@ -164,18 +164,16 @@ def test_a_jsonl_line_without_a_readable_id_guards_its_whole_source(tmp_path: Pa
 
 
 def test_points_other_tools_wrote_are_left_alone(workdir: Path, minilm, capsys: pytest.CaptureFixture[str]) -> None:
-    from qdrant_client import models
-
     write(workdir / "docs/a.md", "Alpha text.")
     write(workdir / "docs/b.md", "Beta text.")
     assert cli("ingest", "docs") == 0
     with QdrantSink("kb", path=workdir / "qdrant") as sink:  # what langchain-qdrant's add_texts writes
         vector = minilm.embed(["Foreign text."])[0].tolist()
         foreign = [
-            models.PointStruct(id=i, vector=vector, payload={"page_content": "Foreign text.", "metadata": {"n": i}})
+            Point(str(uuid.UUID(int=i)), vector, {"page_content": "Foreign text.", "metadata": {"n": i}})
             for i in range(3)
         ]
-        sink.client.upsert("kb", points=foreign)
+        sink.upsert(foreign)
     (workdir / "docs/b.md").unlink()
     assert cli("ingest", "docs", "--delete-missing") == 0
     assert "1 removed" in capsys.readouterr().out
@@ -232,7 +230,7 @@ def test_bom_and_crlf_spans_index_the_file_as_stored(tmp_path: Path, minilm) -> 
     path = write(tmp_path / "docs/crlf.md", raw.encode("utf-8"))
     with QdrantSink("kb", location=":memory:") as sink:
         ingest(load_directory(tmp_path / "docs"), minilm, sink, progress=False)
-        records, _ = sink.client.scroll("kb", with_payload=True)
+        records = list(sink.points(vectors=False))
     as_stored = path.read_bytes().decode("utf-8")  # BOM kept, line endings as stored
     assert records
     for record in records:
@@ -279,7 +277,7 @@ def test_metadata_json_cannot_hold_is_converted_or_refused(tmp_path: Path, minil
         assert report.embedded == 2 and len(report.skipped) == 3
         reasons = " ".join(reason for _, reason in report.skipped)
         assert "metadata['score'] is nan" in reasons and "metadata['raw'] is a bytes" in reasons
-        stored = {r.payload["doc_id"]: r.payload["metadata"] for r in sink.client.scroll("kb", with_payload=True)[0]}
+        stored = {r.payload["doc_id"]: r.payload["metadata"] for r in sink.points(vectors=False)}
     assert stored["a"] == {"n": 3, "w": 0.5, "ok": True, "at": "2024-05-01T12:30:00+00:00"}
     assert stored["c"] == {"day": "2024-05-02", "nested": [{"k": [1, 2]}]}
     assert point_id("a", 0)  # ids of dict/Document docs given without a source stay as given

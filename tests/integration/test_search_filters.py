@@ -44,7 +44,9 @@ def store(tmp_path_factory: pytest.TempPathFactory, minilm) -> Path:
     from langchain_embedkit import EmbedkitEmbeddings, qdrant_vector_store
 
     path = tmp_path_factory.mktemp("filters") / "qdrant"
-    with QdrantSink("kb", path=path) as sink:  # closing it closes the client the vector store shares
+    # qdrant-client's local mode, which langchain-qdrant opens too (test_edge_sink runs these filters on Edge);
+    # closing the sink closes the client the vector store shares
+    with QdrantSink("kb", path=path, engine="client-local") as sink:
         ingest(DOCS_A, minilm, sink, source="notes/a", progress=False)
         ingest(DOCS_B, minilm, sink, source="notes/b", progress=False)
         store = qdrant_vector_store("kb", path=str(path), embeddings=EmbedkitEmbeddings(embedder=minilm))

@@ -161,7 +161,7 @@ def test_ingest_through_the_server_equals_local_ingest(remote: TEIClient, minilm
         try:
             report = ingest(load_directory(example_docs), embedder, sink, progress=False)
             assert report.embedded == 20
-            points, _ = sink.client.scroll("kb", limit=1000, with_payload=True, with_vectors=True)
+            points = list(sink.points())
             collections[name] = {str(p.id): p for p in points}
         finally:
             sink.close()

@@ -188,7 +188,7 @@ def test_ingest_through_the_openai_route_takes_a_tokenizer(
         with QdrantSink("kb", path=tmp_path / name) as sink:
             report = ingest(load_directory(example_docs), embedder, sink, chunker=chunker, progress=False)
             assert report.embedded == 20, name
-            points, _ = sink.client.scroll("kb", limit=1000, with_payload=True, with_vectors=True)
+            points = list(sink.points())
             collections[name] = {str(p.id): p for p in points}
     local, through_openai = collections["local"], collections["openai"]
     assert local.keys() == through_openai.keys()  # the same chunks: the tokenizer counted as the model does

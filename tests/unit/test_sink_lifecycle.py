@@ -1,4 +1,5 @@
-"""QdrantSink's lifecycle: close, `with`, and a quiet interpreter exit for scripts that never close.
+"""QdrantSink's lifecycle on both embedded engines (Qdrant Edge, qdrant-client's local mode): close, `with`,
+and a quiet interpreter exit for scripts that never close.
 
 qdrant-client's QdrantLocal.close imports portalocker lazily; a local client still open when the
 interpreter tears its modules down printed 'Exception ignored in: QdrantClient.__del__ ... sys.meta_path
@@ -30,20 +31,32 @@ def assert_quiet(result: subprocess.CompletedProcess[str]) -> None:
     assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
-def opens_in_another_process(path: Path) -> bool:
-    """Whether another process can open the local store now (qdrant-client locks the folder)."""
-    code = f"from qdrant_client import QdrantClient; QdrantClient(path={str(path)!r}).close()"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
+ENGINES = pytest.mark.parametrize("engine", ["edge", "client-local"])
 
 
-def test_script_that_never_closes_exits_quietly(tmp_path: Path) -> None:
+def opening_code(path: Path, engine: str) -> str:
+    """A one-liner opening collection kb of the store at `path` in another process (both engines lock it)."""
+    return (
+        f"from embedkit.sinks import QdrantSink; "
+        f"QdrantSink('kb', path={str(path)!r}, engine={engine!r}).exists(); print('opened')"
+    )
+
+
+def opens_in_another_process(path: Path, engine: str) -> bool:
+    """Whether another process can open the embedded store now."""
+    run = subprocess.run([sys.executable, "-c", opening_code(path, engine)], capture_output=True, timeout=120)
+    return run.returncode == 0
+
+
+@ENGINES
+def test_script_that_never_closes_exits_quietly(tmp_path: Path, engine: str) -> None:
     result = run_script(
         f"""
         from embedkit.sinks import QdrantSink
-        sink = QdrantSink("kb", path={str(tmp_path / "q")!r})
+        sink = QdrantSink("kb", path={str(tmp_path / "q")!r}, engine={engine!r})
         sink.prepare(4, {{"model_id": "test"}})
-        again = QdrantSink("other", path={str(tmp_path / "q")!r})  # the same shared client
-        second = QdrantSink("kb", path={str(tmp_path / "q2")!r})
+        again = QdrantSink("other", path={str(tmp_path / "q")!r}, engine={engine!r})  # the same store
+        second = QdrantSink("kb", path={str(tmp_path / "q2")!r}, engine={engine!r})
         print(sink.exists(), again.exists())
         """,
         tmp_path,
@@ -52,13 +65,14 @@ def test_script_that_never_closes_exits_quietly(tmp_path: Path) -> None:
     assert result.stdout.split() == ["True", "False"]
 
 
-def test_script_that_ingests_and_never_closes_exits_quietly(tmp_path: Path) -> None:
+@ENGINES
+def test_script_that_ingests_and_never_closes_exits_quietly(tmp_path: Path, engine: str) -> None:
     result = run_script(
         f"""
         import embedkit
         from embedkit.ingestion import ingest
         from embedkit.sinks import QdrantSink
-        sink = QdrantSink("kb", path={str(tmp_path / "q")!r})
+        sink = QdrantSink("kb", path={str(tmp_path / "q")!r}, engine={engine!r})
         report = ingest(["bees make honey", "git branches"], embedkit.load(device="cpu"), sink, progress=False)
         print(report.embedded, sink.count())
         """,
@@ -68,26 +82,29 @@ def test_script_that_ingests_and_never_closes_exits_quietly(tmp_path: Path) -> N
     assert result.stdout.split() == ["2", "2"]
 
 
-def test_script_with_context_manager_exits_quietly_and_frees_the_path(tmp_path: Path) -> None:
+@ENGINES
+def test_script_with_context_manager_exits_quietly_and_frees_the_path(tmp_path: Path, engine: str) -> None:
     store = tmp_path / "q"
     result = run_script(
         f"""
         import subprocess, sys
         from embedkit.sinks import QdrantSink
-        with QdrantSink("kb", path={str(store)!r}) as sink:
+        with QdrantSink("kb", path={str(store)!r}, engine={engine!r}) as sink:
             sink.prepare(4, {{"model_id": "test"}})
+            held = subprocess.run([sys.executable, "-c", {opening_code(store, engine)!r}], capture_output=True)
         # the path is free for another process while this one still runs
-        code = "from qdrant_client import QdrantClient; QdrantClient(path={str(store)!r}).close()"
-        print(subprocess.run([sys.executable, "-c", code]).returncode)
+        free = subprocess.run([sys.executable, "-c", {opening_code(store, engine)!r}], capture_output=True, text=True)
+        print(held.returncode, free.returncode, free.stdout.strip())
         """,
         tmp_path,
     )
     assert_quiet(result)
-    assert result.stdout.strip() == "0"
+    assert result.stdout.split() == ["1", "0", "opened"]
 
 
-def test_close_is_idempotent_and_a_closed_sink_says_so(tmp_path: Path) -> None:
-    with QdrantSink("kb", path=tmp_path / "q") as sink:
+@ENGINES
+def test_close_is_idempotent_and_a_closed_sink_says_so(tmp_path: Path, engine: str) -> None:
+    with QdrantSink("kb", path=tmp_path / "q", engine=engine) as sink:
         sink.prepare(4, {"model_id": "test"})
         assert sink.count() == 0
     sink.close()  # again: nothing to do
@@ -95,15 +112,16 @@ def test_close_is_idempotent_and_a_closed_sink_says_so(tmp_path: Path) -> None:
         sink.exists()
     with pytest.raises(StoreError, match="is closed"):
         sink.count()
-    assert opens_in_another_process(tmp_path / "q")
+    assert opens_in_another_process(tmp_path / "q", engine)
 
 
-def test_closing_a_stale_sink_leaves_a_reopened_path_open(tmp_path: Path) -> None:
-    first = QdrantSink("kb", path=tmp_path / "q")
-    second = QdrantSink("kb", path=tmp_path / "q")  # shares first's client
+@ENGINES
+def test_closing_a_stale_sink_leaves_a_reopened_path_open(tmp_path: Path, engine: str) -> None:
+    first = QdrantSink("kb", path=tmp_path / "q", engine=engine)
+    second = QdrantSink("kb", path=tmp_path / "q", engine=engine)  # shares first's client
     first.prepare(4, {"model_id": "test"})
     first.close()  # closes the shared client for both
-    reopened = QdrantSink("kb", path=tmp_path / "q")
+    reopened = QdrantSink("kb", path=tmp_path / "q", engine=engine)
     try:
         second.close()  # its client is already closed; must not close the reopened one
         assert reopened.exists() and reopened.count() == 0
@@ -124,16 +142,21 @@ def test_a_given_client_stays_open(tmp_path: Path) -> None:
     [("a/b", "cannot contain '/'"), ("x" * 300, "at most 255 characters"), ("a:b", "cannot contain ':'")],
 )
 def test_collection_name_the_local_store_refuses(tmp_path: Path, name: str, refusal: str) -> None:
-    with pytest.raises(InputError, match=f"collection name .* is refused by the Qdrant store at {tmp_path}.*{refusal}"):
-        QdrantSink(name, path=tmp_path)
+    for engine in ("edge", "client-local"):
+        where = tmp_path / engine
+        with pytest.raises(
+            InputError, match=f"collection name .* is refused by the Qdrant store at {where}.*{refusal}"
+        ):
+            QdrantSink(name, path=where, engine=engine)
     with pytest.raises(InputError, match=refusal):
         QdrantSink(name, location=":memory:")
 
 
-def test_store_path_that_is_a_file(tmp_path: Path) -> None:
+@ENGINES
+def test_store_path_that_is_a_file(tmp_path: Path, engine: str) -> None:
     target = tmp_path / "store"
     target.write_text("not a store")
     with pytest.raises(StoreError, match=f"store at {target}: it is a file, not a directory"):
-        QdrantSink("kb", path=target)
+        QdrantSink("kb", path=target, engine=engine)
     with pytest.raises(StoreError, match=f"store at {target / 'sub'}: {target} is a file, not a directory"):
-        QdrantSink("kb", path=target / "sub")
+        QdrantSink("kb", path=target / "sub", engine=engine)

@@ -59,6 +59,9 @@ class EmbedkitRetriever(BaseRetriever):
     qdrant_api_key: SecretStr | None = Field(default_factory=secret_from_env("QDRANT_API_KEY", default=None))
     client: Any = Field(default=None, exclude=True)
     """A qdrant_client.QdrantClient to use instead of path / url."""
+    engine: str | None = None
+    """For `path`: "edge" (Qdrant Edge, what embedkit writes) or "client-local" (qdrant-client's local mode);
+    None opens the folder as whichever it holds."""
     embeddings: EmbedkitEmbeddings | None = None
     k: int = 4
     score_threshold: float | None = None
@@ -77,7 +80,13 @@ class EmbedkitRetriever(BaseRetriever):
         key = self.qdrant_api_key.get_secret_value() if self.qdrant_api_key is not None and self.url else None
         location = None if (self.path or self.url or self.client) else ":memory:"
         self._sink = QdrantSink(
-            self.collection, path=self.path, url=self.url, api_key=key, client=self.client, location=location
+            self.collection,
+            path=self.path,
+            url=self.url,
+            api_key=key,
+            client=self.client,
+            location=location,
+            engine=self.engine,
         )
         where = self.path or self.url or "the given client"
         self.embeddings = embeddings_for_collection(self._sink, where, self.embeddings)

@@ -109,7 +109,8 @@ def clashing_store(tmp_path: Path, local_embedder) -> Iterator[QdrantSink]:
         ),
         Document("reviews/b.md", "Bees keep warm in winter by shivering.", {"score": 3, "end": None}, source="reviews"),
     ]
-    with QdrantSink("kb", path=tmp_path / "q") as sink:
+    # qdrant-client's local mode: langchain-qdrant reads the same collection below through its client
+    with QdrantSink("kb", path=tmp_path / "q", engine="client-local") as sink:
         assert ingest(docs, local_embedder, sink, progress=False).embedded == 2
         yield sink
 
@@ -138,7 +139,7 @@ def test_user_metadata_comes_back_unchanged(clashing_store: QdrantSink, local_em
 def test_metadata_holding_the_reserved_key_is_an_error_not_a_merge(tmp_path: Path, local_embedder) -> None:
     mine = {"embedkit": {"version": "mine"}, "score": 1}
     embeddings = EmbedkitEmbeddings(embedder=local_embedder)
-    with QdrantSink("kb", path=tmp_path / "q") as sink:
+    with QdrantSink("kb", location=":memory:") as sink:
         ingest([Document("a", "some text", dict(mine), source="s")], local_embedder, sink, progress=False)
         retriever = EmbedkitRetriever(collection="kb", client=sink.client, embeddings=embeddings)
         with pytest.raises(InputError, match=r"its own metadata key 'embedkit'.*embedkit_key="):

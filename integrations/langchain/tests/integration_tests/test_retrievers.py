@@ -86,8 +86,20 @@ def test_a_missing_collection_is_a_clear_error(qdrant_path: str) -> None:
         EmbedkitRetriever(collection="nope", path=qdrant_path)
 
 
-def test_same_ranking_as_langchain_qdrant(retriever: EmbedkitRetriever, qdrant_path: str) -> None:
-    store = qdrant_vector_store(COLLECTION, path=qdrant_path, embeddings=retriever.embeddings)
+def test_langchain_qdrant_cannot_open_the_edge_store_and_is_told_how(qdrant_path: str) -> None:
+    with pytest.raises(StoreError, match=r"langchain-qdrant cannot open .*embedkit collections push"):
+        qdrant_vector_store(COLLECTION, path=qdrant_path)
+
+
+def test_same_ranking_as_langchain_qdrant(retriever: EmbedkitRetriever, qdrant_path: str, tmp_path) -> None:
+    # the Edge store, copied into a qdrant-client local-mode folder: a folder langchain-qdrant opens
+    from embedkit.sinks import QdrantSink
+    from embedkit.sinks.collections import push
+
+    local = str(tmp_path / "local")
+    with QdrantSink(COLLECTION, path=local, engine="client-local") as copy:
+        push(QdrantSink(COLLECTION, path=qdrant_path), copy)
+    store = qdrant_vector_store(COLLECTION, path=local, embeddings=retriever.embeddings)
     for query in QUERIES:
         ours = retriever.invoke(query, k=5)
         theirs = store.similarity_search_with_score(query, k=5)

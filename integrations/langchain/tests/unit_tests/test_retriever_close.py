@@ -10,13 +10,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
-from qdrant_client import QdrantClient, models
+from qdrant_client import QdrantClient
 
 from embedkit import StoreError
-from embedkit.sinks import QdrantSink
+from embedkit.sinks import Point, QdrantSink
 from langchain_embedkit import EmbedkitEmbeddings, EmbedkitRetriever
 
 # an embedkit Embedder that needs neither a model nor a network: every text is the same 4-d vector
@@ -48,7 +49,7 @@ Fixed = _namespace["Fixed"]
 def store(tmp_path: Path) -> Path:
     with QdrantSink("kb", path=tmp_path / "q") as sink:
         sink.prepare(4, {"model_id": "fixed"})
-        sink.client.upsert("kb", [models.PointStruct(id=1, vector=[1, 1, 1, 1], payload={"page_content": "hi"})])
+        sink.upsert([Point(str(uuid.UUID(int=1)), [1, 1, 1, 1], {"page_content": "hi"})])
     return tmp_path / "q"
 
 
@@ -63,7 +64,7 @@ def assert_quiet(result: subprocess.CompletedProcess[str]) -> None:
 
 
 def opens_in_another_process(path: Path) -> bool:
-    code = f"from qdrant_client import QdrantClient; QdrantClient(path={str(path)!r}).close()"
+    code = f"from embedkit.sinks import QdrantSink; QdrantSink('kb', path={str(path)!r}).count()"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
 
 
