@@ -98,11 +98,35 @@ def machine() -> dict[str, Any]:
 
 
 def vm(field: str) -> int:
-    """A /proc/self/status field (VmRSS, VmHWM) in bytes."""
+    """A /proc/self/status field in bytes: VmRSS (resident), VmHWM (its peak), RssAnon (the process's own
+    memory: heap, not files), RssFile (pages of mapped files, which the kernel may drop and read again)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+class Memory:
+    """Samples RSS and RssAnon every `interval` seconds on a thread, with a progress figure from `progress`;
+    the kernel keeps the peak of RSS (VmHWM) but not of RssAnon, hence the sampling."""
+
+    def __init__(self, progress: Any = lambda: 0, interval: float = 0.5) -> None:
+        self.samples: list[tuple[int, int, int]] = []  # (progress, rss, anon)
+        self._progress, self._interval = progress, interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(self._interval):
+            self.samples.append((self._progress(), vm("VmRSS"), vm("RssAnon")))
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def peak_anon(self) -> int:
+        return max([anon for _, _, anon in self.samples] + [vm("RssAnon")])
 
 
 def disk_bytes(path: Path) -> int:
@@ -250,6 +274,7 @@ def run_engine(job: dict[str, Any]) -> dict[str, Any]:
     _text(0)
     sink = open_store(engine, store)
     out: dict[str, Any] = {"engine": engine, "size": size, "rss_start": vm("VmRSS")}  # imports done
+    memory = Memory()
     sink.prepare(DIM, {"model": "synthetic-clustered-384", "dimension": DIM})
     cap = job["cap_s"] if engine == "client-local" else None
     upsert_s = 0.0
@@ -265,9 +290,10 @@ def run_engine(job: dict[str, Any]) -> dict[str, Any]:
             out["stopped_at"] = stored
             break
     out.update(stored=stored, upsert_s=upsert_s, upsert_rate=stored / upsert_s, count=sink.count())
-    out["rss_after_upsert"] = vm("VmRSS")
+    out.update(rss_after_upsert=vm("VmRSS"), anon_after_upsert=vm("RssAnon"))
     if "stopped_at" in out:  # recall against the full set would mean nothing: report where it stopped
-        out.update(peak_rss=vm("VmHWM"))
+        memory.stop()
+        out.update(peak_rss=vm("VmHWM"), peak_anon=memory.peak_anon())
         sink.close()
         out["disk"] = disk_bytes(store)
         return out
@@ -280,7 +306,7 @@ def run_engine(job: dict[str, Any]) -> dict[str, Any]:
         sink.optimize()
         out["optimize_s"] = time.perf_counter() - t
         out["indexed"] = sink.indexed_vectors()
-        out["rss_after_optimize"] = vm("VmRSS")
+        out.update(rss_after_optimize=vm("VmRSS"), anon_after_optimize=vm("RssAnon"))
     timed_searches(sink, warm)
     times, found = timed_searches(sink, queries[:n_q])
     out.update(p50_ms=ms(times, 50), p99_ms=ms(times, 99), recall=recall(found, gt[:n_q]))
@@ -289,7 +315,10 @@ def run_engine(job: dict[str, Any]) -> dict[str, Any]:
     if engine == "edge":
         times, found = timed_searches(sink, queries[:n_f], exact=True)
         out.update(exact_p50_ms=ms(times, 50), exact_recall=recall(found, gt[:n_f]))
-    out["peak_rss"] = vm("VmHWM")
+        _, found = timed_searches(sink, queries[:n_q], hnsw_ef=K)  # is the set hard enough to tell?
+        out["recall_ef10"] = recall(found, gt[:n_q])
+    memory.stop()
+    out.update(peak_rss=vm("VmHWM"), peak_anon=memory.peak_anon())
     t = time.perf_counter()
     sink.close()
     out["close_s"] = time.perf_counter() - t
@@ -372,25 +401,19 @@ def run_ingest(job: dict[str, Any]) -> dict[str, Any]:
     per_doc = np.mean([len(chunker.split(doc(d).text)) for d in range(200)])
     n_docs = int(np.ceil(job["chunks"] / per_doc))
     sink = Counted(open_store("edge", work / "store"))
-    samples: list[tuple[float, int, int]] = []
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(1.0):
-            samples.append((time.perf_counter(), sink.stored, vm("VmRSS")))
-
-    rss_before = vm("VmRSS")
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    rss_before, anon_before = vm("VmRSS"), vm("RssAnon")
+    memory = Memory(lambda: sink.stored, interval=1.0)
     start = time.perf_counter()
     report = ingest((doc(d) for d in range(n_docs)), embedder, sink, chunker, progress=False, total=n_docs)
     seconds = time.perf_counter() - start
-    done.set()
-    sampler.join()
+    memory.stop()
     total = sink.stored
+    samples = memory.samples
 
-    def rss_at(fraction: float) -> int:
-        return next((rss for _, n, rss in samples if n >= fraction * total), samples[-1][2])
+    def at(fraction: float) -> tuple[int, int]:
+        return next(((rss, anon) for n, rss, anon in samples if n >= fraction * total), samples[-1][1:])
+
+    late = [(rss, anon) for n, rss, anon in samples if n >= 0.1 * total]
 
     out = {
         "docs": n_docs,
@@ -398,13 +421,15 @@ def run_ingest(job: dict[str, Any]) -> dict[str, Any]:
         "tokens": report.tokens,
         "seconds": seconds,
         "rss_before": rss_before,
-        "rss_10": rss_at(0.1),
-        "rss_50": rss_at(0.5),
-        "rss_100": rss_at(1.0),
+        "anon_before": anon_before,
+        "rss_anon_10": at(0.1),
+        "rss_anon_50": at(0.5),
+        "rss_anon_100": at(1.0),
         "peak_rss": vm("VmHWM"),
+        "peak_anon": memory.peak_anon(),
         "samples": len(samples),
-        "rss_min_after_10": min(rss for _, n, rss in samples if n >= 0.1 * total),
-        "rss_max_after_10": max(rss for _, n, rss in samples if n >= 0.1 * total),
+        "rss_min_max_after_10": (min(r for r, _ in late), max(r for r, _ in late)),
+        "anon_min_max_after_10": (min(a for _, a in late), max(a for _, a in late)),
         "count": sink.count(),
     }
     query = embedder.embed(["Part two of document 1234"])[0]
@@ -414,6 +439,7 @@ def run_ingest(job: dict[str, Any]) -> dict[str, Any]:
     t = time.perf_counter()
     sink.optimize()
     out.update(optimize_s=time.perf_counter() - t, indexed=sink.indexed_vectors(), rss_after_optimize=vm("VmRSS"))
+    out["anon_after_optimize"] = vm("RssAnon")
     t = time.perf_counter()
     hits = sink.search(query.tolist(), K, metadata_filter={"metadata.tags": FILTER_TAG})
     out.update(search_filtered_ms=(time.perf_counter() - t) * 1000, hits_filtered=len(hits))
@@ -452,6 +478,7 @@ def store_table(results: list[dict[str, Any]]) -> None:
         "filtered p50 ms",
         "filt. recall",
         "peak RSS MiB",
+        "peak anon MiB",
         "disk MiB",
     )
     print("| " + " | ".join(head) + " |")
@@ -469,6 +496,7 @@ def store_table(results: list[dict[str, Any]]) -> None:
                 "-",
                 "-",
                 mib(r["peak_rss"]),
+                mib(r["peak_anon"]),
                 mib(r["disk"]),
             ]
         else:
@@ -484,6 +512,7 @@ def store_table(results: list[dict[str, Any]]) -> None:
                 f"{r['filtered_p50_ms']:.2f}",
                 f"{r['filtered_recall']:.3f}",
                 mib(r["peak_rss"]),
+                mib(r["peak_anon"]),
                 mib(r["disk"]),
             ]
         print("| " + " | ".join(cells) + " |")
@@ -493,11 +522,14 @@ def store_table(results: list[dict[str, Any]]) -> None:
             for key in (
                 "rss_start",
                 "rss_after_upsert",
+                "anon_after_upsert",
                 "rss_after_optimize",
+                "anon_after_optimize",
                 "indexed",
                 "unindexed_p50_ms",
                 "exact_p50_ms",
                 "exact_recall",
+                "recall_ef10",
                 "close_s",
                 "count",
             )
@@ -548,11 +580,15 @@ def main() -> None:
                 f"ingest: {r['docs']:,} docs -> {r['chunks']:,} chunks ({r['tokens']:,} tokens) "
                 f"in {r['seconds']:.0f} s; count {r['count']:,}"
             )
-            print(
-                f"RSS MiB: before {mib(r['rss_before'])}, at 10% {mib(r['rss_10'])}, 50% {mib(r['rss_50'])}, "
-                f"100% {mib(r['rss_100'])}; from 10% on min {mib(r['rss_min_after_10'])} max "
-                f"{mib(r['rss_max_after_10'])}; peak {mib(r['peak_rss'])}; disk {mib(r['disk'])}"
-            )
+            for name, index in (("RSS", 0), ("RssAnon", 1)):
+                low, high = r[f"{'rss' if index == 0 else 'anon'}_min_max_after_10"]
+                print(
+                    f"{name} MiB: before {mib(r['rss_before' if index == 0 else 'anon_before'])}, "
+                    f"at 10% {mib(r['rss_anon_10'][index])}, 50% {mib(r['rss_anon_50'][index])}, "
+                    f"100% {mib(r['rss_anon_100'][index])}; from 10% on min {mib(low)} max {mib(high)}; "
+                    f"peak {mib(r['peak_rss' if index == 0 else 'peak_anon'])}"
+                )
+            print(f"disk MiB: {mib(r['disk'])}")
             print(
                 f"search: {r['hits']} hits in {r['search_unindexed_ms']:.1f} ms (unindexed); optimize "
                 f"{r['optimize_s']:.1f} s ({r['indexed']:,} indexed); filtered {r['hits_filtered']} hits in "
@@ -602,7 +638,8 @@ def main() -> None:
                     f"query p50 {local['p50_ms'] / edge['p50_ms']:.1f}x faster, "
                     f"p99 {local['p99_ms'] / edge['p99_ms']:.1f}x, "
                     f"filtered p50 {local['filtered_p50_ms'] / edge['filtered_p50_ms']:.1f}x, "
-                    f"peak RSS {edge['peak_rss'] / local['peak_rss']:.2f}x, disk {edge['disk'] / local['disk']:.2f}x"
+                    f"peak RSS {edge['peak_rss'] / local['peak_rss']:.2f}x, "
+                    f"peak anon {edge['peak_anon'] / local['peak_anon']:.2f}x, disk {edge['disk'] / local['disk']:.2f}x"
                 )
 
 
