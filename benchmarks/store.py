@@ -10,14 +10,19 @@ doc_id, chunk_index, chunk_count, content_hash; ids from point_id) upserted thro
 batches of 1,000; the index build (`optimize()` on Edge; local mode has no index); --queries searches at
 k=10 with the default search parameters (p50/p99, recall@10 against numpy brute force over the whole set);
 --filtered-queries searches filtered on a metadata tag (an indexed keyword on Edge, ~4% of the points); peak
-RSS (VmHWM) and the store folder's size on disk (allocated blocks, as du counts them).
+RSS (VmHWM) and peak RssAnon (sampled), and the store folder's size on disk (allocated blocks, as du counts
+them). RSS counts the pages of files the process maps, which Edge does with its segments: those are page
+cache the kernel can drop and read again; RssAnon is the memory the process itself holds (heap, Python
+objects), the figure that says whether a store keeps the collection in RAM. On Edge also: a search before
+optimize() (a scan), exact search, and recall at hnsw_ef=10, which tells whether the set is hard enough for
+the recall at the default ef to mean something.
 
 The vectors are not uniform noise (on which no index finds neighbours and recall means nothing): 2,000
 cluster centres in a 48-d latent space, each point its centre plus Gaussian noise, projected to 384-d by a
 fixed random matrix, plus a little isotropic 384-d noise, then normalised; text embeddings likewise sit
 near a low-dimensional structure. Queries are fresh points of the same process, perturbed. Blocks of
 vectors are generated from (seed, block number), so no process ever holds the whole set, and the first
-100k of the 1M set are the 100k set.
+100k of the 1M set are the 100k set. --latent-dim and --noise make the set harder.
 
 Local mode keeps every point in Python objects and scans all of them per query, so it runs up to
 --local-max-points (default 100,000) and stops upserting after --local-cap-min minutes; the output says
@@ -54,7 +59,8 @@ K = 10
 BLOCK = 5_000  # vectors per generated block
 BATCH = 1_000  # points per sink.upsert call
 CHUNKS_PER_DOC = 5
-LATENT = 48
+LATENT = 48  # dimensions of the structure the points sit near (--latent-dim)
+NOISE = 0.15  # isotropic 384-d noise per coordinate (--noise)
 CENTRES = 2_000
 TAGS = 50
 FILTER_TAG = "t07"
@@ -140,15 +146,15 @@ def disk_bytes(path: Path) -> int:
 class Vectors:
     """The clustered 384-d set: block `b` holds points b*BLOCK .. (b+1)*BLOCK-1, generated from (seed, b)."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, latent: int = LATENT, noise: float = NOISE) -> None:
         rng = np.random.default_rng([seed, 0xC0FFEE])
-        self.seed = seed
-        self.centres = rng.standard_normal((CENTRES, LATENT)).astype(np.float32)
-        self.projection = (rng.standard_normal((LATENT, DIM)) / np.sqrt(LATENT)).astype(np.float32)
+        self.seed, self.latent, self.noise = seed, latent, noise
+        self.centres = rng.standard_normal((CENTRES, latent)).astype(np.float32)
+        self.projection = (rng.standard_normal((latent, DIM)) / np.sqrt(latent)).astype(np.float32)
 
     def _make(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        latent = self.centres[rng.integers(CENTRES, size=n)] + 0.5 * rng.standard_normal((n, LATENT), np.float32)
-        x = latent @ self.projection + 0.15 * rng.standard_normal((n, DIM), np.float32)
+        latent = self.centres[rng.integers(CENTRES, size=n)] + 0.5 * rng.standard_normal((n, self.latent), np.float32)
+        x = latent @ self.projection + self.noise * rng.standard_normal((n, DIM), np.float32)
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     def block(self, b: int) -> np.ndarray:
@@ -270,7 +276,7 @@ def run_engine(job: dict[str, Any]) -> dict[str, Any]:
     engine, size, store = job["engine"], job["size"], Path(job["store"])
     truth = np.load(job["truth"])
     queries, warm, gt, gt_filtered = truth["queries"], truth["warm"], truth["gt"], truth["gt_filtered"]
-    data = Vectors(job["seed"])
+    data = Vectors(job["seed"], job["latent"], job["noise"])
     _text(0)
     sink = open_store(engine, store)
     out: dict[str, Any] = {"engine": engine, "size": size, "rss_start": vm("VmRSS")}  # imports done
@@ -558,6 +564,10 @@ def main() -> None:
     )
     parser.add_argument("--ingest-chunks", type=int, default=0, help="run part 2 only: an ingest of ~N chunks")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latent-dim", type=int, default=LATENT, help="a larger one makes neighbours harder to find")
+    parser.add_argument(
+        "--noise", type=float, default=NOISE, help="isotropic noise per coordinate (harder when larger)"
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="where the stores go (default: a temp dir)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -596,7 +606,7 @@ def main() -> None:
             )
             return
 
-        data = Vectors(args.seed)
+        data = Vectors(args.seed, args.latent_dim, args.noise)
         drawn = data.queries(max(args.queries, args.filtered_queries) + 5)
         warm, queries = drawn[:5], drawn[5:]
         results = []
@@ -618,6 +628,8 @@ def main() -> None:
                     "store": str(store),
                     "truth": str(truth),
                     "seed": args.seed,
+                    "latent": args.latent_dim,
+                    "noise": args.noise,
                     "queries": args.queries,
                     "filtered_queries": args.filtered_queries,
                     "cap_s": args.local_cap_min * 60,
