@@ -297,6 +297,7 @@ def run_engine(job: dict[str, Any]) -> dict[str, Any]:
             break
     out.update(stored=stored, upsert_s=upsert_s, upsert_rate=stored / upsert_s, count=sink.count())
     out.update(rss_after_upsert=vm("VmRSS"), anon_after_upsert=vm("RssAnon"))
+    print(f"{engine} {size:,} upserted: {json.dumps(out)}", file=sys.stderr, flush=True)  # kept if a later step dies
     if "stopped_at" in out:  # recall against the full set would mean nothing: report where it stopped
         memory.stop()
         out.update(peak_rss=vm("VmHWM"), peak_anon=memory.peak_anon())
@@ -313,6 +314,7 @@ def run_engine(job: dict[str, Any]) -> dict[str, Any]:
         out["optimize_s"] = time.perf_counter() - t
         out["indexed"] = sink.indexed_vectors()
         out.update(rss_after_optimize=vm("VmRSS"), anon_after_optimize=vm("RssAnon"))
+        print(f"{engine} {size:,} optimized: {out['optimize_s']:.1f} s", file=sys.stderr, flush=True)
     timed_searches(sink, warm)
     times, found = timed_searches(sink, queries[:n_q])
     out.update(p50_ms=ms(times, 50), p99_ms=ms(times, 99), recall=recall(found, gt[:n_q]))
