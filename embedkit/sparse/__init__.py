@@ -1,5 +1,6 @@
 """Sparse encoders (BM25, SPLADE) for hybrid search: `embedkit.sparse.base` holds the vector and the protocol."""
 
 from embedkit.sparse.base import SparseEncoder, SparseVector
+from embedkit.sparse.bm25 import BM25Encoder
 
-__all__ = ["SparseEncoder", "SparseVector"]
+__all__ = ["BM25Encoder", "SparseEncoder", "SparseVector"]
