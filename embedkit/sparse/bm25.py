@@ -32,6 +32,7 @@ import re
 from collections.abc import Sequence
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
+from itertools import pairwise
 from typing import Any
 
 import qdrant_edge as qe
@@ -44,19 +45,21 @@ __all__ = ["BM25Encoder", "supported_languages"]
 ENGINE = "qdrant-edge-py"
 # fastembed's Bm25(token_max_length=40): a longer token (before stemming) is left out
 MAX_TOKEN_CHARS = 40
-# fastembed's two passes: remove_non_alphanumeric (before lowercasing), then SimpleTokenizer (after)
+# fastembed's two passes: remove_non_alphanumeric (before lowercasing), then SimpleTokenizer (after), whose
+# "replace [^\w] by spaces and split" is the runs of word characters
 _NOT_WORD_OR_SPACE = re.compile(r"[^\w\s]")
-_NOT_WORD = re.compile(r"[^\w]")
+_WORD = re.compile(r"\w+")
 
 
 def fastembed_tokens(text: str) -> list[str]:
     """`text` cut into lowercase tokens by fastembed's `Qdrant/bm25` rule (see the module docstring).
 
-    Lowercasing sits between the two passes as in fastembed: "İ" lowercases to "i" plus a combining dot,
-    which the second pass turns into a space. The only token made of punctuation is "_" (category Pc,
-    and a word character), which fastembed drops as punctuation.
+    Lowercasing sits between the two passes as in fastembed, which matters twice: "İ" lowercases to "i" plus a
+    combining dot, which the second pass drops, and a capital sigma lowercases by what follows it (to the
+    final form before a space, not before a full stop and a letter). The only token made of punctuation is
+    "_" (category Pc, and a word character), which fastembed drops as punctuation.
     """
-    words = _NOT_WORD.sub(" ", _NOT_WORD_OR_SPACE.sub(" ", text).lower()).split()
+    words = _WORD.findall(_NOT_WORD_OR_SPACE.sub(" ", text).lower())
     return [word for word in words if word != "_" and len(word) <= MAX_TOKEN_CHARS]
 
 
@@ -180,5 +183,9 @@ class BM25Encoder:
 
     @staticmethod
     def _vector(engine_vector: qe.SparseVector) -> SparseVector:
-        pairs = sorted(zip(engine_vector.indices, engine_vector.values, strict=True))
-        return SparseVector(indices=[index for index, _ in pairs], values=[value for _, value in pairs])
+        indices, values = engine_vector.indices, engine_vector.values
+        # the engine gives them ascending (0.9); the contract promises it, so it is checked, not assumed
+        if any(a >= b for a, b in pairwise(indices)):
+            pairs = sorted(zip(indices, values, strict=True))
+            indices, values = [index for index, _ in pairs], [value for _, value in pairs]
+        return SparseVector(indices=indices, values=values)

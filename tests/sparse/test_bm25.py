@@ -45,6 +45,7 @@ TEXTS = {
     "accents": "Café naïve résumé Ünïcödé ÅNGSTRÖM façade jalapeño crème brûlée São Paulo Zürich",
     "scripts": "Ελληνικά κείμενα, кириллица текст, العربية, עברית, 日本語のテキスト, 中文文本, 한국어 문장",
     "special letters": "İstanbul ı I i ﬁnance ﬂow straße STRASSE Ⅻ ½ ² ٣ ① emoji 🎉 party 🙂",  # noqa: RUF001 (the dotless i on purpose)
+    "greek capitals": "ΟΔΟΣ.ΑΘΗΝΑ ΛΟΓΟΣ, ΚΑΙ ΟΣ.Α ΣΟΦΟΣ'Σ ΤΕΛΟΣ",  # noqa: RUF001 (Greek on purpose)
     "uppercase": "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG AND RUNS AWAY FROM THE HUNTERS",
     "repeats": "run run run running runs runner ran run RUN Run, run! connection connected connecting",
     "identifiers": "snake_case_identifier foo_bar __init__ _private CamelCaseWord _ __ ___x x_ HTTPServer2",
@@ -180,6 +181,8 @@ def test_vectors_are_sorted_unique_and_batch_equals_single() -> None:
 def test_the_tokenizer_rule() -> None:
     assert fastembed_tokens("Foo_bar, BAZ-qux! don't _ __") == ["foo_bar", "baz", "qux", "don", "t", "__"]
     assert fastembed_tokens("İx") == ["i", "x"]  # "İ".lower() is "i" + U+0307, which is not a word character
+    # punctuation becomes a space before lowercasing: the sigma before it is then final
+    assert fastembed_tokens("ΟΣ.Α") == ["ος", "α"] != "ΟΣ.Α".lower().split(".")  # noqa: RUF001
     assert fastembed_tokens("a" * 40 + " " + "b" * 41) == ["a" * 40]
 
 
