@@ -1,0 +1,255 @@
+"""BM25Encoder against fastembed's `Qdrant/bm25`, the vectors langchain-qdrant's FastEmbedSparse writes and reads.
+
+What is compared: for every text below, `BM25Encoder().embed_documents([text])` with
+`SparseTextEmbedding("Qdrant/bm25").embed([text])`, and `BM25Encoder().embed_query(text)` with
+`SparseTextEmbedding("Qdrant/bm25").query_embed(text)`: the same set of indices, and each value within 1e-6
+(fastembed computes the weights in float64, Qdrant Edge in float32). The texts: hand-made cases (prose,
+punctuation, numbers, accents and other scripts, uppercase, repeats, snake_case names, over-long tokens, a
+text of stopwords only and an empty one, which give empty vectors, a 20,000-word text) and the docstrings
+of a dozen standard-library modules (natural English, with code names in it); with the default parameters
+and with k=0.9, b=0.4, avg_len=100.
+
+fastembed runs offline: its Bm25 reads `<model folder>/<language>.txt` (one stopword a line) and nothing
+else, and `specific_model_path` makes it use that folder as the model without asking the hub. The folder is
+written here from tests/sparse/data/english_stopwords.txt, the list fastembed's Qdrant/bm25 repository
+ships as english.txt (NLTK's English list, 179 words); Qdrant Edge has its own English list built in.
+`test_stopword_lists_agree` runs the 179 words and scikit-learn's 318 English stopwords (a superset of
+most lists) one by one through both, so a word one list has and the other lacks fails by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pickle
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from embedkit.errors import InputError
+from embedkit.sparse import BM25Encoder, SparseEncoder, SparseVector
+from embedkit.sparse.bm25 import fastembed_tokens, supported_languages
+
+fastembed = pytest.importorskip("fastembed", reason="fastembed is in the dev extra: pip install -e '.[dev]'")
+
+STOPWORDS = Path(__file__).parent / "data" / "english_stopwords.txt"
+
+TEXTS = {
+    "prose": "The quick brown foxes were jumping over the lazy dogs while their owners watched from the porch.",
+    "punctuation": "Wait... what?! (Really) -- yes; \"quoted\" 'single' [brackets] {braces} <angle> a/b\\c @user #tag",
+    "contractions": "Don't stop: it's John's car; they're here. O'Neill's rock-and-roll e-mail isn't theirs.",
+    "numbers": "Version 3.14.15 released on 2024-05-06 costs $1,000.50 (approx. 20%); 3rd of 21st, 1e10 0042",
+    "accents": "Café naïve résumé Ünïcödé ÅNGSTRÖM façade jalapeño crème brûlée São Paulo Zürich",
+    "scripts": "Ελληνικά κείμενα, кириллица текст, العربية, עברית, 日本語のテキスト, 中文文本, 한국어 문장",
+    "special letters": "İstanbul ı I i ﬁnance ﬂow straße STRASSE Ⅻ ½ ² ٣ ① emoji 🎉 party 🙂",  # noqa: RUF001 (the dotless i on purpose)
+    "greek capitals": "ΟΔΟΣ.ΑΘΗΝΑ ΛΟΓΟΣ, ΚΑΙ ΟΣ.Α ΣΟΦΟΣ'Σ ΤΕΛΟΣ",  # noqa: RUF001 (Greek on purpose)
+    "uppercase": "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG AND RUNS AWAY FROM THE HUNTERS",
+    "repeats": "run run run running runs runner ran run RUN Run, run! connection connected connecting",
+    "identifiers": "snake_case_identifier foo_bar __init__ _private CamelCaseWord _ __ ___x x_ HTTPServer2",
+    "long tokens": "x" * 40 + " " + "y" * 41 + " " + "é" * 40 + " " + "é" * 41 + " alert_description_unsupported_cert",
+    "stopwords only": "The and of to a in is it you that he was for on are with as I his they be at",
+    "empty": "",
+    "whitespace": "  \n\t \u00a0\u2003 ",
+    "punctuation only": "... !!! ??? --- ;;; ''' \"\"\" ()",
+}
+STDLIB = (
+    "argparse asyncio collections csv dataclasses email.message functools http.client json logging pathlib "
+    "shutil subprocess tarfile textwrap urllib.parse"
+).split()
+
+
+def _long_text() -> str:
+    words = TEXTS["prose"].split() + TEXTS["accents"].split() + TEXTS["repeats"].split()
+    return " ".join(words[(i * 7) % len(words)] for i in range(20_000))
+
+
+def _docstrings() -> list[str]:
+    texts: list[str] = []
+    for name in STDLIB:
+        module = importlib.import_module(name)
+        members = [module, *(member for _, member in sorted(vars(module).items()))]
+        for member in members:
+            if member is not module and getattr(member, "__module__", None) != module.__name__:
+                continue  # a name imported from elsewhere
+            doc = inspect.getdoc(member)
+            if doc and len(doc) > 40 and doc not in texts:
+                texts.append(doc)
+    return texts
+
+
+CORPUS = [*TEXTS.values(), _long_text(), *_docstrings()]
+
+
+@pytest.fixture(scope="module")
+def fastembed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qdrant/bm25 as fastembed reads it from disk: english.txt is the only file its Bm25 opens."""
+    folder = tmp_path_factory.mktemp("qdrant-bm25")
+    shutil.copy(STOPWORDS, folder / "english.txt")
+    return folder
+
+
+def fastembed_model(folder: Path, **params: Any) -> Any:
+    return fastembed.SparseTextEmbedding(
+        "Qdrant/bm25", specific_model_path=str(folder), local_files_only=True, cache_dir=str(folder), **params
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_network() -> Iterator[None]:
+    """fastembed must not reach the hub: any connection attempt fails the test that makes it."""
+    import socket
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args}")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", refuse)
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
+def as_dict(indices: Any, values: Any) -> dict[int, float]:
+    return {int(index): float(value) for index, value in zip(indices, values, strict=True)}
+
+
+def assert_same(ours: SparseVector, theirs: Any, text: str) -> None:
+    expected = as_dict(theirs.indices, theirs.values)
+    got = ours.as_dict()
+    where = f"text {text[:60]!r}"
+    assert set(got) == set(expected), f"{where}: indices only ours {set(got) - set(expected)}, only fastembed's " + (
+        f"{set(expected) - set(got)}"
+    )
+    worst = max((abs(got[index] - expected[index]) for index in expected), default=0.0)
+    assert worst < 1e-6, f"{where}: values differ by {worst}"
+
+
+@pytest.mark.parametrize("params", [{}, {"k": 0.9, "b": 0.4, "avg_len": 100.0}], ids=["defaults", "k0.9-b0.4-len100"])
+def test_documents_and_queries_equal_fastembed(fastembed_dir: Path, params: dict[str, float]) -> None:
+    ours = BM25Encoder(**params)
+    theirs = fastembed_model(fastembed_dir, **params)
+    documents = ours.embed_documents(CORPUS)
+    for text, vector, reference in zip(CORPUS, documents, theirs.embed(CORPUS), strict=True):
+        assert_same(vector, reference, text)
+    for text, reference in zip(CORPUS, theirs.query_embed(CORPUS), strict=True):
+        assert_same(ours.embed_query(text), reference, text)
+
+
+def test_the_corpus_exercises_the_differences_that_matter(fastembed_dir: Path) -> None:
+    """The comparison above is only as good as its texts: they hold long and short vectors, code names,
+    and the cases that give nothing."""
+    vectors = BM25Encoder().embed_documents(CORPUS)
+    assert len(CORPUS) > 200
+    assert max(len(vector.indices) for vector in vectors) > 100
+    assert len(vectors[list(TEXTS).index("identifiers")].indices) >= 8
+    for name in ("stopwords only", "empty", "whitespace", "punctuation only"):
+        assert vectors[list(TEXTS).index(name)] == SparseVector([], [])
+    # a repeated term weighs more than a single one, below the saturation k + 1
+    repeats = vectors[list(TEXTS).index("repeats")]
+    assert 1.0 < max(repeats.values) < 2.2
+
+
+def test_stopword_lists_agree(fastembed_dir: Path) -> None:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    ours = BM25Encoder()
+    theirs = fastembed_model(fastembed_dir)
+    words = sorted({*STOPWORDS.read_text().split(), *ENGLISH_STOP_WORDS})
+    differ = [
+        word
+        for word, reference in zip(words, theirs.embed(words), strict=True)
+        if ours.embed_documents([word])[0].as_dict() != pytest.approx(as_dict(reference.indices, reference.values))
+    ]
+    assert differ == []
+    assert all(ours.embed_query(word) == SparseVector([], []) for word in STOPWORDS.read_text().split())
+
+
+def test_vectors_are_sorted_unique_and_batch_equals_single() -> None:
+    encoder = BM25Encoder()
+    batch = encoder.embed_documents(CORPUS[:40])
+    for text, vector in zip(CORPUS[:40], batch, strict=True):
+        assert vector.indices == sorted(set(vector.indices))
+        assert all(0 <= index < 2**31 for index in vector.indices)
+        assert len(vector.values) == len(vector.indices)
+        assert encoder.embed_documents([text]) == [vector]
+        query = encoder.embed_query(text)
+        assert query.indices == vector.indices and set(query.values) <= {1.0}
+
+
+def test_the_tokenizer_rule() -> None:
+    assert fastembed_tokens("Foo_bar, BAZ-qux! don't _ __") == ["foo_bar", "baz", "qux", "don", "t", "__"]
+    assert fastembed_tokens("İx") == ["i", "x"]  # "İ".lower() is "i" + U+0307, which is not a word character
+    # punctuation becomes a space before lowercasing: the sigma before it is then final
+    assert fastembed_tokens("ΟΣ.Α") == ["ος", "α"] != "ΟΣ.Α".lower().split(".")  # noqa: RUF001
+    assert fastembed_tokens("a" * 40 + " " + "b" * 41) == ["a" * 40]
+
+
+def test_protocol_fingerprint_and_pickle() -> None:
+    encoder = BM25Encoder(k=1.5, language="french")
+    assert isinstance(encoder, SparseEncoder)
+    assert (encoder.name, encoder.modifier) == ("bm25", "idf")
+    fingerprint = encoder.fingerprint()
+    assert {key: fingerprint[key] for key in ("kind", "k", "b", "avg_len", "language", "engine")} == {
+        "kind": "bm25",
+        "k": 1.5,
+        "b": 0.75,
+        "avg_len": 256.0,
+        "language": "french",
+        "engine": "qdrant-edge-py",
+    }
+    assert fingerprint["engine_version"][0].isdigit()
+    assert BM25Encoder().fingerprint() != fingerprint
+    copy = pickle.loads(pickle.dumps(encoder))
+    assert copy.fingerprint() == fingerprint
+    assert copy.embed_documents(["les chats mangeaient"]) == encoder.embed_documents(["les chats mangeaient"])
+
+
+def test_language_changes_stopwords_and_stems() -> None:
+    english, german = BM25Encoder(), BM25Encoder(language="german")
+    assert german.embed_query("und die Katzen") != english.embed_query("und die Katzen")
+    assert german.embed_query("und die") == SparseVector([], [])
+    assert {"english", "german", "french"} <= set(supported_languages())
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda e: e.embed_documents(None), "sequence of str, got NoneType"),
+        (lambda e: e.embed_documents("one text"), "sequence of str, got str"),
+        (lambda e: e.embed_documents(["ok", 3, "ok"]), "text 1 is int"),
+        (lambda e: e.embed_documents(["ok", None]), "text 1 is NoneType"),
+        (lambda e: e.embed_documents([b"bytes"]), "text 0 is bytes"),
+        (lambda e: e.embed_query(None), "query is NoneType"),
+        (lambda e: e.embed_query(["a list"]), "query is list"),
+    ],
+)
+def test_texts_that_are_not_strings(call: Any, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        call(BM25Encoder())
+
+
+def test_the_index_of_a_bad_text() -> None:
+    with pytest.raises(InputError) as caught:
+        BM25Encoder().embed_documents(["a", "b", 7])
+    assert caught.value.index == 2
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"language": "klingon"}, "'klingon' is not supported .*supported: arabic, .*english, .*turkish"),
+        ({"language": "English"}, "'English' is not supported"),
+        ({"language": None}, "None is not supported"),
+        ({"k": -0.1}, "k must be >= 0"),
+        ({"k": float("nan")}, "k must be a finite number"),
+        ({"k": "1.2"}, "k must be a finite number"),
+        ({"b": 1.5}, r"b must be within \[0, 1\]"),
+        ({"avg_len": 0}, "avg_len must be > 0"),
+        ({"avg_len": True}, "avg_len must be a finite number"),
+    ],
+)
+def test_bad_parameters(params: dict[str, Any], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        BM25Encoder(**params)
