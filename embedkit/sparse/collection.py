@@ -18,11 +18,16 @@ def encoder_for_collection(sink: Any) -> SparseEncoder:
     pass the encoder yourself then), and what loading the encoder raises (ModelLoadError, ...).
     """
     recorded = sink.sparse_encoder()
-    if not isinstance(recorded, dict) or "name" not in recorded:
-        raise StoreError(
-            f"collection {sink.collection!r} records no sparse encoder (it has no sparse vectors of embedkit's); "
-            "ingest with --sparse bm25, or give the sparse encoder to use for queries"
-        )
-    from embedkit.sparse import load_sparse
+    kind = recorded.get("kind") if isinstance(recorded, dict) else None
+    if kind == "bm25":
+        from embedkit.sparse.bm25 import BM25Encoder
 
-    return load_sparse(recorded["name"], **recorded.get("parameters", {}))
+        return BM25Encoder(**{key: recorded[key] for key in ("k", "b", "avg_len", "language") if key in recorded})
+    if kind == "splade" and recorded.get("name"):
+        from embedkit.sparse import load_sparse
+
+        return load_sparse(recorded["name"], max_active_dims=recorded.get("max_active_dims"))
+    raise StoreError(
+        f"collection {sink.collection!r} records no sparse encoder embedkit can rebuild ({recorded!r}): it has no "
+        "sparse vectors of embedkit's; ingest with --sparse bm25, or give the sparse encoder to use for queries"
+    )

@@ -1,4 +1,5 @@
-"""Ingest under SIGKILL and over a long stream, each in a child process (slow)."""
+"""Ingest under SIGKILL and over a long stream, each in a child process (slow). The kill tests write dense and
+BM25 sparse vectors: a rerun after any kill must leave both exactly as a clean run does."""
 
 from __future__ import annotations
 
@@ -22,13 +23,14 @@ from pathlib import Path
 import embedkit
 from embedkit.ingestion import Document, ingest
 from embedkit.sinks import QdrantSink
+from embedkit.sparse import BM25Encoder
 source, store = Path(sys.argv[1]), sys.argv[2]
 docs = [Document(f"{copy}/{p.name}", f"# Copy {copy}\\n\\n" + p.read_text(), {"copy": copy})
         for copy in range(4) for p in sorted(source.glob("*.md"))]
 sink = QdrantSink("kb", path=store)
 embedder = embedkit.load(device="cpu")
 print("started", flush=True)
-print(ingest(docs, embedder, sink, batch_tokens=512, progress=False).summary(), flush=True)
+print(ingest(docs, embedder, sink, batch_tokens=512, progress=False, sparse=BM25Encoder()).summary(), flush=True)
 sink.close()
 """
 
@@ -85,6 +87,17 @@ print(json.dumps({"marks": marks, "peak": resource.getrusage(resource.RUSAGE_SEL
 """
 
 
+def assert_same_points(got: dict, expected: dict) -> None:
+    """Same ids and payloads, dense vectors equal to float rounding, sparse vectors (when stored) equal."""
+    assert got.keys() == expected.keys()
+    for key, (payload, vector) in expected.items():
+        assert got[key][0] == payload, key
+        dense, sparse = (vector[""], vector["sparse"]) if isinstance(vector, dict) else (vector, None)
+        theirs = got[key][1]
+        np.testing.assert_allclose(theirs[""] if isinstance(theirs, dict) else theirs, dense, atol=1e-6)
+        assert (theirs.get("sparse") if isinstance(theirs, dict) else None) == sparse, key
+
+
 def snapshot(path: Path) -> dict[str, tuple[dict, list[float]]]:
     sink = QdrantSink("kb", path=path)
     try:
@@ -124,11 +137,7 @@ def test_killed_at_random_moments_then_rerun_equals_a_clean_run(tmp_path: Path, 
         partial_sizes.append(len(snapshot(killed_store)))
     final = run(killed_store)
     assert "80 docs" in final
-    got = snapshot(killed_store)
-    assert got.keys() == expected.keys()
-    for key, (payload, vector) in expected.items():
-        assert got[key][0] == payload, key
-        np.testing.assert_allclose(got[key][1], vector, atol=1e-6)
+    assert_same_points(snapshot(killed_store), expected)
     print(f"\npoints after each kill: {partial_sizes}; complete: {len(expected)}")
     assert any(0 < size < len(expected) for size in partial_sizes)  # at least one kill landed mid-run
 
@@ -182,7 +191,8 @@ def test_killed_during_a_delete_missing_run_then_rerun_equals_a_clean_run(tmp_pa
                 target.write_text(path.read_text() + edit)
 
     def command(store: Path, *extra: str) -> list[str]:
-        return [exe, "ingest", "corpus", "--collection", "kb", "--quiet", "--qdrant-path", str(store), *extra]
+        where = ["--qdrant-path", str(store), "--sparse", "bm25"]
+        return [exe, "ingest", "corpus", "--collection", "kb", "--quiet", *where, *extra]
 
     def run(store: Path, *extra: str) -> float:
         started = time.monotonic()
@@ -207,9 +217,5 @@ def test_killed_during_a_delete_missing_run_then_rerun_equals_a_clean_run(tmp_pa
         child.wait()
         sizes.append(len(snapshot(killed)))
     run(killed, "--delete-missing")
-    got = snapshot(killed)
     print(f"\npoints after each kill: {sizes}; clean run {duration:.1f} s, {len(expected)} points")
-    assert got.keys() == expected.keys()
-    for key, (payload, vector) in expected.items():
-        assert got[key][0] == payload, key
-        np.testing.assert_allclose(got[key][1], vector, atol=1e-6)
+    assert_same_points(snapshot(killed), expected)
