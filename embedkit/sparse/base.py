@@ -37,7 +37,7 @@ class SparseEncoder(Protocol):
 
     @property
     def modifier(self) -> str | None:
-        """"idf" when the collection's sparse vector needs Qdrant's IDF modifier (BM25), else None."""
+        """The modifier the collection's sparse vector needs: "idf" for BM25 (Qdrant weighs by IDF), else None."""
 
     def embed_documents(self, texts: Sequence[str]) -> list[SparseVector]:
         """One sparse vector per text, as stored."""
