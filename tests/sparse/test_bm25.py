@@ -253,3 +253,37 @@ def test_the_index_of_a_bad_text() -> None:
 def test_bad_parameters(params: dict[str, Any], message: str) -> None:
     with pytest.raises(InputError, match=message):
         BM25Encoder(**params)
+
+
+def test_vectors_in_a_qdrant_edge_collection_with_the_idf_modifier(tmp_path: Path) -> None:
+    """What the sinks will do with them: stored as a sparse vector with Modifier.Idf, an empty one included,
+    and searched; the rarer shared term decides the ranking (IDF is Qdrant's half of BM25)."""
+    import qdrant_edge as qe
+
+    encoder = BM25Encoder()
+    texts = [
+        "Qdrant stores sparse vectors for hybrid search.",
+        "Dense vectors and sparse vectors side by side.",
+        "The and of to a in.",  # only stopwords: an empty vector
+        "Sparse vectors again, and vectors, vectors.",
+    ]
+    config = qe.EdgeConfig(sparse_vectors={"bm25": qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)})
+    shard = qe.EdgeShard.create(str(tmp_path / "shard"), config)
+    try:
+        vectors = encoder.embed_documents(texts)
+        assert vectors[2] == SparseVector([], [])
+        points = [qe.Point(i, {"bm25": qe.SparseVector(v.indices, v.values)}) for i, v in enumerate(vectors, start=1)]
+        shard.update(qe.UpdateOperation.upsert_points(points))
+
+        def search(text: str) -> list[int]:
+            query = encoder.embed_query(text)
+            request = qe.QueryRequest(
+                limit=4, query=qe.Query.Nearest(qe.SparseVector(query.indices, query.values), using="bm25")
+            )
+            return [int(point.id) for point in shard.query(request)]
+
+        assert search("hybrid vectors") == [1, 4, 2]  # "hybrid" is in one text only; "vectors" in three
+        assert search("Dense VECTORS") == [2, 4, 1]
+        assert search("the and of") == []  # an empty query matches nothing rather than failing
+    finally:
+        shard.close()
