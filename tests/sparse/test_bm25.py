@@ -7,14 +7,18 @@ What is compared: for every text below, `BM25Encoder().embed_documents([text])` 
 punctuation, numbers, accents and other scripts, uppercase, repeats, snake_case names, over-long tokens, a
 text of stopwords only and an empty one, which give empty vectors, a 20,000-word text) and the docstrings
 of a dozen standard-library modules (natural English, with code names in it); with the default parameters
-and with k=0.9, b=0.4, avg_len=100.
+and with k=0.9, b=0.4, avg_len=100. For the 16 other languages both accept, a sentence each, word by word:
+fastembed with no stopword file (it then filters none) and ours (Qdrant Edge's list), so the stemmer and
+the token ids are compared on every word ours keeps.
 
 fastembed runs offline: its Bm25 reads `<model folder>/<language>.txt` (one stopword a line) and nothing
 else, and `specific_model_path` makes it use that folder as the model without asking the hub. The folder is
-written here from tests/sparse/data/english_stopwords.txt, the list fastembed's Qdrant/bm25 repository
-ships as english.txt (NLTK's English list, 179 words); Qdrant Edge has its own English list built in.
-`test_stopword_lists_agree` runs the 179 words and scikit-learn's 318 English stopwords (a superset of
-most lists) one by one through both, so a word one list has and the other lacks fails by name.
+written here from tests/sparse/data/english_stopwords.txt: NLTK's English list (179 words), which is what
+the Qdrant/bm25 repository's english.txt holds as far as can be told offline (the hub is out of reach, so
+not compared byte for byte) and what Qdrant's own English stopwords are (its source, stop_words/english.rs).
+Qdrant Edge has its list built in; `test_stopword_lists_agree` runs the 179 words and scikit-learn's 318
+English stopwords (a superset of most lists) one by one through both, so a word one list has and the
+other lacks fails by name.
 """
 
 # ruff: noqa: RUF001 (texts in Greek, Cyrillic and Turkish letters on purpose)
