@@ -83,8 +83,9 @@ FASTEMBED_LANGUAGES = (
 def supported_languages() -> tuple[str, ...]:
     """The `language` values: fastembed's Qdrant/bm25 languages that the installed Qdrant Edge builds.
 
-    English is checked against fastembed word for word (stopwords included); the others have their stemming
-    and token ids checked (tests/sparse/test_bm25.py), and their stopwords are the engine's lists.
+    English is checked against fastembed text by text; for the others the stemming and token ids, and the
+    engine's stopword lists against NLTK's (which the Qdrant/bm25 files are) where a copy is installed
+    (tests/sparse/test_bm25.py).
     """
     accepted = []
     for name in FASTEMBED_LANGUAGES:
