@@ -28,7 +28,8 @@ Retrieval, per mode:
   - dense: cosine over all passages in numpy (exact), query and passage vectors from the default model;
   - BM25: a Qdrant Edge shard with one sparse vector with `Modifier.Idf` (Qdrant applies the IDF), exact;
   - hybrid (preview): the same Edge shard with both vectors, dense and sparse each prefetched `fetch_k` deep
-    and fused by Qdrant's RRF (k = 2, Qdrant's default, and k = 60, Cormack et al.'s);
+    and fused by Qdrant's RRF (k = 2, the default of qdrant-client's own RRF, qdrant_client/hybrid/fusion.py;
+    and k = 60, Cormack et al.'s);
   - `run_quality`: the same three modes through embedkit itself, `embedkit.ingest(..., sparse=BM25Encoder())`
     into a `QdrantSink` and `QdrantSink.search(..., mode=...)`; it reports "waits" until the sink has them.
 """
@@ -311,14 +312,14 @@ def run_quality(
     sink = QdrantSink(f"hybrid-{s.name}", path=workdir / f"sink-{s.name}")
     try:
         docs = [{"id": p.id, "text": p.text, "metadata": p.metadata} for p in s.passages]
-        embedkit.ingest(docs, embedder, sink, sparse=encoder, progress=False)  # type: ignore[call-arg]
+        embedkit.ingest(docs, embedder, sink, sparse=encoder, progress=False)
         dense = embedder.embed(s.queries, task="query")
         sparse = [encoder.embed_query(q) for q in s.queries]
         results = {}
         for mode in modes:
             ranked = []
             for vector, sparse_vector in zip(dense, sparse, strict=True):
-                hits = sink.search(  # type: ignore[call-arg]
+                hits = sink.search(
                     vector, 3 * k, sparse_vector=sparse_vector, mode=mode, fetch_k=fetch_k, fusion=fusion
                 )
                 ids = list(dict.fromkeys(hit.payload["doc_id"] for hit in hits))
