@@ -91,6 +91,16 @@ def _add_store_location(parser: argparse.ArgumentParser) -> None:
     _add_engine_option(parser)
 
 
+def _add_vector_names_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--vector-names",
+        choices=("embedkit", "langchain", "llamaindex"),
+        default="embedkit",
+        help="how a hybrid collection names its dense and sparse vectors: embedkit's (unnamed, 'sparse'), "
+        "langchain-qdrant's ('', 'langchain-sparse') or LlamaIndex's ('text-dense', 'text-sparse-new')",
+    )
+
+
 def _add_engine_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--qdrant-engine",
@@ -177,6 +187,13 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--ray-address", help="with --engine ray: the cluster to join (default: start a local one)")
     ingest.add_argument("--num-gpus", type=int, default=0, help="with --engine ray: GPU actors, one model per GPU")
     ingest.add_argument(
+        "--sparse",
+        metavar="bm25|MODEL",
+        help="also store a sparse vector per chunk for hybrid search: bm25 (Qdrant's BM25, as fastembed's "
+        "Qdrant/bm25) or a SPLADE model; a collection without them gains them, its dense vectors kept",
+    )
+    _add_vector_names_option(ingest)
+    ingest.add_argument(
         "--index-field",
         type=_index_field,
         action="append",
@@ -203,6 +220,16 @@ def _parser() -> argparse.ArgumentParser:
         "--hnsw-ef", type=_at_least(1), help="HNSW candidates per search: higher finds more (default: the store's)"
     )
     search.add_argument("--exact", action="store_true", help="compare with every vector instead of the HNSW index")
+    search.add_argument(
+        "--mode",
+        choices=("dense", "sparse", "hybrid"),
+        help="dense vectors, sparse vectors, or both fused (default: hybrid when the collection has sparse vectors)",
+    )
+    search.add_argument(
+        "--fetch-k", type=_at_least(1), help="hybrid: candidates each branch keeps before fusion (default max(4k, 20))"
+    )
+    search.add_argument("--fusion", choices=("rrf", "dbsf"), default="rrf", help="hybrid: how to fuse (default rrf)")
+    _add_vector_names_option(search)
     _add_store_options(search)
 
     # every default below is ServerSettings' (or serve()'s host and port): one source, so --help never lies
@@ -339,6 +366,22 @@ def _sink(args: argparse.Namespace, collection: str | None = None, **options: An
     return QdrantSink(name, path=args.qdrant_path, engine=args.qdrant_engine, **options)
 
 
+def _named_vectors(args: argparse.Namespace) -> dict[str, Any]:
+    """The sink options naming a hybrid collection's vectors as --vector-names says."""
+    from embedkit.sinks.qdrant import VECTOR_NAME_PRESETS
+
+    dense, sparse = VECTOR_NAME_PRESETS[args.vector_names]
+    return {"vector_name": dense, "sparse_vector_name": sparse}
+
+
+def _sparse_encoder(name: str | None) -> Any:
+    if name is None:
+        return None
+    from embedkit.sparse import load_sparse
+
+    return load_sparse(name)
+
+
 def _ingest(args: argparse.Namespace) -> int:
     from embedkit.chunking import default_chunker
     from embedkit.ingestion import DEFAULT_PATTERNS, ingest, load_paths, source_of
@@ -362,7 +405,8 @@ def _ingest(args: argparse.Namespace) -> int:
         overlap_tokens=args.overlap,
         strategy=args.strategy,
     )
-    sink = _sink(args, index_fields=dict(args.index_field))
+    sparse = _sparse_encoder(args.sparse)
+    sink = _sink(args, index_fields=dict(args.index_field), **_named_vectors(args))
     docs = load_paths(args.paths, patterns, source=args.source, include_hidden=args.include_hidden)
     try:
         report = ingest(
@@ -377,6 +421,7 @@ def _ingest(args: argparse.Namespace) -> int:
             force_delete=args.force_delete,
             progress=False if args.quiet else None,
             total=total,
+            sparse=sparse,
         )
         _print_report(args, report, sink)
     finally:
@@ -418,7 +463,8 @@ def _ingest_ray(args: argparse.Namespace, patterns: Sequence[str]) -> int:
             "--engine ray embeds and counts tokens with a local model in each actor; drop --tei-url / --tokenizer "
             "or the engine"
         )
-    sink = _sink(args, index_fields=dict(args.index_field))
+    sparse = _sparse_encoder(args.sparse)
+    sink = _sink(args, index_fields=dict(args.index_field), **_named_vectors(args))
     try:
         report = ingest_ray(
             args.paths,
@@ -439,6 +485,7 @@ def _ingest_ray(args: argparse.Namespace, patterns: Sequence[str]) -> int:
             num_actors=args.actors,
             ray_address=args.ray_address,
             progress=False if args.quiet else None,
+            sparse=sparse,
         )
         _print_report(args, report, sink)
     finally:
@@ -448,6 +495,8 @@ def _ingest_ray(args: argparse.Namespace, patterns: Sequence[str]) -> int:
 
 def _print_report(args: argparse.Namespace, report: Any, sink: Any) -> None:
     print(f"{args.collection}: {report.summary()}; {sink.count()} points in the collection")
+    if report.sparse_filled:
+        print(f"{report.sparse_filled} stored points given their sparse vector (their dense vectors kept)")
     if not args.quiet:
         print(report.table())
     # each skipped document was already logged as a warning when it was skipped; the summary counts them
@@ -495,7 +544,7 @@ def _search(args: argparse.Namespace) -> int:
         raise InputError(f"-k must be at least 1, got {args.k}")
     metadata_filter = _filters(args.filter)  # a malformed --filter fails before the model loads
     _require_store(args)
-    sink = _sink(args, hnsw_ef=args.hnsw_ef, exact=args.exact)
+    sink = _sink(args, hnsw_ef=args.hnsw_ef, exact=args.exact, **_named_vectors(args))
     try:
         if not sink.exists():
             hint = f"run `embedkit ingest ... --collection {args.collection}`"
@@ -506,8 +555,22 @@ def _search(args: argparse.Namespace) -> int:
             quantize = args.quantize or recorded.get("quantize")  # queries as the collection's vectors were made
             embedder = load(args.model or recorded.get("model_id"), backend=args.backend, quantize=quantize)
         check_reader(sink, embedder)  # other weights under the recorded name would rank nonsense
-        vector = embedder.embed_query(args.query, dimensions=recorded.get("dimensions"))
-        hits = sink.search(vector, args.k, metadata_filter=metadata_filter)
+        mode = args.mode or ("hybrid" if sink.sparse_vector_name in sink.sparse_vectors() else "dense")
+        sparse_vector = None
+        if mode != "dense":
+            from embedkit.sparse import encoder_for_collection
+
+            sparse_vector = encoder_for_collection(sink).embed_query(args.query)
+        vector = embedder.embed_query(args.query, dimensions=recorded.get("dimensions")) if mode != "sparse" else None
+        hits = sink.search(
+            vector,
+            args.k,
+            sparse_vector=sparse_vector,
+            mode=mode,
+            fetch_k=args.fetch_k,
+            fusion=args.fusion,
+            metadata_filter=metadata_filter,
+        )
     finally:
         sink.close()
     for rank, hit in enumerate(hits, 1):

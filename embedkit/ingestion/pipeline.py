@@ -18,12 +18,20 @@ from typing import Any, Literal
 from embedkit.chunking import Chunk, Chunker, default_chunker
 from embedkit.embedder import Embedder
 from embedkit.errors import InputError
-from embedkit.ingestion.records import Complete, content_hash, fingerprint, open_collection, probe_vectors
+from embedkit.ingestion.records import (
+    Complete,
+    content_hash,
+    fingerprint,
+    open_collection,
+    open_sparse,
+    probe_vectors,
+)
 from embedkit.ingestion.report import IngestReport, Run, progress_bar, show_progress
 from embedkit.ingestion.sources import Document, Unreadable, check_document, qualify
 from embedkit.ingestion.writer import Pending, writing
 from embedkit.memory import release_freed_memory
 from embedkit.sinks.base import Sink
+from embedkit.sparse.base import SparseEncoder
 
 __all__ = ["CHECK_WINDOW", "DEFAULT_BATCH_TOKENS", "chunk_pending", "ingest"]
 
@@ -57,6 +65,7 @@ def ingest(
     force_delete: bool = False,
     progress: bool | None = None,
     total: int | None = None,
+    sparse: SparseEncoder | None = None,
 ) -> IngestReport:
     """Embed `docs` into `sink`; re-running on an unchanged corpus chunks and embeds nothing.
 
@@ -76,6 +85,11 @@ def ingest(
 
     The collection accepts this embedder when it reproduces the collection's probe vectors (see
     embedkit.ingestion.records); else StoreError before any write, unless `reembed=True`.
+
+    `sparse` (a SparseEncoder: embedkit.sparse.BM25Encoder, a SPLADE model) also stores a sparse vector per
+    chunk, for hybrid search. A collection without sparse vectors gains them: the points already stored get
+    theirs from their page_content, their dense vectors kept (the report's `sparse_filled`). Stored sparse
+    vectors of another encoder are refused unless `reembed=True`, which recomputes them all.
 
     `progress` shows a bar on stderr (default: when it is a terminal) with the documents read out of
     `total` (default: len(docs) when it has one), the rate, chunks stored and tokens/s.
@@ -99,6 +113,8 @@ def ingest(
     probes = partial(probe_vectors, embedder, task=task, dimensions=dimensions, normalize=normalize)
     hash_print = open_collection(sink, print_, probes, reembed=reembed)  # a mismatch fails here, before any write
     report = IngestReport()
+    if sparse is not None:
+        report.sparse_filled = open_sparse(sink, sparse, reembed=reembed)
     run = Run(on_error, report)
     default_source = source or ""
     pending: list[Pending] = []
@@ -140,7 +156,7 @@ def ingest(
         candidates.clear()
 
     with progress_bar("ingest", total if total is not None else _length(docs), show) as bar:
-        with writing(sink, report, started) as writer:
+        with writing(sink, report, started, sparse) as writer:
             for position, item in enumerate(docs):
                 report.docs += 1
                 bar.update(1)

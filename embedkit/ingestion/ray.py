@@ -32,7 +32,14 @@ import numpy as np
 from embedkit.chunking import Chunk, Chunker, Strategy, default_chunker
 from embedkit.errors import EmbedkitError, InputError, MissingDependencyError
 from embedkit.ingestion.pipeline import chunk_pending
-from embedkit.ingestion.records import Complete, content_hash, fingerprint, open_collection, probe_vectors
+from embedkit.ingestion.records import (
+    Complete,
+    content_hash,
+    fingerprint,
+    open_collection,
+    open_sparse,
+    probe_vectors,
+)
 from embedkit.ingestion.report import IngestReport, Run, progress_bar, show_progress
 from embedkit.ingestion.sources import (
     DEFAULT_PATTERNS,
@@ -47,6 +54,7 @@ from embedkit.ingestion.sources import (
 )
 from embedkit.ingestion.writer import Pending, writing
 from embedkit.sinks.base import Sink
+from embedkit.sparse.base import SparseEncoder
 
 __all__ = ["DEFAULT_BATCH_DOCS", "ingest_ray"]
 
@@ -85,6 +93,7 @@ def ingest_ray(
     id_field: str = "id",
     text_field: str = "text",
     metadata_field: str | None = "metadata",
+    sparse: SparseEncoder | None = None,
 ) -> IngestReport:
     """Ingest `source` into `sink` on a Ray cluster; the same points and report as `embedkit.ingest`
     (embedkit.ingestion.pipeline).
@@ -141,6 +150,7 @@ def ingest_ray(
         plan = _describe(ray, embedder, gpus, cpus, chunk_tokens, overlap_tokens, strategy)
         # a mismatch fails before any work; hashes use the fingerprint the collection accepts
         print_ = open_collection(sink, plan["fingerprint"], lambda: plan["probes"], reembed=reembed)
+        filled = open_sparse(sink, sparse, reembed=reembed) if sparse is not None else 0
         # the token budget (the tokenizer) and the snapshot of complete docs, put once for every prepare actor
         shared = [ray.put(plan["budget"]), ray.put(Complete.fold(sink.hashed_points()))]
         prepared = docs.map_batches(
@@ -165,7 +175,9 @@ def ingest_ray(
             num_gpus=1 if gpus else 0,
             num_cpus=1 if gpus else cpus,
         )
-        run = _write(embedded, sink, plan["dimension"], on_error, show, started)
+        # sparse vectors are computed in this process's writer thread, beside the writes
+        run = _write(embedded, sink, plan["dimension"], sparse, on_error, show, started)
+        run.report.sparse_filled = filled
         return run.finish(
             sink, delete_missing=delete_missing, force_delete=force_delete, sources=sources, started=started
         )
@@ -545,12 +557,14 @@ class _EmbedActor:
 # -- write, in the driver ------------------------------------------------------------------------
 
 
-def _write(embedded: Any, sink: Sink, dimension: int, on_error: str, show: bool, started: float) -> Run:
+def _write(
+    embedded: Any, sink: Sink, dimension: int, sparse: SparseEncoder | None, on_error: str, show: bool, started: float
+) -> Run:
     """Write the embedded documents in source order, with the single-process run's bookkeeping."""
     run = Run(on_error, IngestReport())
     report = run.report
     with progress_bar("ingest (ray)", None, show) as bar:
-        with writing(sink, report, started) as writer:
+        with writing(sink, report, started, sparse) as writer:
             for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
                 pending: list[Pending] = []
                 vectors: list[np.ndarray] = []

@@ -35,7 +35,8 @@ from embedkit.chunking import Chunk
 from embedkit.embedder import Embedder
 from embedkit.errors import StoreError
 from embedkit.ingestion.sources import Document
-from embedkit.sinks.base import Sink
+from embedkit.sinks.base import HybridSink, Sink, SparseConfig
+from embedkit.sparse.base import SparseEncoder
 
 __all__ = [
     "CHUNK_COUNT",
@@ -61,6 +62,7 @@ __all__ = [
     "doc_key",
     "fingerprint",
     "open_collection",
+    "open_sparse",
     "point_id",
     "probe_vectors",
 ]
@@ -257,6 +259,35 @@ def open_collection(
             "reembed=True (--reembed) or use another collection."
         )
     return recorded
+
+
+def open_sparse(sink: Sink, encoder: SparseEncoder, *, reembed: bool) -> int:
+    """Make the collection ready for `encoder`'s sparse vectors: add its sparse vector if it has none, and
+    compute the sparse vectors its points lack (from their page_content: the dense vectors are kept).
+    Returns how many points were filled in.
+
+    Raises StoreError, before anything is changed, when the sink cannot hold sparse vectors, or when the
+    stored sparse vectors were made by another encoder (other BM25 parameters, another SPLADE model),
+    unless `reembed`: then every point's sparse vector is recomputed. Safe to stop at any moment: the
+    next run fills in what is missing (a re-encoding first removes every old sparse vector, so none is
+    left behind).
+    """
+    if not isinstance(sink, HybridSink):
+        raise StoreError(f"{sink!r} cannot store sparse vectors (it is not a QdrantSink); drop the sparse encoder")
+    wanted = encoder.fingerprint()
+    recorded = sink.sparse_encoder()
+    added = sink.add_sparse_vector(SparseConfig(encoder.modifier))
+    if not added and recorded is not None and recorded != wanted:
+        if not reembed:
+            raise StoreError(
+                f"collection {sink.collection!r} holds sparse vectors of {recorded} and this run's sparse encoder is "
+                f"{wanted}: mixed, they would rank nonsense. Recompute them all with reembed=True (--reembed; the "
+                "dense vectors are kept) or use another collection."
+            )
+        sink.clear_sparse()
+    if recorded != wanted:
+        sink.record_sparse_encoder(wanted)
+    return sink.fill_sparse(encoder.embed_documents)
 
 
 def check_reader(sink: Sink, embedder: Embedder) -> None:

@@ -34,6 +34,7 @@ class IngestReport:
     deleted_docs: int = 0  # docs removed by delete_missing
     tokens: int = 0  # chunk tokens embedded
     seconds: float = 0.0
+    sparse_filled: int = 0  # stored points given their sparse vector (a collection gaining sparse vectors)
     index_seconds: float = 0.0  # of `seconds`, building the search index at the end (Qdrant Edge; see finish)
 
     @property

@@ -21,6 +21,7 @@ from embedkit.ingestion.records import chunk_payload, point_id
 from embedkit.ingestion.report import IngestReport
 from embedkit.ingestion.sources import Document
 from embedkit.sinks.base import Point, Sink
+from embedkit.sparse.base import SparseEncoder
 
 __all__ = ["Pending", "Writer", "writing"]
 
@@ -43,9 +44,10 @@ class Writer:
     model. The first sink error stops the writer; `put` and `close` raise it in the caller.
     """
 
-    def __init__(self, sink: Sink, report: IngestReport) -> None:
+    def __init__(self, sink: Sink, report: IngestReport, sparse: SparseEncoder | None = None) -> None:
         self._sink = sink
         self._report = report
+        self._sparse = sparse
         self._queue: queue.Queue[tuple[list[Pending], np.ndarray] | None] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="embedkit-ingest-writer", daemon=True)
@@ -80,6 +82,13 @@ class Writer:
                     self._error = error
 
     def _write(self, batch: list[Pending], vectors: np.ndarray) -> None:
+        # the sparse vectors of the whole batch in one call, on this thread: it overlaps the next batch's
+        # dense embedding; each is computed from the chunk's page_content, as fill_sparse recomputes it
+        sparse = (
+            iter(self._sparse.embed_documents([c.text for item in batch for c in item.chunks]))
+            if self._sparse
+            else None
+        )
         cursor = 0
         for item in batch:
             doc, count = item.doc, len(item.chunks)
@@ -88,6 +97,7 @@ class Writer:
                     point_id(doc.id, chunk.index),
                     vectors[cursor + chunk.index].tolist(),
                     chunk_payload(doc, chunk, count),
+                    next(sparse) if sparse is not None else None,
                 )
                 for chunk in item.chunks
             ]
@@ -102,11 +112,11 @@ class Writer:
 
 
 @contextmanager
-def writing(sink: Sink, report: IngestReport, started: float) -> Iterator[Writer]:
+def writing(sink: Sink, report: IngestReport, started: float, sparse: SparseEncoder | None = None) -> Iterator[Writer]:
     """A writer for one run's batches. Leaving waits for every write; an error leaving (the run's or the
     sink's, or Ctrl-C) first lets the queued writes finish, then carries `.report`: what was written before
     it stopped."""
-    writer = Writer(sink, report)
+    writer = Writer(sink, report, sparse)
     try:
         yield writer
         writer.close()  # waits for the last writes; raises the sink's error if one stopped it

@@ -3,7 +3,9 @@
 Post-LayerNorm transformer with learned absolute position and token-type embeddings, as in
 Devlin et al. 2018 and transformers' `BertModel`, whose published tensor names it loads:
 `embeddings.{word,position,token_type}_embeddings`, `encoder.layer.N.attention.self.{query,key,value}`, ...
-The pooler and any MLM head in the checkpoint are not part of an embedding model and are ignored.
+The pooler and any MLM head in the checkpoint are not part of an embedding model and are ignored by
+`build`; `masked_lm` builds the encoder with its MLM head (`cls.predictions.*`, as `BertForMaskedLM`
+publishes it) for SPLADE.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from embedkit.errors import ModelLoadError
 from embedkit.models.base import Attention, EncoderModel
 from embedkit.models.layers import activation
 from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
+from embedkit.models.mlm import MaskedLM, MLMHeadNames, build_masked_lm
 
-__all__ = ["ATTENTION_RENAMES", "EMBEDDINGS_RENAMES", "LAYOUT", "Bert", "BertConfig", "build"]
+__all__ = ["ATTENTION_RENAMES", "EMBEDDINGS_RENAMES", "LAYOUT", "MLM_HEAD", "Bert", "BertConfig", "build", "masked_lm"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class BertConfig:
     intermediate_size: int
     hidden_act: str = "gelu"
     max_position_embeddings: int = 512
-    type_vocab_size: int = 2
+    type_vocab_size: int = 2  # 0: no token-type table (DistilBERT)
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
 
@@ -62,21 +65,35 @@ LAYOUT = TensorLayout(
     },
 )
 
+# BertForMaskedLM's head (transformers' BertLMPredictionHead); `cls.predictions.decoder.bias` is tied to
+# `cls.predictions.bias`, and a BertForPreTraining checkpoint also carries the next-sentence head
+MLM_HEAD = MLMHeadNames(
+    encoder_prefix="bert.",
+    dense="cls.predictions.transform.dense.",
+    norm="cls.predictions.transform.LayerNorm.",
+    bias=("cls.predictions.bias", "cls.predictions.decoder.bias"),
+    decoder_weight="cls.predictions.decoder.weight",
+    ignore=(r"cls\.seq_relationship\..*",),
+)
+
 
 class Embeddings(nn.Module):
     def __init__(self, config: BertConfig, position_offset: int) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.token_type_embeddings = (
+            nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size else None
+        )
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.position_offset = position_offset
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """input_ids, position_ids (0-based in each row) [...] -> [..., H]."""
         x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids + self.position_offset)
-        # single-segment inputs: token type 0 everywhere, as sentence-transformers feeds them
-        x = x + self.token_type_embeddings.weight[0]
+        if self.token_type_embeddings is not None:
+            # single-segment inputs: token type 0 everywhere, as sentence-transformers feeds them
+            x = x + self.token_type_embeddings.weight[0]
         return self.norm(x)
 
 
@@ -144,3 +161,18 @@ def build(config: dict, tensor_names: set[str], source: str) -> tuple[Bert, Tens
             f"{source}: position_embedding_type={config['position_embedding_type']!r} is not supported for BERT"
         )
     return Bert(config_from_dict(BertConfig, config, f"{source}/config.json")), LAYOUT
+
+
+def masked_lm(config: dict, tensor_names: set[str], source: str) -> tuple[MaskedLM, TensorLayout]:
+    """The encoder with its MLM head and the layout of a `BertForMaskedLM` checkpoint."""
+    encoder, _ = build(config, tensor_names, source)
+    return build_masked_lm(
+        encoder,
+        LAYOUT,
+        MLM_HEAD,
+        config=config,
+        hidden_act=encoder.config.hidden_act,
+        eps=encoder.config.layer_norm_eps,
+        tensor_names=tensor_names,
+        source=source,
+    )

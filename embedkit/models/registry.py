@@ -9,8 +9,9 @@ that string and broke).
 
 A `Family` names its file's hooks as fields: `build(config, tensor_names, source) -> (module,
 TensorLayout)` always, `prepare_tokenizer(tokenizer, config) -> tokenizer` and `default_prompts(config)
--> {task: prefix}` where the family needs them. The family file is imported on a hook's first call,
-so importing the registry imports no model code (and no torch).
+-> {task: prefix}` where the family needs them, and `masked_lm(config, tensor_names, source) -> (module,
+TensorLayout)` for families whose masked-LM checkpoints embedkit reads (SPLADE). The family file is
+imported on a hook's first call, so importing the registry imports no model code (and no torch).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from embedkit.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
+    from torch import nn
 
     from embedkit.models.base import EncoderModel
     from embedkit.models.loading import TensorLayout
@@ -64,6 +66,8 @@ class Family:
     prepare_tokenizer: Callable[[Tokenizer, dict], Tokenizer] | None = None
     # config -> {task: prefix} when config_sentence_transformers.json has no prompts (Qwen, jina-v3)
     default_prompts: Callable[[dict], dict[str, str]] | None = None
+    # (config, tensor_names, source) -> (the encoder with its MLM head, the layout): SPLADE's models
+    masked_lm: Callable[[dict, set[str], str], tuple[nn.Module, TensorLayout]] | None = None
 
 
 def _family(name: str, default_pooling: tuple[str, ...], *hooks: str) -> Family:
@@ -73,12 +77,13 @@ def _family(name: str, default_pooling: tuple[str, ...], *hooks: str) -> Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "bert": _family("bert", ("mean",)),
+    "bert": _family("bert", ("mean",), "masked_lm"),
     "xlm_roberta": _family("xlm_roberta", ("mean",)),
     "jina_bert": _family("jina_bert", ("mean",)),
     "gte": _family("gte", ("cls",)),
     "jina_v3": _family("jina_v3", ("mean",), "default_prompts"),
     "qwen": _family("qwen", ("lasttoken",), "prepare_tokenizer", "default_prompts"),
+    "distilbert": _family("distilbert", ("mean",), "masked_lm"),
 }
 
 
@@ -116,6 +121,11 @@ _CONFIG_RULES: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
     ("jina_bert", lambda c: any(a.startswith("JinaBert") for a in _architectures(c)), "architectures name JinaBert*"),
     ("qwen", lambda c: c.get("model_type") in ("qwen2", "qwen3"), "model_type is qwen2/qwen3"),
     (
+        "distilbert",
+        lambda c: c.get("model_type") == "distilbert" or any(a.startswith("DistilBert") for a in _architectures(c)),
+        "model_type/architectures name DistilBERT",
+    ),
+    (
         "xlm_roberta",
         lambda c: (
             c.get("model_type") in ("xlm-roberta", "roberta", "camembert")
@@ -140,6 +150,7 @@ _TENSOR_SIGNS: list[tuple[frozenset[str], str]] = [
     (frozenset({"jina_bert"}), "encoder.layer.0.mlp.gated_layers.weight"),
     (frozenset({"jina_bert"}), "encoder.layer.0.mlp.up_gated_layer.weight"),
     (frozenset({"qwen"}), "layers.0.self_attn.q_proj.weight"),
+    (frozenset({"distilbert"}), "transformer.layer.0.attention.q_lin.weight"),
     (frozenset({"bert", "xlm_roberta"}), "encoder.layer.0.intermediate.dense.weight"),
 ]
 

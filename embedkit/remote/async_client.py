@@ -19,6 +19,7 @@ from embedkit.errors import InputError, RemoteError
 from embedkit.remote.base import ClientBase, TaskArg
 from embedkit.remote.flow import Flow, Reply, Sleep
 from embedkit.remote.models import Answer, ServerInfo, Token
+from embedkit.sparse.base import SparseVector
 
 __all__ = ["AsyncTEIClient"]
 
@@ -243,6 +244,25 @@ class AsyncTEIClient(ClientBase):
             )
 
     # -- tokens ----------------------------------------------------------------------------------
+
+    async def embed_sparse(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt_name: str | None = None,
+        truncate: bool = True,
+        truncation_direction: str = "right",
+    ) -> list[SparseVector]:
+        """Sparse vectors of `texts` from the server's /embed_sparse (TEI's SPLADE route; `embedkit serve` of a
+        SPLADE model), one SparseVector per text in input order. `prompt_name` is sent as it is ("query" runs
+        an inference-free model's query route on `embedkit serve`); `truncate=False` makes a text past the
+        server's limit an InputError. Batches of the server's `max_client_batch_size`, retried and split as
+        `embed`'s. InputError before any request for bad texts or arguments (or api='openai')."""
+        await self.info()
+        batches = self._sparse_plan(texts, prompt_name, truncate, truncation_direction)
+        slots = asyncio.Semaphore(self.max_concurrency)
+        parts = await asyncio.gather(*(self._drive(self._sparse_flow(batch), slots) for batch in batches))
+        return [vector for part in parts for vector in part]
 
     async def tokenize(
         self, texts: Sequence[str], *, task: str | None = None, add_special_tokens: bool = True

@@ -35,7 +35,8 @@ from embedkit.remote.settings import (
     RetryPolicy,
     api_key_from_env,
 )
-from embedkit.remote.status import raise_for_status
+from embedkit.remote.status import TooLarge, raise_for_status
+from embedkit.sparse.base import SparseVector
 from embedkit.tasks import ALIASES, TaskTable, known_prompts
 
 __all__ = ["ClientBase"]
@@ -336,7 +337,51 @@ class ClientBase:
             )
         return validate_texts(texts)
 
+    def _sparse_plan(
+        self, texts: Sequence[str], prompt_name: str | None, truncate: bool, direction: str
+    ) -> list[Batch]:
+        """embed_sparse's arguments checked (InputError before any request) and cut into batches of the
+        server's size. Needs /info."""
+        if self.api != "tei":
+            raise InputError("embed_sparse needs TEI's /embed_sparse route, which an api='openai' service lacks")
+        checked = validate_texts(texts)
+        if not isinstance(truncate, bool):
+            raise InputError(f"truncate must be a bool, got {type(truncate).__name__}")
+        if not isinstance(direction, str) or direction.lower() not in ("left", "right"):
+            raise InputError(f"truncation_direction must be 'left' or 'right', got {direction!r}")
+        if prompt_name is not None and not isinstance(prompt_name, str):
+            raise InputError(f"prompt_name must be a str or None, got {type(prompt_name).__name__}")
+        whole = Batch(
+            list(range(len(checked))), list(checked), Options(prompt_name, "", None, truncate, direction.lower())
+        )
+        return whole.split(self._batch_limit())
+
     # -- flows (flow.py), which the shells drive -----------------------------------------------
+
+    def _sparse_flow(self, batch: Batch) -> Flow[list[SparseVector]]:
+        """One batch's sparse vectors from /embed_sparse, retried; a batch refused for its size is resent in
+        parts (as `flow.embed_batch` does for /embed), and a single text still too large is an InputError."""
+        settings = self._settings
+        try:
+            return (
+                yield from retried(
+                    settings,
+                    lambda: wire.embed_sparse_request(settings, batch),
+                    checked(settings, lambda answer, body: wire.read_sparse(answer, body, batch), batch),
+                )
+            )
+        except TooLarge as refusal:
+            refused = refusal
+        if len(batch.texts) == 1:
+            raise InputError(
+                f"texts[{batch.indices[0]}] is too large for the server even alone: {refused}", index=batch.indices[0]
+            )
+        count = len(batch.texts)
+        step = refused.limit if refused.limit and refused.limit < count else -(-count // 2)
+        vectors: list[SparseVector] = []
+        for part in batch.split(step):
+            vectors.extend((yield from self._sparse_flow(part)))
+        return vectors
 
     def _info_flow(self) -> Flow[ServerInfo]:
         """GET /info, retried; the answer is kept. An OpenAI-style service without /info (404) gets a stand-in

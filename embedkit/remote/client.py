@@ -17,6 +17,7 @@ from embedkit.errors import InputError, RemoteError
 from embedkit.remote.base import ClientBase, TaskArg
 from embedkit.remote.flow import Flow, Reply, Sleep
 from embedkit.remote.models import Answer, ServerInfo, Token
+from embedkit.sparse.base import SparseVector
 
 __all__ = ["TEIClient"]
 
@@ -189,6 +190,23 @@ class TEIClient(ClientBase):
         self.info()
         for part in iter_windows(texts, self._window_size(window)):
             yield self.embed(part, task=task, dimensions=dimensions, normalize=normalize, truncate=truncate)
+
+    def embed_sparse(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt_name: str | None = None,
+        truncate: bool = True,
+        truncation_direction: str = "right",
+    ) -> list[SparseVector]:
+        """Sparse vectors of `texts` from the server's /embed_sparse (TEI's SPLADE route; `embedkit serve` of a
+        SPLADE model), one SparseVector per text in input order. `prompt_name` is sent as it is ("query" runs
+        an inference-free model's query route on `embedkit serve`); `truncate=False` makes a text past the
+        server's limit an InputError. Batches of the server's `max_client_batch_size`, retried and split as
+        `embed`'s. InputError before any request for bad texts or arguments (or api='openai')."""
+        self.info()
+        batches = self._sparse_plan(texts, prompt_name, truncate, truncation_direction)
+        return [vector for batch in batches for vector in self._drive(self._sparse_flow(batch))]
 
     # -- tokens ----------------------------------------------------------------------------------
 

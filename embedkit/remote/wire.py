@@ -1,5 +1,5 @@
-"""The two wire formats: TEI's native routes (/embed, /tokenize, /info, /health) and the OpenAI-compatible
-/v1/embeddings. Building requests and reading answers, nothing else: no I/O, no retries, no state.
+"""The two wire formats: TEI's native routes (/embed, /embed_sparse, /tokenize, /info, /health) and the
+OpenAI-compatible /v1/embeddings. Building requests and reading answers, nothing else: no I/O, no retries, no state.
 
 Reference: TEI's router/src/http/server.rs and types.rs (TEI 1.7 - 1.9.3), and the OpenAI embeddings API.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from typing import Any
 
 import httpx
@@ -17,12 +18,15 @@ import numpy as np
 from embedkit.errors import RemoteError
 from embedkit.remote.models import Answer, Batch, Options, ServerInfo, Token
 from embedkit.remote.settings import ClientSettings
+from embedkit.sparse.base import SparseVector
 
 __all__ = [
     "embed_request",
+    "embed_sparse_request",
     "get_request",
     "read_info",
     "read_json",
+    "read_sparse",
     "read_tokens",
     "read_vectors",
     "tokenize_request",
@@ -72,6 +76,48 @@ def embed_request(settings: ClientSettings, batch: Batch, model: str | None) -> 
     if options.dimensions is not None:
         body["dimensions"] = options.dimensions
     return _request(settings, "POST", route, body)
+
+
+def embed_sparse_request(settings: ClientSettings, batch: Batch) -> httpx.Request:
+    """POST /embed_sparse (TEI's SPLADE route) for one batch of texts."""
+    options = batch.options
+    body: dict[str, Any] = {
+        "inputs": batch.texts,
+        "truncate": options.truncate,
+        "truncation_direction": options.direction.capitalize(),
+    }
+    if options.prompt_name is not None:
+        body["prompt_name"] = options.prompt_name
+    return _request(settings, "POST", "/embed_sparse", body)
+
+
+def read_sparse(answer: Answer, body: bytes, batch: Batch) -> list[SparseVector]:
+    """/embed_sparse's answer: per input a list of {"index", "value"}; RemoteError unless it is exactly one
+    list per input of non-negative int indices (unique) and finite values. Indices come back ascending."""
+    where = answer.where
+    data = read_json(body, where)
+    if not isinstance(data, list) or len(data) != len(batch.texts):
+        got = len(data) if isinstance(data, list) else "no"
+        raise RemoteError(f"{where} answered {got} sparse vectors for {len(batch.texts)} texts")
+    vectors = []
+    for position, entries in enumerate(data):
+        pairs: dict[int, float] = {}
+        try:
+            for entry in entries:
+                index, value = entry["index"], entry["value"]
+                if isinstance(index, bool) or not isinstance(index, int) or index < 0 or index in pairs:
+                    raise ValueError(index)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ValueError(value)
+                pairs[index] = float(value)
+        except (KeyError, TypeError, ValueError):
+            raise RemoteError(
+                f"{where} answered a sparse vector for texts[{batch.indices[position]}] that is not a list of "
+                "{index: unique non-negative int, value: finite number}"
+            ) from None
+        ordered = sorted(pairs)
+        vectors.append(SparseVector(ordered, [pairs[i] for i in ordered]))
+    return vectors
 
 
 def tokenize_request(

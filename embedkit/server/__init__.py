@@ -13,7 +13,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from embedkit.errors import MissingDependencyError
+from embedkit.errors import InputError, MissingDependencyError
 from embedkit.server.settings import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
 
 if TYPE_CHECKING:
@@ -56,8 +56,9 @@ def serve(
 ) -> None:
     """Load `model` and serve it until interrupted; SIGINT/SIGTERM let in-flight requests finish.
 
-    `device`, `dtype`, `backend` and `quantize` are `embedkit.load`'s. Raises MissingDependencyError
-    without the `server` extra."""
+    A sentence-transformers SparseEncoder folder (SPLADE) is served on TEI's /embed_sparse
+    (`server/sparse_app.py`), any other model on /embed. `device`, `dtype`, `backend` and `quantize` are
+    `embedkit.load`'s. Raises MissingDependencyError without the `server` extra."""
     create_app = _app_module().create_app
     import uvicorn
 
@@ -66,10 +67,13 @@ def serve(
     settings = settings or ServerSettings()
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         log.warning("serving on %s without an API key: anyone who can reach this port can use the model", host)
-    embedder = embedkit.load(model, device=device, dtype=dtype, backend=backend, quantize=quantize)
-    log.info("serving %r", embedder)
+    app = _sparse_app(model, settings, device, dtype, backend, quantize)
+    if app is None:
+        embedder = embedkit.load(model, device=device, dtype=dtype, backend=backend, quantize=quantize)
+        log.info("serving %r", embedder)
+        app = create_app(embedder, settings)
     config = uvicorn.Config(
-        create_app(embedder, settings),
+        app,
         host=host,
         port=port,
         log_level="info",
@@ -79,3 +83,29 @@ def serve(
         h11_max_incomplete_event_size=64 * 1024,  # headers; bodies are capped by payload_limit
     )
     uvicorn.Server(config).run()
+
+
+def _sparse_app(
+    model: str | os.PathLike[str] | None,
+    settings: ServerSettings,
+    device: str | None,
+    dtype: str | None,
+    backend: str | None,
+    quantize: str | None,
+) -> Any:
+    """The /embed_sparse app when `model` is a local SparseEncoder folder, else None."""
+    from pathlib import Path
+
+    if model is None or not Path(model).expanduser().is_dir():
+        return None
+    from embedkit.sparse.splade import is_sparse_model_dir, load_splade
+
+    if not is_sparse_model_dir(Path(model).expanduser()):
+        return None
+    if quantize is not None:
+        raise InputError("quantize is not available for SPLADE models; serve them in float32")
+    from embedkit.server.sparse_app import create_sparse_app
+
+    encoder = load_splade(model, device=device, dtype=dtype, backend=backend, max_length=settings.max_input_length)
+    log.info("serving %r on /embed_sparse", encoder)
+    return create_sparse_app(encoder, settings)

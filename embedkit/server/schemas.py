@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 __all__ = [
     "EmbedRequest",
+    "EmbedSparseRequest",
     "EmbeddingModel",
     "ErrorResponse",
     "Info",
@@ -23,6 +24,7 @@ __all__ = [
     "OpenAIErrorResponse",
     "OpenAIUsage",
     "SimpleToken",
+    "SparseValue",
     "TokenizeRequest",
 ]
 
@@ -44,6 +46,22 @@ class EmbedRequest(_Request):
     prompt_name: str | None = Field(None, description="a prompt or task name from /info `prompts`")
     normalize: bool = True
     dimensions: int | None = Field(None, description="Matryoshka: keep the first d values, then normalise")
+
+
+class EmbedSparseRequest(_Request):
+    """TEI's /embed_sparse: /embed's fields without normalize and dimensions."""
+
+    inputs: Inputs
+    truncate: bool | None = Field(None, description="null: the server's --auto-truncate")
+    truncation_direction: TruncationDirection = "right"
+    prompt_name: str | None = Field(None, description="'query' for queries; a prompt name from /info `prompts`")
+
+
+class SparseValue(BaseModel):
+    """One nonzero weight of a sparse vector: its vocabulary index and value (TEI's `SparseValue`)."""
+
+    index: int
+    value: float
 
 
 class OpenAIEmbeddingRequest(_Request):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Point", "SearchHit", "Sink"]
+from embedkit.sparse.base import SparseVector
+
+__all__ = ["HybridSink", "Point", "SearchHit", "Sink", "SparseConfig"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,12 @@ class Point:
     id: str
     vector: Sequence[float]
     payload: dict[str, Any]
+    sparse: SparseVector | None = None  # stored beside the dense vector when the collection has a sparse one
+
+
+@dataclass(frozen=True)
+class SparseConfig:
+    modifier: str | None = None  # "idf": Qdrant weighs each index by its inverse document frequency (BM25)
 
 
 @dataclass(frozen=True)
@@ -89,3 +97,24 @@ class Sink(Protocol):
     ) -> list[SearchHit]:
         """The `k` nearest chunks, best first, of those matching `metadata_filter` (key -> value or list of
         accepted values) and scoring at least `score_threshold`."""
+
+
+@runtime_checkable
+class HybridSink(Sink, Protocol):
+    """A sink that also stores a sparse vector per point (what `ingest(..., sparse=...)` needs); QdrantSink is one.
+    The sparse vectors of existing points are recomputed from their `page_content`, so adding them to a
+    collection never re-embeds the dense ones."""
+
+    def add_sparse_vector(self, config: SparseConfig) -> bool:
+        """Give the collection its sparse vector if it has none (True if added)."""
+
+    def sparse_encoder(self) -> dict[str, Any] | None:
+        """The fingerprint of the encoder the stored sparse vectors were made with, if any."""
+
+    def record_sparse_encoder(self, fingerprint: dict[str, Any]) -> None: ...
+
+    def clear_sparse(self) -> None:
+        """Remove every point's sparse vector (before recomputing them all with another encoder)."""
+
+    def fill_sparse(self, encode: Callable[[list[str]], list[Any]], *, page_size: int = 256) -> int:
+        """Compute the sparse vector of every point that has none; returns how many."""

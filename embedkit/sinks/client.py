@@ -18,7 +18,8 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from embedkit.errors import InputError, StoreError
 from embedkit.sinks.base import Point, SearchHit
-from embedkit.sinks.qdrant import QdrantSink, StoredPoint, VectorConfig, unusable_reason
+from embedkit.sinks.qdrant import QdrantSink, Query, SparseConfig, StoredPoint, VectorConfig, unusable_reason
+from embedkit.sparse.base import SparseVector
 
 __all__ = ["ClientSink"]
 
@@ -115,6 +116,28 @@ class _Closed:
         if name.startswith("__"):  # protocol probes (pickle, copy, hasattr of dunders) get the usual answer
             raise AttributeError(name)
         raise StoreError(self._message)
+
+
+def _ours(vector: Any) -> Any:
+    """A stored vector (list, or {name: list | models.SparseVector}) with embedkit's SparseVector inside."""
+    if isinstance(vector, dict):
+        return {name: _ours(value) for name, value in vector.items()}
+    if isinstance(vector, models.SparseVector):
+        return SparseVector(list(vector.indices), [float(v) for v in vector.values])
+    return vector
+
+
+def _theirs(vector: Any) -> Any:
+    """The qdrant-client form of a vector as QdrantSink builds them."""
+    if isinstance(vector, dict):
+        return {name: _theirs(value) for name, value in vector.items()}
+    if isinstance(vector, SparseVector):
+        return models.SparseVector(indices=vector.indices, values=vector.values)
+    return vector
+
+
+def _modifier(config: SparseConfig) -> models.SparseVectorParams:
+    return models.SparseVectorParams(modifier=models.Modifier.IDF if config.modifier == "idf" else None)
 
 
 def _transient(error: BaseException) -> bool:
@@ -247,7 +270,13 @@ class ClientSink(QdrantSink):
         named = params if isinstance(params, dict) else {"": params} if params is not None else {}
         return {name: VectorConfig(p.size, p.distance.value) for name, p in named.items()}
 
-    def _create(self, vectors: dict[str, VectorConfig], metadata: dict[str, Any]) -> None:
+    def sparse_vectors(self) -> dict[str, SparseConfig]:
+        params = self._config().params.sparse_vectors or {}
+        return {name: SparseConfig("idf" if p.modifier == models.Modifier.IDF else None) for name, p in params.items()}
+
+    def _create(
+        self, vectors: dict[str, VectorConfig], sparse: dict[str, SparseConfig], metadata: dict[str, Any]
+    ) -> None:
         params = {
             name: models.VectorParams(size=c.size, distance=models.Distance(c.distance)) for name, c in vectors.items()
         }
@@ -255,8 +284,28 @@ class ClientSink(QdrantSink):
             self._client.create_collection,
             self.collection,
             vectors_config=params[""] if set(params) == {""} else params,
+            sparse_vectors_config={name: _modifier(c) for name, c in sparse.items()} or None,
             metadata=metadata,
         )
+
+    def _add_sparse(self, name: str, config: SparseConfig) -> None:
+        # a server needs Qdrant >= 1.18 for this (older ones answer 404: the StoreError says so)
+        self._call(
+            self._client.create_vector_name,
+            self.collection,
+            name,
+            models.SparseVectorNameConfig(
+                sparse=models.SparseVectorConfig(modifier=models.Modifier.IDF if config.modifier == "idf" else None)
+            ),
+        )
+
+    def _clear_sparse(self) -> None:
+        everything = models.FilterSelector(filter=models.Filter())
+        self._call(self._client.delete_vectors, self.collection, vectors=[self.sparse_vector_name], points=everything)
+
+    def _set_sparse(self, vectors: list[tuple[str, SparseVector]]) -> None:
+        points = [models.PointVectors(id=pid, vector={self.sparse_vector_name: _theirs(v)}) for pid, v in vectors]
+        self._call(self._client.update_vectors, self.collection, points=points, wait=True)
 
     def payload_indexes(self) -> dict[str, str]:
         if self._is_local:  # local mode keeps no indexes (and warns when asked for one)
@@ -280,7 +329,7 @@ class ClientSink(QdrantSink):
             with_payload=fields,
             with_vectors=vectors,
         )
-        return [StoredPoint(str(r.id), dict(r.payload or {}), r.vector) for r in records], next_offset
+        return [StoredPoint(str(r.id), dict(r.payload or {}), _ours(r.vector)) for r in records], next_offset
 
     def _count(self, count_filter: models.Filter | None) -> int:
         return int(self._call(self._client.count, self.collection, count_filter=count_filter, exact=True).count)
@@ -296,29 +345,40 @@ class ClientSink(QdrantSink):
     def _upsert(self, points: list[Point] | list[StoredPoint]) -> None:
         structs = [
             models.PointStruct(
-                id=p.id, vector=p.vector if isinstance(p, StoredPoint) else self._vector(p.vector), payload=p.payload
+                id=p.id, vector=_theirs(p.vector if isinstance(p, StoredPoint) else self._vectors(p)), payload=p.payload
             )
             for p in points
         ]
         self._call(self._client.upsert, self.collection, points=structs, wait=True)
 
-    def _query(
-        self,
-        vector: list[float],
-        k: int,
-        query_filter: models.Filter | None,
-        score_threshold: float | None,
-        params: models.SearchParams,
-    ) -> list[SearchHit]:
+    def _query(self, query: Query) -> list[SearchHit]:
+        dense_name = self.vector_name
+        options: dict[str, Any] = {"query_filter": query.filter, "search_params": query.params}
+        if query.dense is not None and query.sparse is not None:
+            branches = [
+                models.Prefetch(
+                    query=query.dense, using=dense_name, limit=query.fetch_k, filter=query.filter, params=query.params
+                ),
+                models.Prefetch(
+                    query=_theirs(query.sparse), using=self.sparse_vector_name, limit=query.fetch_k, filter=query.filter
+                ),
+            ]
+            fused: Any = (
+                models.RrfQuery(rrf=models.Rrf(k=query.rrf_k, weights=list(query.weights) if query.weights else None))
+                if query.fusion == "rrf"
+                else models.FusionQuery(fusion=models.Fusion.DBSF)
+            )
+            options = {"prefetch": branches, "query": fused, "query_filter": query.filter}
+        elif query.sparse is not None:
+            options.update(query=_theirs(query.sparse), using=self.sparse_vector_name)
+        else:
+            options.update(query=query.dense, using=dense_name)
         response = self._call(
             self._client.query_points,
             self.collection,
-            query=vector,
-            limit=k,
-            query_filter=query_filter,
-            using=self.vector_name,
-            score_threshold=score_threshold,
-            search_params=params,
+            limit=query.k,
+            score_threshold=query.score_threshold,
             with_payload=True,
+            **options,
         )
         return [SearchHit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]

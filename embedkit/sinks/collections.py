@@ -47,8 +47,9 @@ def push(
     page_size: int = 256,
     progress: Callable[[int], None] | None = None,
 ) -> PushReport:
-    """Copy every point of `source` (ids, vectors, payloads), its vector config, metadata (the embedder
-    fingerprint and probes) and payload indexes into `target`, a page of `page_size` points per write.
+    """Copy every point of `source` (ids, dense and sparse vectors, payloads), its vector config, metadata (the
+    embedder fingerprint and probes, the sparse encoder's) and payload indexes into `target`, a page of
+    `page_size` points per write.
 
     Resumable: the target's metadata records how far the copy got (PUSH_KEY) every few pages, and a later
     push of the same collection starts there; upserts are idempotent, so a page sent twice does no harm.
@@ -60,16 +61,17 @@ def push(
     embedder's fingerprint (nothing is written then).
     """
     started = time.perf_counter()
-    metadata, vectors = source.metadata(), source.vectors()
+    metadata, vectors, sparse = source.metadata(), source.vectors(), source.sparse_vectors()
     report = PushReport(source.collection, source_points=source.count())
     offset: Any = None
     if not target.exists():
-        target.create(vectors, {**metadata, PUSH_KEY: {"offset": None, "copied": 0}})
+        target.create(vectors, {**metadata, PUSH_KEY: {"offset": None, "copied": 0}}, sparse=sparse)
     else:
         theirs = target.metadata()
-        if target.vectors() != vectors:
+        if target.vectors() != vectors or target.sparse_vectors() != sparse:
+            theirs_vectors = (target.vectors(), target.sparse_vectors())
             raise StoreError(
-                f"{target!r} holds other vectors ({target.vectors()}) than {source!r} ({vectors}); push elsewhere"
+                f"{target!r} holds other vectors {theirs_vectors} than {source!r} {(vectors, sparse)}; push elsewhere"
             )
         if theirs.get(FINGERPRINT_KEY) != metadata.get(FINGERPRINT_KEY):
             raise StoreError(

@@ -76,7 +76,8 @@ from qdrant_client import models
 
 from embedkit.errors import InputError, StoreError
 from embedkit.sinks.base import Point, SearchHit
-from embedkit.sinks.qdrant import QdrantSink, StoredPoint, VectorConfig, unusable_reason
+from embedkit.sinks.qdrant import QdrantSink, Query, SparseConfig, StoredPoint, VectorConfig, unusable_reason
+from embedkit.sparse.base import SparseVector
 
 __all__ = ["RECORD_FILE", "SHARD_DIR", "EdgeSink", "collections_at", "edge_filter", "store_kind"]
 
@@ -223,6 +224,28 @@ def _check_name(collection: str, where: str) -> str:
     return collection
 
 
+def _scroller(request: qe.ScrollRequest) -> Callable[[Any], Any]:
+    return lambda shard: shard.scroll(request)
+
+
+def _ours(vector: Any) -> Any:
+    """A stored vector (list, or {name: list | qe.SparseVector}) with embedkit's SparseVector inside."""
+    if isinstance(vector, dict):
+        return {name: _ours(value) for name, value in vector.items()}
+    if isinstance(vector, qe.SparseVector):
+        return SparseVector(list(vector.indices), [float(v) for v in vector.values])
+    return vector
+
+
+def _theirs(vector: Any) -> Any:
+    """The qdrant-edge form of a vector as QdrantSink builds them."""
+    if isinstance(vector, dict):
+        return {name: _theirs(value) for name, value in vector.items()}
+    if isinstance(vector, SparseVector):
+        return qe.SparseVector(vector.indices, vector.values)
+    return vector
+
+
 def _match_value(value: str | int | bool) -> Any:
     # qdrant-edge-py 0.9.0 reads a Python bool as the integer 0 / 1 (MatchValue(True).value == 1), which finds
     # integers and misses stored booleans; numpy's bool is not an int and arrives as a boolean
@@ -256,6 +279,8 @@ def edge_filter(condition: Any) -> Any:
             )
     if isinstance(condition, models.IsEmptyCondition):
         return qe.IsEmptyCondition(condition.is_empty.key)
+    if isinstance(condition, models.HasVectorCondition):
+        return qe.HasVectorCondition(condition.has_vector)
     raise TypeError(f"no Qdrant Edge form for filter condition {condition!r}")
 
 
@@ -300,6 +325,7 @@ class EdgeSink(QdrantSink):
         self._shard_dir = self._dir / SHARD_DIR
         self._record_path = self._dir / RECORD_FILE
         self._handle: _Handle | None = None
+        self._recover()
         if self.exists():
             self._shard()  # the store in use by another process is an error now, not at the first write
 
@@ -397,10 +423,13 @@ class EdgeSink(QdrantSink):
             for name, params in self._record()["vectors"].items()
         }
 
-    def _create(self, vectors: dict[str, VectorConfig], metadata: dict[str, Any]) -> None:
-        """Make the shard and write the record last: the collection exists once its record does."""
-        if self._shard_dir.exists():
-            self._remove_empty_shard()
+    def sparse_vectors(self) -> dict[str, SparseConfig]:
+        return {
+            name: SparseConfig(params.get("modifier"))
+            for name, params in self._record().get("sparse_vectors", {}).items()
+        }
+
+    def _config(self, vectors: dict[str, VectorConfig], sparse: dict[str, SparseConfig]) -> qe.EdgeConfig:
         unknown = [c.distance for c in vectors.values() if c.distance not in _DISTANCES]
         if unknown:
             raise StoreError(f"Qdrant Edge has no {unknown[0]} distance (it has {', '.join(_DISTANCES)})")
@@ -412,15 +441,96 @@ class EdgeSink(QdrantSink):
             if self.indexing_threshold_kb is not None
             else None
         )
-        config = qe.EdgeConfig(vectors=params[""] if set(params) == {""} else params, optimizers=optimizers)
+        sparse_params = {
+            name: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf if c.modifier == "idf" else None)
+            for name, c in sparse.items()
+        }
+        return qe.EdgeConfig(
+            vectors=params[""] if set(params) == {""} else params,
+            sparse_vectors=sparse_params or None,
+            optimizers=optimizers,
+        )
+
+    @staticmethod
+    def _vector_record(vectors: dict[str, VectorConfig], sparse: dict[str, SparseConfig]) -> dict[str, Any]:
+        return {
+            "vectors": {name: {"size": c.size, "distance": c.distance} for name, c in vectors.items()},
+            "sparse_vectors": {name: {"modifier": c.modifier} for name, c in sparse.items()},
+        }
+
+    def _create(
+        self, vectors: dict[str, VectorConfig], sparse: dict[str, SparseConfig], metadata: dict[str, Any]
+    ) -> None:
+        """Make the shard and write the record last: the collection exists once its record does."""
+        if self._shard_dir.exists():
+            self._remove_empty_shard()
+        config = self._config(vectors, sparse)
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create {self._dir}: {unusable_reason(str(self._dir), exc)}") from exc
         self._shard(create=config)
         self.ensure_indexes()
-        vector_record = {name: {"size": c.size, "distance": c.distance} for name, c in vectors.items()}
-        self._write_record({"format": _RECORD_FORMAT, "vectors": vector_record, "metadata": metadata})
+        self._write_record({"format": _RECORD_FORMAT, **self._vector_record(vectors, sparse), "metadata": metadata})
+
+    def _add_sparse(self, name: str, config: SparseConfig) -> None:
+        """A shard's vectors are fixed when it is made, so the collection is copied into a new shard that has
+        the sparse vector (`shard.next`, points without it), which then takes the old one's place: renamed to
+        `shard.prev`, the new one to `shard`, the record rewritten, the old one removed. A run stopped at any
+        step leaves the old shard in place or the new one complete (`_recover` finishes the swap)."""
+        vectors, sparse = self.vectors(), {**self.sparse_vectors(), name: config}
+        building = self._dir / f"{SHARD_DIR}.next"
+        shutil.rmtree(building, ignore_errors=True)
+        try:
+            target = qe.EdgeShard.create(str(building), self._config(vectors, sparse))
+            for field, kind in self.payload_indexes().items():
+                if kind in _INDEX_SCHEMAS:
+                    target.update(qe.UpdateOperation.create_field_index(field, _INDEX_SCHEMAS[kind]))
+            offset = None
+            while True:
+                request = qe.ScrollRequest(offset=offset, limit=512, with_payload=True, with_vector=True)
+                records, offset = self._call("scroll", _scroller(request))
+                if records:
+                    target.update(
+                        qe.UpdateOperation.upsert_points([qe.Point(r.id, r.vector, r.payload) for r in records])
+                    )
+                if offset is None:
+                    break
+            target.flush()
+            target.close()
+        except Exception as exc:
+            if type(exc) is not Exception:
+                raise
+            raise StoreError(
+                f"adding sparse vector {name!r} to {self.collection!r} at {self._where} failed: {exc}"
+            ) from exc
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            _forget(self._shard_dir, handle)
+            handle.close()
+        previous = self._dir / f"{SHARD_DIR}.prev"
+        os.rename(self._shard_dir, previous)
+        os.rename(building, self._shard_dir)
+        self._write_record({**self._record(), **self._vector_record(vectors, sparse)})
+        shutil.rmtree(previous)
+
+    def _recover(self) -> None:
+        """Finish or undo a sparse-vector swap a stopped run left (see `_add_sparse`)."""
+        previous = self._dir / f"{SHARD_DIR}.prev"
+        if previous.is_dir():
+            if self._shard_dir.is_dir():
+                shutil.rmtree(previous)  # the new shard is in place; the record may still be the old one's
+            else:
+                os.rename(previous, self._shard_dir)  # stopped between the renames: the old shard comes back
+
+    def _clear_sparse(self) -> None:
+        self._update(
+            "delete_vectors", qe.UpdateOperation.delete_vectors_by_filter(qe.Filter(), [self.sparse_vector_name])
+        )
+
+    def _set_sparse(self, vectors: list[tuple[str, SparseVector]]) -> None:
+        points = [qe.PointVectors(pid, {self.sparse_vector_name: _theirs(v)}) for pid, v in vectors]
+        self._update("update_vectors", qe.UpdateOperation.update_vectors(points))
 
     def _remove_empty_shard(self) -> None:
         """A shard without a record is what a run stopped inside `_create` leaves: empty, so made again."""
@@ -473,7 +583,7 @@ class EdgeSink(QdrantSink):
             offset=offset, limit=limit, filter=edge_filter(scroll_filter), with_payload=fields, with_vector=vectors
         )
         records, next_offset = self._call("scroll", lambda shard: shard.scroll(request))
-        page = [StoredPoint(str(r.id), dict(r.payload or {}), r.vector if vectors else None) for r in records]
+        page = [StoredPoint(str(r.id), dict(r.payload or {}), _ours(r.vector) if vectors else None) for r in records]
         # the engine hands UUID ids back as uuid.UUID and takes them as strings: keep offsets JSON-friendly
         return page, None if next_offset is None else str(next_offset)
 
@@ -489,26 +599,41 @@ class EdgeSink(QdrantSink):
 
     def _upsert(self, points: list[Point] | list[StoredPoint]) -> None:
         batch = [
-            qe.Point(p.id, p.vector if isinstance(p, StoredPoint) else self._vector(p.vector), p.payload)
+            qe.Point(p.id, _theirs(p.vector if isinstance(p, StoredPoint) else self._vectors(p)), p.payload)
             for p in points
         ]
         self._update("upsert", qe.UpdateOperation.upsert_points(batch))
 
-    def _query(
-        self,
-        vector: list[float],
-        k: int,
-        query_filter: models.Filter | None,
-        score_threshold: float | None,
-        params: models.SearchParams,
-    ) -> list[SearchHit]:
-        request = qe.QueryRequest(
-            limit=k,
-            query=qe.Query.Nearest(vector, using=self.vector_name),
-            filter=edge_filter(query_filter),
-            score_threshold=score_threshold,
-            params=qe.SearchParams(hnsw_ef=params.hnsw_ef, exact=bool(params.exact)),
-            with_payload=True,
-        )
+    def _query(self, query: Query) -> list[SearchHit]:
+        params = qe.SearchParams(hnsw_ef=query.params.hnsw_ef, exact=bool(query.params.exact))
+        where = edge_filter(query.filter)
+        if query.dense is not None and query.sparse is not None:
+            branches = [
+                qe.Prefetch(
+                    query.fetch_k, qe.Query.Nearest(query.dense, using=self.vector_name), params=params, filter=where
+                ),
+                qe.Prefetch(
+                    query.fetch_k, qe.Query.Nearest(_theirs(query.sparse), using=self.sparse_vector_name), filter=where
+                ),
+            ]
+            fused: Any = (  # the stubs type Fusion.Rrf / Dbsf apart from the Fusion the request takes
+                qe.Fusion.Rrf(k=query.rrf_k, weights=list(query.weights) if query.weights else None)
+                if query.fusion == "rrf"
+                else qe.Fusion.Dbsf()
+            )
+            request = qe.QueryRequest(
+                limit=query.k, prefetches=branches, query=fused, filter=where,
+                score_threshold=query.score_threshold, with_payload=True,
+            )  # fmt: skip
+        else:
+            nearest = (
+                qe.Query.Nearest(_theirs(query.sparse), using=self.sparse_vector_name)
+                if query.sparse is not None
+                else qe.Query.Nearest(query.dense or [], using=self.vector_name)
+            )
+            request = qe.QueryRequest(
+                limit=query.k, query=nearest, filter=where, score_threshold=query.score_threshold, params=params,
+                with_payload=True,
+            )  # fmt: skip
         points = self._call("query", lambda shard: shard.query(request))
         return [SearchHit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]

@@ -24,17 +24,25 @@ from typing import Any, NamedTuple, TypedDict
 from qdrant_client import models
 
 from embedkit.errors import InputError, StoreError
-from embedkit.ingestion.records import CHUNK_COUNT, CHUNK_INDEX, CONTENT_HASH, DOC_ID, METADATA, SOURCE
-from embedkit.sinks.base import Point, SearchHit
+from embedkit.ingestion.records import CHUNK_COUNT, CHUNK_INDEX, CONTENT_HASH, DOC_ID, METADATA, PAGE_CONTENT, SOURCE
+from embedkit.sinks.base import Point, SearchHit, SparseConfig
 from embedkit.sinks.filters import OWN_FIELDS, doc_filter, has_field, metadata_condition, payload_fields
+from embedkit.sparse.base import SparseVector
 
 __all__ = [
+    "DEFAULT_SPARSE_NAME",
     "ENGINES",
     "FINGERPRINT_KEY",
+    "FUSIONS",
     "INDEX_TYPES",
+    "MODES",
     "PROBES_KEY",
+    "SPARSE_KEY",
+    "VECTOR_NAME_PRESETS",
     "CollectionInfo",
     "QdrantSink",
+    "Query",
+    "SparseConfig",
     "StoredPoint",
     "VectorConfig",
     "unusable_reason",
@@ -44,6 +52,16 @@ log = logging.getLogger(__name__)
 
 FINGERPRINT_KEY = "embedkit"  # collection metadata key holding the embedder fingerprint
 PROBES_KEY = "embedkit_probes"  # ... and the probe texts' vectors that decide who may write (ingestion.records)
+SPARSE_KEY = "embedkit_sparse"  # ... and the sparse encoder's fingerprint, in a collection with sparse vectors
+DEFAULT_SPARSE_NAME = "sparse"
+# (dense, sparse) vector names other frameworks give a hybrid collection: write one they read as it is
+VECTOR_NAME_PRESETS = {
+    "embedkit": (None, DEFAULT_SPARSE_NAME),
+    "langchain": (None, "langchain-sparse"),  # langchain-qdrant's QdrantVectorStore defaults
+    "llamaindex": ("text-dense", "text-sparse-new"),  # llama-index-vector-stores-qdrant's hybrid defaults
+}
+MODES = ("dense", "sparse", "hybrid")
+FUSIONS = ("rrf", "dbsf")
 ENGINES = ("edge", "client-local")  # what `engine=` may name for a path
 INDEX_TYPES = ("keyword", "integer", "float", "bool")  # payload index types `index_fields` may ask for
 # embedkit's own fields the sink filters on: doc_id and source (keyword), chunk_index (delete_surplus' range)
@@ -54,6 +72,27 @@ OWN_INDEXES = {DOC_ID: "keyword", SOURCE: "keyword", CHUNK_INDEX: "integer"}
 class VectorConfig:
     size: int
     distance: str  # Qdrant's name: "Cosine", "Dot", "Euclid", "Manhattan"
+
+
+@dataclass(frozen=True)
+class Query:
+    """One search as the engines run it: the dense and/or sparse query (both: prefetched `fetch_k` each and
+    fused), `k` results, the filter for every branch, and search parameters."""
+
+    k: int
+    dense: list[float] | None
+    sparse: SparseVector | None
+    fetch_k: int
+    fusion: str
+    rrf_k: int
+    weights: tuple[float, float] | None
+    filter: models.Filter | None
+    score_threshold: float | None
+    params: models.SearchParams
+
+
+def _floats(vector: Any) -> list[float]:
+    return vector.tolist() if hasattr(vector, "tolist") else [float(x) for x in vector]
 
 
 class StoredPoint(NamedTuple):
@@ -70,6 +109,8 @@ class CollectionInfo(TypedDict):
     location: str
     points: int
     vectors: dict[str, dict[str, Any]]  # name ("" unnamed) -> {"size", "distance"}
+    sparse_vectors: dict[str, dict[str, Any]]  # name -> {"modifier"}
+    sparse_encoder: dict[str, Any] | None  # the sparse encoder's fingerprint
     payload_indexes: dict[str, str]  # field -> type
     indexed_vectors: int | None  # HNSW-indexed vectors, where the engine says
     fingerprint: dict[str, Any] | None
@@ -149,6 +190,10 @@ class QdrantSink:
     `vector_name`), payload `page_content` + `metadata` as langchain-qdrant reads them, plus doc_id,
     chunk_index, chunk_count, start, end, headings and content_hash (embedkit.ingestion.records.chunk_payload).
 
+    A collection may also hold a sparse vector per point (`sparse_vector_name`, BM25 or SPLADE; see
+    embedkit.sparse), searched alone or fused with the dense one (`search(mode=...)`); `VECTOR_NAME_PRESETS`
+    names the vectors as langchain-qdrant or LlamaIndex do, so they read the collection as it is.
+
     Exactly one of `path` (the embedded store: Qdrant Edge, or qdrant-client's local mode with
     `engine="client-local"`), `url` (+ `api_key`) of a server, `location` (":memory:") or a qdrant-client
     `client`. Payload indexes: doc_id and source (keyword), chunk_index (integer), and `index_fields`
@@ -182,6 +227,7 @@ class QdrantSink:
         engine: str | None = None,
         batch_size: int = 256,
         vector_name: str | None = None,
+        sparse_vector_name: str = DEFAULT_SPARSE_NAME,
         retry_attempts: int = 5,
         index_fields: Mapping[str, str] | None = None,
         hnsw_ef: int | None = None,
@@ -202,6 +248,11 @@ class QdrantSink:
         self.collection = collection
         self.batch_size = batch_size
         self.vector_name = vector_name
+        if not sparse_vector_name or not isinstance(sparse_vector_name, str) or sparse_vector_name == vector_name:
+            raise InputError(
+                f"sparse_vector_name must be a non-empty name other than the dense one's, got {sparse_vector_name!r}"
+            )
+        self.sparse_vector_name = sparse_vector_name
         self.retry_attempts = retry_attempts
         self.hnsw_ef = hnsw_ef
         self.exact = exact
@@ -268,7 +319,24 @@ class QdrantSink:
         """The collection's dense vectors: name ("" for the unnamed one) -> size and distance."""
         raise NotImplementedError
 
-    def _create(self, vectors: dict[str, VectorConfig], metadata: dict[str, Any]) -> None:
+    def sparse_vectors(self) -> dict[str, SparseConfig]:
+        """The collection's sparse vectors: name -> modifier."""
+        raise NotImplementedError
+
+    def _create(
+        self, vectors: dict[str, VectorConfig], sparse: dict[str, SparseConfig], metadata: dict[str, Any]
+    ) -> None:
+        raise NotImplementedError
+
+    def _add_sparse(self, name: str, config: SparseConfig) -> None:
+        """Add a sparse vector to the existing collection (its points have none until filled in)."""
+        raise NotImplementedError
+
+    def _set_sparse(self, vectors: list[tuple[str, SparseVector]]) -> None:
+        """Set the sparse vector (`sparse_vector_name`) of existing points, keeping their other vectors."""
+        raise NotImplementedError
+
+    def _clear_sparse(self) -> None:
         raise NotImplementedError
 
     def payload_indexes(self) -> dict[str, str]:
@@ -296,14 +364,7 @@ class QdrantSink:
     def _upsert(self, points: list[Point] | list[StoredPoint]) -> None:
         raise NotImplementedError
 
-    def _query(
-        self,
-        vector: list[float],
-        k: int,
-        query_filter: models.Filter | None,
-        score_threshold: float | None,
-        params: models.SearchParams,
-    ) -> list[SearchHit]:
+    def _query(self, query: Query) -> list[SearchHit]:
         raise NotImplementedError
 
     def optimize(self) -> bool:
@@ -342,25 +403,80 @@ class QdrantSink:
         *,
         probes: dict[str, Any] | None = None,
         rewrite: bool = False,
+        sparse: SparseConfig | None = None,
     ) -> None:
-        """Create the collection for `dimension`-d cosine vectors recording `fingerprint` and `probes`, or
-        check that the existing one holds such vectors (StoreError naming both when not); `rewrite`
-        records `fingerprint` and `probes` over what an existing collection holds. Whether an embedder
-        may write here is decided by the caller (embedkit.ingestion.records.open_collection)."""
+        """Create the collection for `dimension`-d cosine vectors recording `fingerprint` and `probes` (and a
+        sparse vector `sparse_vector_name` when `sparse` is given), or check that the existing one holds such
+        vectors (StoreError naming both when not); `rewrite` records `fingerprint` and `probes` over what an
+        existing collection holds. Whether an embedder may write here is decided by the caller
+        (embedkit.ingestion.records.open_collection); an existing collection gains its sparse vector through
+        `add_sparse_vector`."""
         metadata = {FINGERPRINT_KEY: fingerprint, PROBES_KEY: probes}
         if not self.exists():
-            self.create({self.vector_name or "": VectorConfig(dimension, "Cosine")}, metadata)
+            named = {self.sparse_vector_name: sparse} if sparse is not None else {}
+            self.create({self.vector_name or "": VectorConfig(dimension, "Cosine")}, metadata, sparse=named)
             return
         self._check_vectors(dimension)
         self.ensure_indexes()
         if rewrite:
             self._write_metadata({**self._metadata(), **metadata})
 
-    def create(self, vectors: dict[str, VectorConfig], metadata: dict[str, Any]) -> None:
-        """Create the collection with these vectors, metadata and the payload indexes (embedkit's own and
-        `index_fields`): what `prepare` does for an embedder, and `push` for a copy."""
-        self._create(vectors, metadata)
+    def create(
+        self,
+        vectors: dict[str, VectorConfig],
+        metadata: dict[str, Any],
+        *,
+        sparse: dict[str, SparseConfig] | None = None,
+    ) -> None:
+        """Create the collection with these dense (and sparse) vectors, metadata and the payload indexes
+        (embedkit's own and `index_fields`): what `prepare` does for an embedder, and `push` for a copy."""
+        self._create(vectors, dict(sparse or {}), metadata)
         self.ensure_indexes()
+
+    def add_sparse_vector(self, config: SparseConfig) -> bool:
+        """Give the existing collection its sparse vector (`sparse_vector_name`) if it has none: True if added.
+        Its points get their sparse vectors from `fill_sparse`. StoreError if it exists with another
+        modifier (the stored weights would be read wrongly)."""
+        self._require()
+        present = self.sparse_vectors().get(self.sparse_vector_name)
+        if present is not None:
+            if present != config:
+                raise StoreError(
+                    f"collection {self.collection!r} has sparse vector {self.sparse_vector_name!r} with modifier "
+                    f"{present.modifier!r}; this encoder needs {config.modifier!r}. Use another sparse_vector_name."
+                )
+            return False
+        self._add_sparse(self.sparse_vector_name, config)
+        return True
+
+    def fill_sparse(self, encode: Callable[[list[str]], list[SparseVector]], *, page_size: int = 256) -> int:
+        """Compute the sparse vector of every point that has none, from its `page_content` (empty for a point
+        without one), `page_size` points at a time; returns how many were filled. Dense vectors are kept.
+        Idempotent and resumable: a run stopped midway leaves the rest to the next."""
+        self._require()
+        missing = models.Filter(must_not=[models.HasVectorCondition(has_vector=self.sparse_vector_name)])
+        filled, offset = 0, None
+        while True:
+            page, offset = self._scroll(missing, [PAGE_CONTENT], page_size, offset, False)
+            if page:
+                texts = [str(point.payload.get(PAGE_CONTENT) or "") for point in page]
+                self._set_sparse(list(zip([point.id for point in page], encode(texts), strict=True)))
+                filled += len(page)
+            if offset is None:
+                return filled
+
+    def clear_sparse(self) -> None:
+        """Remove every point's sparse vector (`sparse_vector_name`); the dense vectors stay."""
+        self._require()
+        self._clear_sparse()
+
+    def sparse_encoder(self) -> dict[str, Any] | None:
+        """The fingerprint of the sparse encoder the collection's sparse vectors were made with, if any."""
+        return self._metadata().get(SPARSE_KEY) if self.exists() else None
+
+    def record_sparse_encoder(self, fingerprint: dict[str, Any]) -> None:
+        self._require()
+        self._write_metadata({**self._metadata(), SPARSE_KEY: fingerprint})
 
     def update_metadata(self, metadata: dict[str, Any]) -> None:
         """Replace the collection's metadata (a server merges keys: a key is removed by setting it to None)."""
@@ -410,6 +526,8 @@ class QdrantSink:
             location=self._where,
             points=self.count(),
             vectors={name: {"size": c.size, "distance": c.distance} for name, c in self.vectors().items()},
+            sparse_vectors={name: {"modifier": c.modifier} for name, c in self.sparse_vectors().items()},
+            sparse_encoder=self.sparse_encoder(),
             payload_indexes=self.payload_indexes(),
             indexed_vectors=self.indexed_vectors(),
             fingerprint=self.recorded_fingerprint(),
@@ -431,9 +549,12 @@ class QdrantSink:
         for start in range(0, len(points), self.batch_size):
             self._upsert(list(points[start : start + self.batch_size]))
 
-    def _vector(self, vector: Any) -> Any:
-        values = vector.tolist() if hasattr(vector, "tolist") else [float(x) for x in vector]
-        return {self.vector_name: values} if self.vector_name else values
+    def _vectors(self, point: Point) -> dict[str, Any] | list[float]:
+        """The point's vectors as the collection names them (the engine turns a SparseVector into its own)."""
+        dense = _floats(point.vector)
+        if point.sparse is None:
+            return {self.vector_name: dense} if self.vector_name else dense
+        return {self.vector_name or "": dense, self.sparse_vector_name: point.sparse}
 
     def page(self, offset: Any = None, limit: int = 256) -> tuple[list[StoredPoint], Any]:
         """One page of at most `limit` points with payloads and vectors, in id order from `offset` (None: the
@@ -515,35 +636,105 @@ class QdrantSink:
 
     def search(
         self,
-        vector: Sequence[float],
+        vector: Sequence[float] | None,
         k: int,
         *,
+        sparse_vector: SparseVector | None = None,
+        mode: str | None = None,
+        fetch_k: int | None = None,
+        fusion: str = "rrf",
+        rrf_k: int = 60,
+        weights: tuple[float, float] | None = None,
         metadata_filter: Mapping[str, Any] | None = None,
         score_threshold: float | None = None,
         hnsw_ef: int | None = None,
         exact: bool | None = None,
     ) -> list[SearchHit]:
-        """The `k` nearest chunks, best first; `score_threshold` drops weaker hits; `hnsw_ef` and `exact`
-        override the sink's for this search.
+        """The `k` best chunks, best first, by the dense `vector`, the `sparse_vector`, or both fused.
 
-        `metadata_filter` keeps the chunks whose every key equals its value (see
+        `mode`: "dense", "sparse" or "hybrid" (default: whichever the given vectors allow). Hybrid runs both
+        searches in Qdrant's Query API, each keeping its `fetch_k` best (default max(4k, 20)), and fuses them:
+        `fusion="rrf"` (reciprocal rank fusion as Qdrant computes it: the sum over branches of
+        weight / (rrf_k + rank), ranks from 0; `weights` = (dense, sparse), default equal) or "dbsf"
+        (distribution-based score fusion, no weights). `score_threshold` drops weaker hits (for hybrid: of the
+        fused score). `hnsw_ef` and `exact` override the sink's for this search.
+
+        `metadata_filter` keeps the chunks whose every key equals its value, in every branch (see
         embedkit.sinks.filters.metadata_condition: `doc_id` and `source` are embedkit's own fields, any other
-        key is a metadata key). Raises StoreError when the collection does not exist or the store fails,
-        InputError for a bad `k` or filter, and InputError naming the keys when nothing matched because no
-        point has them (a typo, rather than "no results").
+        key is a metadata key). Raises StoreError when the collection does not exist, has no sparse vector for
+        a sparse or hybrid search, or the store fails; InputError for a bad `k`, mode or filter, and naming
+        the keys when nothing matched because no point has them (a typo, rather than "no results").
         """
         self._require()
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InputError(f"k must be an int >= 1, got {k!r}")
+        query = self._plan(vector, k, sparse_vector, mode, fetch_k, fusion, rrf_k, weights)
         condition = metadata_condition(metadata_filter)
         params = models.SearchParams(
             hnsw_ef=self.hnsw_ef if hnsw_ef is None else hnsw_ef, exact=self.exact if exact is None else exact
         )
-        values = vector.tolist() if hasattr(vector, "tolist") else [float(x) for x in vector]
-        hits = self._query(values, k, condition, score_threshold, params)
+        hits = self._query(Query(**query, filter=condition, score_threshold=score_threshold, params=params))
         if not hits and condition is not None and metadata_filter:
             self._check_keys_exist(list(metadata_filter))
         return hits
+
+    def _plan(
+        self,
+        vector: Sequence[float] | None,
+        k: int,
+        sparse_vector: SparseVector | None,
+        mode: str | None,
+        fetch_k: int | None,
+        fusion: str,
+        rrf_k: int,
+        weights: tuple[float, float] | None,
+    ) -> dict[str, Any]:
+        """The vectors, limits and fusion of a search, checked against each other and the collection."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be an int >= 1, got {k!r}")
+        if vector is None and sparse_vector is None:
+            raise InputError("a search needs the dense query vector, a sparse_vector, or both (hybrid)")
+        if mode is None:
+            mode = (
+                "hybrid"
+                if vector is not None and sparse_vector is not None
+                else "sparse"
+                if vector is None
+                else "dense"
+            )
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode in ("dense", "hybrid") and vector is None:
+            raise InputError(f"a {mode} search needs the dense query vector")
+        if mode in ("sparse", "hybrid"):
+            if sparse_vector is None:
+                raise InputError(f"a {mode} search needs the sparse query vector (sparse_vector=)")
+            if not isinstance(sparse_vector, SparseVector):
+                raise InputError(
+                    f"sparse_vector must be an embedkit.sparse.SparseVector, got {type(sparse_vector).__name__}"
+                )
+            if self.sparse_vector_name not in self.sparse_vectors():
+                present = sorted(self.sparse_vectors()) or "none"
+                raise StoreError(
+                    f"collection {self.collection!r} has no sparse vector {self.sparse_vector_name!r} (sparse vectors: "
+                    f"{present}), so it cannot be searched in {mode} mode; add them with `embedkit ingest ... --sparse "
+                    "bm25` (the dense vectors are kept), or search in dense mode"
+                )
+        if fusion not in FUSIONS:
+            raise InputError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        if fetch_k is None:
+            fetch_k = max(4 * k, 20)
+        elif isinstance(fetch_k, bool) or not isinstance(fetch_k, int) or fetch_k < k:
+            raise InputError(f"fetch_k must be an int >= k ({k}), got {fetch_k!r}")
+        if isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 1:
+            raise InputError(f"rrf_k must be an int >= 1, got {rrf_k!r}")
+        if weights is not None:
+            if fusion != "rrf":
+                raise InputError("weights go with fusion='rrf' (Qdrant's DBSF takes none)")
+            if len(weights) != 2 or any(not isinstance(w, (int, float)) or w < 0 for w in weights):
+                raise InputError(f"weights must be (dense, sparse), two numbers >= 0, got {weights!r}")
+        dense = None if mode == "sparse" or vector is None else _floats(vector)
+        sparse = sparse_vector if mode != "dense" else None
+        return {"k": k, "dense": dense, "sparse": sparse, "fetch_k": fetch_k, "fusion": fusion, "rrf_k": rrf_k,
+                "weights": None if weights is None else (float(weights[0]), float(weights[1]))}  # fmt: skip
 
     def _check_keys_exist(self, keys: list[str]) -> None:
         """InputError naming the filter keys that no point of the collection has; an empty collection has

@@ -31,8 +31,13 @@ class SparseVector:
 class SparseEncoder(Protocol):
     """Texts to sparse vectors, for documents (stored) and queries (searched)."""
 
-    name: str  # what a collection's fingerprint records: "bm25", or the SPLADE model's id
-    modifier: str | None  # "idf": the collection's sparse vector needs Qdrant's IDF modifier (BM25); else None
+    @property
+    def name(self) -> str:
+        """What the encoder is called: "bm25", or the SPLADE model's id."""
+
+    @property
+    def modifier(self) -> str | None:
+        """The modifier the collection's sparse vector needs: "idf" for BM25 (Qdrant weighs by IDF), else None."""
 
     def embed_documents(self, texts: Sequence[str]) -> list[SparseVector]:
         """One sparse vector per text, as stored."""

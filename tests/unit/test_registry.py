@@ -14,6 +14,10 @@ JINA_CODE_TENSORS = {"encoder.layer.0.mlp.up_gated_layer.weight", "encoder.layer
 GTE_TENSORS = {"new.embeddings.word_embeddings.weight", "new.encoder.layer.0.attention.qkv_proj.weight"}
 JINA_V3_TENSORS = {"roberta.encoder.layers.0.mixer.Wqkv.bias"}
 QWEN_TENSORS = {"model.layers.0.self_attn.q_proj.weight"}
+DISTILBERT_TENSORS = {
+    "distilbert.embeddings.word_embeddings.weight",
+    "distilbert.transformer.layer.0.attention.q_lin.weight",
+}
 
 JINA_CONFIG = {
     "model_type": "bert",
@@ -35,6 +39,8 @@ def without(config: dict, *keys: str) -> dict:
 
 
 CASES = [
+    ("distilbert, MaskedLM", {"model_type": "distilbert"}, DISTILBERT_TENSORS, "distilbert"),
+    ("distilbert by tensors alone", {}, DISTILBERT_TENSORS, "distilbert"),
     ("bert", {"model_type": "bert", "architectures": ["BertModel"]}, BERT_TENSORS, "bert"),
     ("bert, MaskedLM head", {"architectures": ["BertForMaskedLM"]}, {"bert." + n for n in BERT_TENSORS}, "bert"),
     (
@@ -117,7 +123,7 @@ def test_every_family_hook_names_a_function_of_its_file() -> None:
     from embedkit.models.registry import FAMILIES, Hook
 
     for family in FAMILIES.values():
-        hooks = [family.build, family.prepare_tokenizer, family.default_prompts]
+        hooks = [family.build, family.prepare_tokenizer, family.default_prompts, family.masked_lm]
         for hook in hooks:
             if hook is not None:
                 assert isinstance(hook, Hook) and hook.module == family.module

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
@@ -15,6 +15,8 @@ from embedkit import InputError
 from embedkit.ingestion.records import DOC_ID, METADATA, PAGE_CONTENT, chunk_fields
 from embedkit.sinks import QdrantSink
 from embedkit.sinks.base import SearchHit
+from embedkit.sinks.qdrant import VECTOR_NAME_PRESETS
+from embedkit.sparse import encoder_for_collection
 from langchain_embedkit.embeddings import EmbedkitEmbeddings, embeddings_for_collection
 
 __all__ = ["EmbedkitRetriever"]
@@ -36,7 +38,9 @@ class EmbedkitRetriever(BaseRetriever):
         doc.metadata["embedkit"] == {"score": 0.83, "doc_id": "docs/a.md", "source": "docs",
             "chunk_index": 0, "chunk_count": 3, "start": 0, "end": 412, "headings": ["Guide", "Install"]}
 
-    (`start`/`end`: the chunk's character span in its source; `headings`: its section path). A user's
+    (`start`/`end`: the chunk's character span in its source; `headings`: its section path). A collection
+    ingested with sparse vectors (`embedkit ingest --sparse bm25`) is searched hybrid by default: dense and
+    sparse results fused in Qdrant (`mode`, `fetch_k`, `fusion`). A user's
     `score`, `doc_id`, `start` ... keys are never overwritten; a document whose metadata already uses the
     reserved key is an InputError asking for another `embedkit_key`, never a silent merge. `k`,
     `score_threshold` and `filter` (metadata key -> value, or a list of accepted values) may also be
@@ -68,6 +72,15 @@ class EmbedkitRetriever(BaseRetriever):
     filter: dict[str, Any] | None = None
     embedkit_key: str = "embedkit"
     """The metadata key that holds embedkit's fields (score, doc_id, source, span, headings)."""
+    mode: Literal["dense", "sparse", "hybrid"] | None = None
+    """Dense vectors, sparse vectors, or both fused; default: hybrid when the collection has sparse vectors."""
+    fetch_k: int | None = None
+    """Hybrid: candidates each branch keeps before fusion (default max(4k, 20))."""
+    fusion: Literal["rrf", "dbsf"] = "rrf"
+    sparse_encoder: Any = Field(default=None, exclude=True)
+    """The SparseEncoder for queries; default: the one the collection records (BM25's parameters, the SPLADE model)."""
+    vector_names: Literal["embedkit", "langchain", "llamaindex"] = "embedkit"
+    """How the collection names its dense and sparse vectors (embedkit.sinks.qdrant.VECTOR_NAME_PRESETS)."""
 
     _sink: QdrantSink = PrivateAttr()
 
@@ -87,7 +100,14 @@ class EmbedkitRetriever(BaseRetriever):
             client=self.client,
             location=location,
             engine=self.engine,
+            vector_name=VECTOR_NAME_PRESETS[self.vector_names][0],
+            sparse_vector_name=VECTOR_NAME_PRESETS[self.vector_names][1],
         )
+        if self.mode is None:
+            hybrid = self._sink.exists() and self._sink.sparse_vector_name in self._sink.sparse_vectors()
+            self.mode = "hybrid" if hybrid else "dense"
+        if self.mode != "dense" and self.sparse_encoder is None:
+            self.sparse_encoder = encoder_for_collection(self._sink)
         where = self.path or self.url or "the given client"
         self.embeddings = embeddings_for_collection(self._sink, where, self.embeddings)
         return self
@@ -103,10 +123,17 @@ class EmbedkitRetriever(BaseRetriever):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _search(self, vector: list[float], k: int | None, score_threshold: float | None, filter: Any) -> list[Document]:
+    def _search(
+        self, query: str, vector: list[float] | None, k: int | None, score_threshold: float | None, filter: Any
+    ) -> list[Document]:
+        sparse_vector = self.sparse_encoder.embed_query(query) if self.mode != "dense" else None
         hits = self._sink.search(
-            vector,
+            vector if self.mode != "sparse" else None,
             self.k if k is None else k,
+            sparse_vector=sparse_vector,
+            mode=self.mode,
+            fetch_k=self.fetch_k,
+            fusion=self.fusion,
             metadata_filter=self.filter if filter is None else filter,
             score_threshold=self.score_threshold if score_threshold is None else score_threshold,
         )
@@ -122,7 +149,8 @@ class EmbedkitRetriever(BaseRetriever):
         filter: dict[str, Any] | None = None,
     ) -> list[Document]:
         assert self.embeddings is not None  # set by _open
-        return self._search(self.embeddings.embed_query(query), k, score_threshold, filter)
+        vector = self.embeddings.embed_query(query) if self.mode != "sparse" else None
+        return self._search(query, vector, k, score_threshold, filter)
 
     async def _aget_relevant_documents(
         self,
@@ -134,9 +162,9 @@ class EmbedkitRetriever(BaseRetriever):
         filter: dict[str, Any] | None = None,
     ) -> list[Document]:
         assert self.embeddings is not None
-        vector = await self.embeddings.aembed_query(query)
-        # the embedded store is synchronous: search in a worker thread, not on the event loop
-        return await asyncio.to_thread(self._search, vector, k, score_threshold, filter)
+        vector = await self.embeddings.aembed_query(query) if self.mode != "sparse" else None
+        # the embedded store (and the sparse encoder) are synchronous: a worker thread, not the event loop
+        return await asyncio.to_thread(self._search, query, vector, k, score_threshold, filter)
 
 
 def _document(hit: SearchHit, key: str) -> Document:
