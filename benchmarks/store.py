@@ -70,13 +70,12 @@ ENGINES = ("client-local", "edge")
 
 def open_store(engine: str, path: Path) -> Any:
     """The store under test, built in one place: Qdrant Edge, or qdrant-client's local mode."""
-    from embedkit.sinks.edge import EdgeSink
     from embedkit.sinks.qdrant import QdrantSink
 
-    if engine == "edge":
-        return EdgeSink(COLLECTION, path=path, index_fields={"tags": "keyword"})
+    if engine == "edge":  # what QdrantSink(path=...) is
+        return QdrantSink(COLLECTION, path=path, index_fields={"tags": "keyword"})
     if engine == "client-local":
-        return QdrantSink(COLLECTION, path=str(path))
+        return QdrantSink(COLLECTION, path=str(path), engine="client-local")
     raise ValueError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
 
 
