@@ -270,3 +270,19 @@ def test_cli_engine_flags_are_checked(tmp_path, capsys, args, message):
 
     code = main(["ingest", str(EXAMPLE_DOCS), "--collection", "kb", "--qdrant-path", str(tmp_path / "q"), *args])
     assert code == 1 and message in capsys.readouterr().err
+
+
+def test_sparse_vectors_through_ray_equal_the_single_process_ones(cluster, minilm):
+    from embedkit.sparse import BM25Encoder
+
+    through_ray = QdrantSink("docs", location=":memory:")
+    single = QdrantSink("docs", location=":memory:")
+    report = ingest_ray(EXAMPLE_DOCS, through_ray, progress=False, sparse=BM25Encoder())
+    ingest(load_directory(EXAMPLE_DOCS), minilm, single, progress=False, sparse=BM25Encoder())
+    ours = {p.id: p.vector for p in through_ray.points()}
+    theirs = {p.id: p.vector for p in single.points()}
+    assert report.embedded == 20 and ours.keys() == theirs.keys()
+    for key, vectors in theirs.items():
+        assert ours[key]["sparse"] == vectors["sparse"], key
+        np.testing.assert_allclose(ours[key][""], vectors[""], atol=1e-6)
+    assert through_ray.sparse_encoder() == BM25Encoder().fingerprint()
