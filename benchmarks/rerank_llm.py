@@ -185,7 +185,7 @@ def main() -> None:
     print(f"scores: max abs diff embedkit vs card {diff:.2e} over {len(pairs)} pairs ({tokens} prompt tokens)")
 
     best = dict.fromkeys(rows, float("inf"))
-    for name, run in rows.items():
+    for run in rows.values():
         run(pairs[:2])  # warm-up
     for _ in range(args.repeat):
         for name, run in rows.items():
@@ -193,8 +193,10 @@ def main() -> None:
             run(pairs)
             best[name] = min(best[name], time.perf_counter() - start)
 
-    print(f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {platform.python_version()}, "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {platform.python_version()}, "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
     print(f"cpu: {cpu_flags()}; load average {os.getloadavg()[0]:.2f}")
     print(f"command: python {' '.join(sys.argv)}; model {model_dir}")
     base = best["card (transformers, as published)"]

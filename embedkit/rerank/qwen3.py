@@ -67,6 +67,7 @@ __all__ = [
     "Qwen3Reranker",
     "format_pair",
     "is_qwen3_reranker",
+    "is_qwen3_reranker_dir",
     "load_qwen3_reranker",
 ]
 
@@ -99,6 +100,21 @@ def is_qwen3_reranker(config: dict[str, Any], tensor_names: set[str]) -> bool:
     `model.` and an `lm_head.weight`, or tied embeddings. A Qwen3-Embedding folder (unprefixed decoder, no
     head) is False, whatever its `architectures` say (Qwen3-Embedding's config.json names Qwen3ForCausalLM)."""
     return _refusal(config, tensor_names) is None
+
+
+def is_qwen3_reranker_dir(model_dir: Path) -> bool:
+    """`is_qwen3_reranker` on a folder's config.json and safetensors headers; False when either is missing."""
+    path = model_dir / "config.json"
+    if not path.is_file():
+        return False
+    config = read_json(path)
+    if not isinstance(config, dict) or config.get("model_type") != "qwen3":
+        return False  # cheap: no weights header read for other families
+    try:
+        names = set(tensor_shapes(model_dir))
+    except ModelLoadError:
+        return False
+    return is_qwen3_reranker(config, names)
 
 
 def _refusal(config: dict[str, Any], tensor_names: set[str]) -> str | None:

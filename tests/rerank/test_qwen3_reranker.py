@@ -18,9 +18,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM, Qwen3Model
 
+import embedkit
 from embedkit.errors import InputError, ModelLoadError
 from embedkit.rerank.base import Reranker
-from embedkit.rerank.qwen3 import is_qwen3_reranker, load_qwen3_reranker
+from embedkit.rerank.qwen3 import Qwen3Reranker, is_qwen3_reranker, load_qwen3_reranker
 from embedkit.weights import tensor_shapes
 
 # the model card's strings, written out independently of embedkit's constants
@@ -329,3 +330,13 @@ def test_a_tokenizer_without_yes_is_refused(tied_dir: Path, tmp_path: Path) -> N
     tokenizer.save(str(other / "tokenizer.json"))
     with pytest.raises(ModelLoadError, match="no 'no' token"):
         load_qwen3_reranker(other)
+
+
+def test_load_reranker_detects_qwen3_reranker(tied_dir: Path) -> None:
+    instruction = "Given a question, find code that answers it"
+    reranker = embedkit.load_reranker(tied_dir, device="cpu", instruction=instruction)
+    assert isinstance(reranker, Qwen3Reranker)
+    pairs = all_pairs()[:4]
+    assert_close(reranker.score(pairs), card_scores(tied_dir, pairs, instruction=instruction))
+    with pytest.raises(InputError, match="torch only"):
+        embedkit.load_reranker(tied_dir, backend="onnx")
