@@ -19,6 +19,11 @@ Tensor names are the published ones (`embed_tokens`, `layers.N.self_attn.q_proj`
 `norm`, ...), unprefixed (Qwen3-Embedding) or under `model.` (ForCausalLM saves, gte-Qwen2); an
 `lm_head` is ignored. Pooling (last token) is the runtime's, not the model's.
 
+`causal_lm` builds the same decoder with its language-model head (`QwenForCausalLM`, the layout
+transformers' Qwen3ForCausalLM saves: `model.*` plus `lm_head.weight`, or no `lm_head` when
+`tie_word_embeddings` is true and the head is the embedding table). Qwen3-Reranker reads it
+(embedkit/rerank/qwen3.py), and only a few rows of the head: `head_rows`.
+
 Tokenization: gte-Qwen2's original tokenizer appended `<|endoftext|>` to every text while its
 tokenizer.json has no post-processor doing so (TEI installs `TemplateProcessing("$A <|endoftext|>")`
 for it); Qwen3-Embedding's tokenizer.json appends it already. `prepare_tokenizer` checks which by
@@ -45,7 +50,16 @@ from embedkit.models import base
 from embedkit.models.layers import RMSNorm, Rope, activation, apply_rope
 from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
 
-__all__ = ["LAYOUT", "Qwen", "QwenConfig", "build", "default_prompts", "prepare_tokenizer"]
+__all__ = [
+    "LAYOUT",
+    "Qwen",
+    "QwenConfig",
+    "QwenForCausalLM",
+    "build",
+    "causal_lm",
+    "default_prompts",
+    "prepare_tokenizer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +233,57 @@ def build(config: dict, tensor_names: set[str], source: str) -> tuple[Qwen, Tens
     settings["qk_norm"] = qwen3
     settings["causal"] = is_causal(config, source)
     return Qwen(config_from_dict(QwenConfig, settings, f"{source}/config.json")), LAYOUT
+
+
+class QwenForCausalLM(nn.Module):
+    """The decoder (`model`) and its language-model head, named as transformers' Qwen*ForCausalLM saves them.
+
+    The head is `lm_head` [V, H] (no bias), or the embedding table itself when tied. Nothing here runs the
+    head over the vocabulary: callers that score a few tokens take `head_rows` and multiply by those alone.
+    """
+
+    def __init__(self, model: Qwen, *, tied: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.tied = tied
+        if not tied:
+            self.lm_head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
+
+    def head_rows(self, token_ids: list[int]) -> torch.Tensor:
+        """The head's rows for `token_ids`, [len(token_ids), H], a copy (the full head can then be dropped)."""
+        weight = self.model.embed_tokens.weight if self.tied else self.lm_head.weight
+        vocab = int(weight.shape[0])
+        bad = [token for token in token_ids if not 0 <= token < vocab]
+        if bad:
+            raise ModelLoadError(f"token ids {bad} are outside the language-model head's {vocab} rows")
+        return weight[token_ids].detach().clone()
+
+
+def causal_lm(config: dict, tensor_names: set[str], source: str) -> tuple[QwenForCausalLM, TensorLayout]:
+    """The decoder with its LM head (on whatever device is current) and the ForCausalLM checkpoint's layout.
+
+    Tied only when config.json's `tie_word_embeddings` is true (absent means untied, as transformers'
+    Qwen3Config defaults it to false); a tied checkpoint may still hold an `lm_head.weight` copy, which is
+    ignored. ModelLoadError when the tensors are not under `model.` (a bare
+    decoder such as Qwen3-Embedding's) or an untied checkpoint has no `lm_head.weight`.
+    """
+    model, _ = build(config, tensor_names, source)
+    if tensor_names and "model.embed_tokens.weight" not in tensor_names:
+        raise ModelLoadError(
+            f"{source}: no model.embed_tokens.weight; a causal-LM checkpoint (Qwen*ForCausalLM) keeps the decoder "
+            "under `model.` beside its lm_head (unprefixed tensors are a bare decoder, e.g. an embedding model)"
+        )
+    tied = config.get("tie_word_embeddings") is True
+    if not tied and tensor_names and "lm_head.weight" not in tensor_names:
+        raise ModelLoadError(
+            f"{source}: no lm_head.weight and config.json's tie_word_embeddings is not true; "
+            "the checkpoint has no language-model head"
+        )
+    ignore = [r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"]
+    if tied:
+        ignore.append(r"lm_head\.weight")
+    layout = TensorLayout(anchor="model.embed_tokens.weight", prefixes=("",), ignore=tuple(ignore))
+    return QwenForCausalLM(model, tied=tied), layout
 
 
 def prepare_tokenizer(tokenizer: Tokenizer, config: dict) -> Tokenizer:
