@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import httpx
 import numpy as np
 
-from embedkit.embedder import check_dimensions, check_embed_args, postprocess, validate_texts
+from embedkit.embedder import check_dimensions, check_embed_args, check_encodable, postprocess, validate_texts
 from embedkit.errors import InputError, RemoteError
 from embedkit.remote import wire
 from embedkit.remote.flow import Flow, checked, embed_batch, health, retried
@@ -403,7 +403,12 @@ class ClientBase:
             raise InputError(f"texts must be a list of strings, got {type(texts).__name__}")
         if len(texts) == 0:
             raise InputError("texts is empty: there is nothing to rerank")
-        documents = validate_texts(texts)
+        documents: list[str] = []
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InputError(f"texts[{index}] is {type(text).__name__}, expected str", index=index)
+            check_encodable(text, f"texts[{index}]", index=index)  # "" is a document as local rerank takes it
+            documents.append(text)
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise InputError(f"top_k must be a positive int or None, got {top_k!r}")
         if not isinstance(return_documents, bool):

@@ -21,6 +21,7 @@ from embedkit.server.schemas import ErrorResponse, OpenAIErrorResponse
 __all__ = [
     "ERROR_STATUS",
     "FRAMEWORK_ERRORS",
+    "OPENAI_ERROR_PATHS",
     "OPENAI_PATHS",
     "ApiError",
     "add_error_handlers",
@@ -28,7 +29,10 @@ __all__ = [
     "validation_error",
 ]
 
-OPENAI_PATHS = ("/v1/embeddings", "/embeddings")  # their errors take the OpenAI route's shape
+OPENAI_PATHS = ("/v1/embeddings", "/embeddings")  # the OpenAI-compatible embedding routes
+# routes whose errors take the OpenAI shape: those, and the Cohere/Jina-style /v1/rerank (vLLM's errors are
+# OpenAI's; embedkit's client reads both shapes)
+OPENAI_ERROR_PATHS = (*OPENAI_PATHS, "/v1/rerank")
 
 # TEI's own six types come first; the rest are refusals TEI leaves to axum (empty or text/plain bodies),
 # which embedkit answers in the same JSON shape.
@@ -76,7 +80,7 @@ def validation_error(message: str) -> ApiError:
 def error_response(path: str, error_type: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """TEI's error body for `error_type` (status from ERROR_STATUS), in the OpenAI route's shape on its paths."""
     status = ERROR_STATUS[error_type]
-    if path in OPENAI_PATHS:
+    if path in OPENAI_ERROR_PATHS:
         body = OpenAIErrorResponse(message=message, code=status, type=error_type).model_dump()
     else:
         body = ErrorResponse(error=message, error_type=error_type).model_dump()

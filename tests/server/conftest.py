@@ -95,13 +95,13 @@ def post(server: RunningServer, path: str, body: object, *, timeout: float = 60)
 def assert_tei_error(response: httpx.Response, status: int, error_type: str) -> str:
     """The response is TEI's error body for `error_type` with `status` (the OpenAI-route shape on its
     paths), and `status` is what the server's one table gives that type; returns the message."""
-    from embedkit.server.errors import ERROR_STATUS, OPENAI_PATHS
+    from embedkit.server.errors import ERROR_STATUS, OPENAI_ERROR_PATHS
 
     assert response.status_code == status, response.text
     assert ERROR_STATUS[error_type] == status
     assert response.headers["content-type"] == "application/json", response.headers
     body = response.json()
-    if response.url.path in OPENAI_PATHS:
+    if response.url.path in OPENAI_ERROR_PATHS:
         assert set(body) == {"message", "code", "type"}, body
         assert (body["code"], body["type"]) == (status, error_type), body
         message = body["message"]
