@@ -12,7 +12,7 @@ from __future__ import annotations
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from embedkit.server.errors import ERROR_STATUS, OPENAI_PATHS
+from embedkit.server.errors import ERROR_STATUS, OPENAI_ERROR_PATHS
 
 from .conftest import API_KEY, RunningServer
 
@@ -49,7 +49,7 @@ def _error_shape(path: str, response) -> str | None:
         body = response.json()
     except ValueError:
         return f"not JSON: {response.text[:100]!r}"
-    if path in OPENAI_PATHS:
+    if path in OPENAI_ERROR_PATHS:
         if not isinstance(body, dict) or set(body) != {"message", "code", "type"}:
             return f"not OpenAI-route shaped: {body!r:.200}"
         error_type, message = body["type"], body["message"]
