@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from embedkit.embedder import Embedder
     from embedkit.local import LocalEmbedder, load
     from embedkit.remote import AsyncTEIClient, TEIClient
+    from embedkit.rerank import load_reranker
 
 __version__ = "0.1.0"
 
@@ -51,6 +52,7 @@ __all__ = [
     "embed_chunks",
     "ingest",
     "load",
+    "load_reranker",
 ]
 
 _LAZY = {
@@ -59,6 +61,7 @@ _LAZY = {
     "LocalEmbedder": "embedkit.local.embedder",
     "TEIClient": "embedkit.remote",
     "load": "embedkit.local.loader",
+    "load_reranker": "embedkit.rerank",
 }
 
 

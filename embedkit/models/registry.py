@@ -10,7 +10,9 @@ that string and broke).
 A `Family` names its file's hooks as fields: `build(config, tensor_names, source) -> (module,
 TensorLayout)` always, `prepare_tokenizer(tokenizer, config) -> tokenizer` and `default_prompts(config)
 -> {task: prefix}` where the family needs them, and `masked_lm(config, tensor_names, source) -> (module,
-TensorLayout)` for families whose masked-LM checkpoints embedkit reads (SPLADE). The family file is
+TensorLayout)` for families whose masked-LM checkpoints embedkit reads (SPLADE), and
+`sequence_classifier(config, tensor_names, source) -> (module, TensorLayout)` for those whose
+sequence-classification checkpoints it reads (cross-encoder rerankers). The family file is
 imported on a hook's first call, so importing the registry imports no model code (and no torch).
 """
 
@@ -68,6 +70,8 @@ class Family:
     default_prompts: Callable[[dict], dict[str, str]] | None = None
     # (config, tensor_names, source) -> (the encoder with its MLM head, the layout): SPLADE's models
     masked_lm: Callable[[dict, set[str], str], tuple[nn.Module, TensorLayout]] | None = None
+    # (config, tensor_names, source) -> (the encoder with its classification head, the layout): cross-encoders
+    sequence_classifier: Callable[[dict, set[str], str], tuple[nn.Module, TensorLayout]] | None = None
 
 
 def _family(name: str, default_pooling: tuple[str, ...], *hooks: str) -> Family:
@@ -77,8 +81,8 @@ def _family(name: str, default_pooling: tuple[str, ...], *hooks: str) -> Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "bert": _family("bert", ("mean",), "masked_lm"),
-    "xlm_roberta": _family("xlm_roberta", ("mean",)),
+    "bert": _family("bert", ("mean",), "masked_lm", "sequence_classifier"),
+    "xlm_roberta": _family("xlm_roberta", ("mean",), "sequence_classifier"),
     "jina_bert": _family("jina_bert", ("mean",)),
     "gte": _family("gte", ("cls",)),
     "jina_v3": _family("jina_v3", ("mean",), "default_prompts"),

@@ -1,0 +1,184 @@
+"""The sequence-classification head on an encoder: a pair's first-token state -> label logits, for cross-encoders.
+
+Every cross-encoder kind embedkit reads scores a (query, document) pair the same way: the state of the
+first token ([CLS] / <s>), a dense layer H -> H with tanh, then a projection onto the labels:
+
+    logits = tanh(h_0 W_d^T + b_d) W_o^T + b_o        h_0 [B, H] -> [B, L]
+
+Only where checkpoints keep the two layers differs: BERT's `BertForSequenceClassification` calls the dense
+layer its pooler (`bert.pooler.dense`, `classifier`), XLM-RoBERTa's `XLMRobertaForSequenceClassification`
+puts both in its classification head (`classifier.dense`, `classifier.out_proj`), GTE's
+`NewForSequenceClassification` uses the pooler as BERT does (`new.pooler.dense`, `classifier`). Dropout is
+inactive at inference and has no tensors. A family declares its names (`ClassifierNames`, in the family
+file) and gets a `SequenceClassifier` (its encoder + this head) with one tensor layout covering both.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from embedkit.errors import ModelLoadError
+from embedkit.models.base import Attention
+from embedkit.models.layers import PaddedAttention
+from embedkit.models.loading import TensorLayout
+
+__all__ = [
+    "ClassificationHead",
+    "ClassifierNames",
+    "PairEncoder",
+    "SequenceClassifier",
+    "build_sequence_classifier",
+    "classifier_layout",
+    "num_labels",
+]
+
+
+class PairEncoder(Protocol):
+    """An encoder that reads segment ids (BERT's token types): what a cross-encoder needs of its family."""
+
+    causal: bool
+
+    @property
+    def hidden_size(self) -> int: ...
+
+    @property
+    def max_positions(self) -> int: ...
+
+    @property
+    def learned_positions(self) -> bool: ...
+
+    @property
+    def token_types(self) -> int:
+        """Rows of the token-type table; 0 or 1: the model reads no segment ids."""
+        ...
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attn: Attention,
+        adapters: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+
+    def to(self, *args: object, **kwargs: object) -> nn.Module: ...
+
+
+@dataclass(frozen=True)
+class ClassifierNames:
+    """Where a family's sequence-classification checkpoints keep the encoder and the head (published names)."""
+
+    encoder_prefix: str  # "bert.", "roberta.", "new.": the encoder's tensors sit under it
+    dense: str  # the H -> H layer before tanh, e.g. "bert.pooler.dense."
+    out: str  # the H -> L projection, e.g. "classifier."
+
+
+class ClassificationHead(nn.Module):
+    """First-token states h_0 [B, H] -> logits [B, L] (module docstring)."""
+
+    def __init__(self, hidden_size: int, labels: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.out = nn.Linear(hidden_size, labels)
+
+    @property
+    def labels(self) -> int:
+        return int(self.out.out_features)
+
+    def forward(self, first: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.dense(first)))
+
+
+class SequenceClassifier(nn.Module):
+    """An encoder and its classification head, one module so that one checkpoint loads into it by name.
+
+    `forward_padded` (also the graph ONNX export traces) takes per-token segment ids (0 for the query's
+    part, 1 for the document's), read only when the encoder has a token-type table of two or more rows.
+    """
+
+    def __init__(self, encoder: nn.Module, head: ClassificationHead) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    @property
+    def pair_encoder(self) -> PairEncoder:
+        encoder: PairEncoder = self.encoder  # type: ignore[assignment]
+        return encoder
+
+    @property
+    def labels(self) -> int:
+        return self.head.labels
+
+    def forward_padded(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids, attention_mask (bool), position_ids, token_type_ids [B, T], right-padded -> logits [B, L]."""
+        encoder = self.pair_encoder
+        attn = PaddedAttention(attention_mask.bool(), causal=encoder.causal)
+        types = token_type_ids if encoder.token_types > 1 else None
+        states = encoder.encode(input_ids, position_ids, attn, None, token_type_ids=types)
+        return self.head(states[:, 0])
+
+
+def num_labels(config: dict, source: str) -> int:
+    """The label count as transformers reads it: `num_labels`, else the size of `id2label` (else 2, its default)."""
+    value = config.get("num_labels")
+    if value is None:
+        id2label = config.get("id2label")
+        value = len(id2label) if isinstance(id2label, dict) and id2label else 2
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelLoadError(f"{source}/config.json: num_labels={value!r}; expected a positive int")
+    return value
+
+
+def classifier_layout(base: TensorLayout, names: ClassifierNames) -> TensorLayout:
+    """The layout of a sequence-classification checkpoint: the encoder's own layout under
+    `names.encoder_prefix` (mapped onto `SequenceClassifier.encoder`) and the head's two layers."""
+    prefix = names.encoder_prefix
+    renames = {
+        group: tuple((prefix + published, "encoder." + ours) for published, ours in pairs)
+        for group, pairs in base.renames.items()
+    }
+    renames["head"] = ((names.dense, "head.dense."), (names.out, "head.out."))
+    renames["encoder"] = ((prefix, "encoder."),)  # every other encoder tensor keeps its name; last, as a catch-all
+    # the base layout ignores every head (pooler, classifier): here the classifier is read, and the pooler
+    # too where it is the head's dense layer (BERT, GTE); other leftovers (position_ids, MLM heads) stay ignored
+    read_pooler = names.dense.startswith(prefix + "pooler.")
+    ignore = [
+        re.escape(prefix) + pattern
+        for pattern in base.ignore
+        if not pattern.startswith(r"classifier\.") and not (read_pooler and pattern.startswith(r"pooler\."))
+    ]
+    return TensorLayout(anchor=prefix + base.anchor, prefixes=("",), ignore=tuple(ignore), renames=renames)
+
+
+def build_sequence_classifier(
+    encoder: nn.Module,
+    base: TensorLayout,
+    names: ClassifierNames,
+    *,
+    config: dict,
+    hidden_size: int,
+    tensor_names: set[str],
+    source: str,
+) -> tuple[SequenceClassifier, TensorLayout]:
+    """`encoder` with a classification head of config.json's `num_labels`, and the checkpoint's layout.
+    ModelLoadError when the weights hold no head (an embedding model is no cross-encoder)."""
+    if tensor_names and not any(name.startswith(names.out) for name in tensor_names):
+        raise ModelLoadError(
+            f"{source}: no sequence-classification head in the weights (no {names.out}* tensors); a cross-encoder "
+            "is a checkpoint saved with its classifier (e.g. BertForSequenceClassification). For an embedding "
+            "model use embedkit.load"
+        )
+    head = ClassificationHead(hidden_size, num_labels(config, source))
+    return SequenceClassifier(encoder, head), classifier_layout(base, names)
