@@ -5,7 +5,6 @@ and wrong kinds of model answered in TEI's shapes, on the server and as the clie
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,10 +15,9 @@ from embedkit import AsyncTEIClient, InputError, RemoteError, TEIClient
 from embedkit.remote import ServerInfo
 from embedkit.rerank import Reranker, RerankResult
 
-from ..conftest import write_tiny_cross_encoder
-from .conftest import API_KEY, RunningServer, assert_tei_error, post, start_server, stop_server
+from .conftest import API_KEY, RERANK_BATCH, RunningServer, assert_tei_error, post
 
-BATCH = 4  # the server's --max-client-batch-size: TEXTS needs two requests from a client
+BATCH = RERANK_BATCH  # TEXTS needs two requests from a client
 QUERY = "how do vector databases index embeddings?"
 TEXTS = [
     "Qdrant stores vectors with payloads and indexes them with HNSW.",
@@ -34,30 +32,9 @@ LONG = "vector search " * 200  # well past the tiny model's 128 positions
 
 
 @pytest.fixture(scope="module")
-def cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_cross_encoder(tmp_path_factory.mktemp("rerank-serve") / "model", seed=3)
-
-
-@pytest.fixture(scope="module")
 def local(cross_encoder_dir: Path) -> Reranker:
     # the server's loader and arguments (torch backend: the same kernels on both sides of the comparison)
     return embedkit.load_reranker(cross_encoder_dir, backend="torch", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def rerank_server(tmp_path_factory: pytest.TempPathFactory, cross_encoder_dir: Path) -> Iterator[RunningServer]:
-    running = start_server(
-        tmp_path_factory.mktemp("serve-rerank"),
-        str(cross_encoder_dir),
-        "--backend",
-        "torch",
-        "--device",
-        "cpu",
-        "--max-client-batch-size",
-        str(BATCH),
-    )
-    yield running
-    stop_server(running)
 
 
 def assert_same_ranking(served: list[RerankResult], local: list[RerankResult]) -> None:
