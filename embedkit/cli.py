@@ -226,7 +226,15 @@ def _parser() -> argparse.ArgumentParser:
         help="dense vectors, sparse vectors, or both fused (default: hybrid when the collection has sparse vectors)",
     )
     search.add_argument(
-        "--fetch-k", type=_at_least(1), help="hybrid: candidates each branch keeps before fusion (default max(4k, 20))"
+        "--fetch-k",
+        type=_at_least(1),
+        help="candidates the search keeps before fusion (hybrid) and before reranking (default max(4k, 20))",
+    )
+    search.add_argument(
+        "--rerank",
+        metavar="MODEL",
+        help="reorder the --fetch-k candidates with this reranker: a model folder or hub id, or the URL of a "
+        "server answering /rerank (TEI, `embedkit serve`)",
     )
     search.add_argument("--fusion", choices=("rrf", "dbsf"), default="rrf", help="hybrid: how to fuse (default rrf)")
     _add_vector_names_option(search)
@@ -575,6 +583,8 @@ def _search(args: argparse.Namespace) -> int:
             fetch_k=args.fetch_k,
             fusion=args.fusion,
             metadata_filter=metadata_filter,
+            reranker=_reranker(args),
+            query_text=args.query,
         )
     finally:
         sink.close()
@@ -588,6 +598,19 @@ def _search(args: argparse.Namespace) -> int:
     if not hits:
         print("no results", file=sys.stderr)
     return 0
+
+
+def _reranker(args: argparse.Namespace) -> Any:
+    """The --rerank reranker: a client of the server at a URL, or the model loaded here; None without it."""
+    if not args.rerank:
+        return None
+    if re.match(r"https?://", args.rerank):
+        from embedkit.remote import TEIClient
+
+        return TEIClient(args.rerank)
+    from embedkit.rerank import load_reranker
+
+    return load_reranker(args.rerank, backend=args.backend)
 
 
 def _require_store(args: argparse.Namespace) -> None:

@@ -33,8 +33,9 @@ class SparseConfig:
 @dataclass(frozen=True)
 class SearchHit:
     id: str
-    score: float
+    score: float  # the reranker's score when the search was reranked, else the vector search's
     payload: dict[str, Any]
+    retrieval_score: float | None = None  # a reranked hit's score from the vector search before reranking
 
 
 class Sink(Protocol):

@@ -649,8 +649,11 @@ class QdrantSink:
         score_threshold: float | None = None,
         hnsw_ef: int | None = None,
         exact: bool | None = None,
+        reranker: Any = None,
+        query_text: str | None = None,
     ) -> list[SearchHit]:
-        """The `k` best chunks, best first, by the dense `vector`, the `sparse_vector`, or both fused.
+        """The `k` best chunks, best first, by the dense `vector`, the `sparse_vector`, or both fused, and
+        optionally reordered by a `reranker`.
 
         `mode`: "dense", "sparse" or "hybrid" (default: whichever the given vectors allow). Hybrid runs both
         searches in Qdrant's Query API, each keeping its `fetch_k` best (default max(4k, 20)), and fuses them:
@@ -664,8 +667,18 @@ class QdrantSink:
         key is a metadata key). Raises StoreError when the collection does not exist, has no sparse vector for
         a sparse or hybrid search, or the store fails; InputError for a bad `k`, mode or filter, and naming
         the keys when nothing matched because no point has them (a typo, rather than "no results").
+
+        Reranking: with a `reranker` (an embedkit Reranker, or anything with its `rerank(query, documents,
+        top_k=)`, such as a TEIClient of a reranking server) the vector search keeps `fetch_k` candidates
+        (default max(4k, 20)), the reranker scores each candidate's `page_content` against `query_text`, and
+        the `k` best by the reranker come back in its order, `score` being the reranker's and
+        `retrieval_score` the vector search's (`score_threshold` applies to the latter). Raises InputError
+        without `query_text`, StoreError for a candidate with no text to rerank.
         """
         self._require()
+        if reranker is not None:
+            return self._reranked(vector, k, reranker, query_text, fetch_k, mode, sparse_vector, fusion, rrf_k,
+                                  weights, metadata_filter, score_threshold, hnsw_ef, exact)  # fmt: skip
         query = self._plan(vector, k, sparse_vector, mode, fetch_k, fusion, rrf_k, weights)
         condition = metadata_condition(metadata_filter)
         params = models.SearchParams(
@@ -675,6 +688,51 @@ class QdrantSink:
         if not hits and condition is not None and metadata_filter:
             self._check_keys_exist(list(metadata_filter))
         return hits
+
+    def _reranked(
+        self,
+        vector: Sequence[float] | None,
+        k: int,
+        reranker: Any,
+        query_text: str | None,
+        fetch_k: int | None,
+        *search: Any,
+    ) -> list[SearchHit]:
+        """The vector search's `fetch_k` candidates, reordered by `reranker`: see `search`."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be an int >= 1, got {k!r}")
+        if not callable(getattr(reranker, "rerank", None)):
+            raise InputError(
+                f"reranker must have a rerank(query, documents, top_k=) method, got {type(reranker).__name__}"
+            )
+        if not isinstance(query_text, str) or not query_text.strip():
+            raise InputError(f"a reranked search needs the query's text (query_text=), got {query_text!r}")
+        if fetch_k is None:
+            fetch_k = max(4 * k, 20)
+        elif isinstance(fetch_k, bool) or not isinstance(fetch_k, int) or fetch_k < k:
+            raise InputError(f"fetch_k must be an int >= k ({k}), got {fetch_k!r}")
+        mode, sparse_vector, fusion, rrf_k, weights, metadata_filter, score_threshold, hnsw_ef, exact = search
+        candidates = self.search(
+            vector, fetch_k, sparse_vector=sparse_vector, mode=mode, fetch_k=fetch_k, fusion=fusion, rrf_k=rrf_k,
+            weights=weights, metadata_filter=metadata_filter, score_threshold=score_threshold, hnsw_ef=hnsw_ef,
+            exact=exact,
+        )  # fmt: skip
+        if not candidates:
+            return []
+        texts = []
+        for hit in candidates:
+            text = hit.payload.get(PAGE_CONTENT)
+            if not isinstance(text, str):
+                raise StoreError(
+                    f"point {hit.id} of collection {self.collection!r} has no {PAGE_CONTENT!r} text to rerank "
+                    "(not written by embedkit or langchain-qdrant?)"
+                )
+            texts.append(text)
+        results = reranker.rerank(query_text, texts, top_k=k)
+        return [
+            SearchHit(candidates[r.index].id, float(r.score), candidates[r.index].payload, candidates[r.index].score)
+            for r in results
+        ]
 
     def _plan(
         self,

@@ -1,7 +1,9 @@
-"""LangChain integration for embedkit: Embeddings, a Qdrant retriever, and a QdrantVectorStore helper."""
+"""LangChain integration for embedkit: Embeddings, a Qdrant retriever, a reranking compressor and a QdrantVectorStore
+helper."""
 
 from langchain_embedkit.embeddings import EmbedkitEmbeddings
+from langchain_embedkit.rerank import EmbedkitRerank
 from langchain_embedkit.retrievers import EmbedkitRetriever
 from langchain_embedkit.vectorstores import qdrant_vector_store
 
-__all__ = ["EmbedkitEmbeddings", "EmbedkitRetriever", "qdrant_vector_store"]
+__all__ = ["EmbedkitEmbeddings", "EmbedkitRerank", "EmbedkitRetriever", "qdrant_vector_store"]

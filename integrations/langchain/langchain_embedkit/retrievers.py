@@ -40,7 +40,8 @@ class EmbedkitRetriever(BaseRetriever):
 
     (`start`/`end`: the chunk's character span in its source; `headings`: its section path). A collection
     ingested with sparse vectors (`embedkit ingest --sparse bm25`) is searched hybrid by default: dense and
-    sparse results fused in Qdrant (`mode`, `fetch_k`, `fusion`). A user's
+    sparse results fused in Qdrant (`mode`, `fetch_k`, `fusion`). With a `reranker`, the `fetch_k`
+    candidates are reordered by it and `score` is the reranker's (`retrieval_score` the search's). A user's
     `score`, `doc_id`, `start` ... keys are never overwritten; a document whose metadata already uses the
     reserved key is an InputError asking for another `embedkit_key`, never a silent merge. `k`,
     `score_threshold` and `filter` (metadata key -> value, or a list of accepted values) may also be
@@ -75,7 +76,10 @@ class EmbedkitRetriever(BaseRetriever):
     mode: Literal["dense", "sparse", "hybrid"] | None = None
     """Dense vectors, sparse vectors, or both fused; default: hybrid when the collection has sparse vectors."""
     fetch_k: int | None = None
-    """Hybrid: candidates each branch keeps before fusion (default max(4k, 20))."""
+    """Candidates the search keeps before fusion (hybrid) and before reranking (default max(4k, 20))."""
+    reranker: Any = Field(default=None, exclude=True)
+    """Reorders the `fetch_k` candidates before the `k` best are kept: an embedkit Reranker
+    (`embedkit.load_reranker(...)`), a TEIClient of a reranking server, or a model folder / hub id to load."""
     fusion: Literal["rrf", "dbsf"] = "rrf"
     sparse_encoder: Any = Field(default=None, exclude=True)
     """The SparseEncoder for queries; default: the one the collection records (BM25's parameters, the SPLADE model)."""
@@ -108,6 +112,10 @@ class EmbedkitRetriever(BaseRetriever):
             self.mode = "hybrid" if hybrid else "dense"
         if self.mode != "dense" and self.sparse_encoder is None:
             self.sparse_encoder = encoder_for_collection(self._sink)
+        if isinstance(self.reranker, str):
+            from embedkit import load_reranker
+
+            self.reranker = load_reranker(self.reranker)
         where = self.path or self.url or "the given client"
         self.embeddings = embeddings_for_collection(self._sink, where, self.embeddings)
         return self
@@ -136,6 +144,8 @@ class EmbedkitRetriever(BaseRetriever):
             fusion=self.fusion,
             metadata_filter=self.filter if filter is None else filter,
             score_threshold=self.score_threshold if score_threshold is None else score_threshold,
+            reranker=self.reranker,
+            query_text=query if self.reranker is not None else None,
         )
         return [_document(hit, self.embedkit_key) for hit in hits]
 
@@ -177,5 +187,10 @@ def _document(hit: SearchHit, key: str) -> Document:
             f"document {payload.get(DOC_ID)!r} has its own metadata key {key!r}, where this retriever puts "
             f"embedkit's fields; choose another: EmbedkitRetriever(..., embedkit_key='_{key}')"
         )
-    metadata[key] = {"score": hit.score, **chunk_fields(payload)}
+    fields = (
+        {"score": hit.score}
+        if hit.retrieval_score is None
+        else {"score": hit.score, "retrieval_score": hit.retrieval_score}
+    )
+    metadata[key] = {**fields, **chunk_fields(payload)}
     return Document(id=hit.id, page_content=str(payload.get(PAGE_CONTENT, "")), metadata=metadata)

