@@ -162,3 +162,19 @@ def test_an_embedder_is_not_a_reranker(server: RunningServer) -> None:
         with pytest.raises(RemoteError, match="424: Backend error: model is not a re-ranker model") as caught:
             client.rerank("q", ["a"])
     assert caught.value.status == 424
+
+
+def test_langchain_rerank_through_the_server(rerank_server: RunningServer, local: Reranker) -> None:
+    """EmbedkitRerank(url=...) (the LangChain package) over this server keeps the local reranker's order."""
+    langchain_embedkit = pytest.importorskip("langchain_embedkit")
+    from langchain_core.documents import Document
+
+    documents = [Document(id=str(i), page_content=text) for i, text in enumerate(TEXTS)]
+    expected = local.rerank(QUERY, TEXTS, top_k=3)
+    compressor = langchain_embedkit.EmbedkitRerank(url=rerank_server.url, api_key=API_KEY, top_n=3)
+    for kept in (
+        compressor.compress_documents(documents, QUERY),
+        asyncio.run(compressor.acompress_documents(documents, QUERY)),
+    ):
+        assert [doc.id for doc in kept] == [str(r.index) for r in expected]
+        assert [doc.metadata["relevance_score"] for doc in kept] == pytest.approx([r.score for r in expected], abs=1e-6)
