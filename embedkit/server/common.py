@@ -112,7 +112,7 @@ def refuse_routes(app: FastAPI, paths: tuple[str, ...], message: str) -> None:
     so any body gets this answer; the body is not parsed, so it costs nothing."""
 
     async def refused(request: Request) -> Response:
-        raise ApiError("Backend", message)
+        raise ApiError("Backend", message, counted_as="model_type")  # TEI's label: no backend failed
 
     for path in paths:
         app.post(path, responses={424: {"model": ErrorResponse}}, name=f"refused{path}")(refused)

@@ -140,6 +140,8 @@ def test_a_reranker_is_not_an_embedder(rerank_server: RunningServer) -> None:
         message = assert_tei_error(post(rerank_server, path, {"inputs": "x"}), 424, "Backend")
         assert message == "Backend error: Model is not an embedding model"  # TEI's words
     assert_tei_error(post(rerank_server, "/v1/embeddings", {"input": "x"}), 424, "Backend")
+    metrics = httpx.get(f"{rerank_server.url}/metrics").text  # counted as TEI does: no backend failed
+    assert 'te_request_failure{err="model_type"}' in metrics and 'err="backend"' not in metrics
     with TEIClient(rerank_server.url, api_key=API_KEY) as client:
         with pytest.raises(RemoteError, match=r"a reranker .*not an embedding model: embed cannot run there"):
             client.embed(["x"])
@@ -154,6 +156,7 @@ def test_an_embedder_is_not_a_reranker(server: RunningServer) -> None:
     message = assert_tei_error(post(server, "/rerank", {"query": "q", "texts": ["a"]}), 424, "Backend")
     assert message == "Backend error: model is not a re-ranker model"  # TEI's words
     assert_tei_error(post(server, "/v1/rerank", {"query": "q", "documents": ["a"]}), 424, "Backend")
+    assert 'te_request_failure{err="model_type"}' in httpx.get(f"{server.url}/metrics").text
     with TEIClient(server.url, api_key=API_KEY) as client:
         with pytest.raises(RemoteError, match=r"an embedding model .*not a reranker: rerank cannot run there"):
             client.rerank("q", ["a"])
