@@ -18,10 +18,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from embedkit.server.errors import ERROR_STATUS, ApiError, add_error_handlers
+from embedkit.server.errors import ERROR_STATUS, OPENAI_ERROR_PATHS, ApiError, add_error_handlers
 from embedkit.server.guard import Guard
 from embedkit.server.metrics import Metrics
-from embedkit.server.schemas import ErrorResponse
+from embedkit.server.schemas import ErrorResponse, OpenAIErrorResponse
 from embedkit.server.settings import ServerSettings
 
 __all__ = [
@@ -115,4 +115,5 @@ def refuse_routes(app: FastAPI, paths: tuple[str, ...], message: str) -> None:
         raise ApiError("Backend", message, counted_as="model_type")  # TEI's label: no backend failed
 
     for path in paths:
-        app.post(path, responses={424: {"model": ErrorResponse}}, name=f"refused{path}")(refused)
+        shape = OpenAIErrorResponse if path in OPENAI_ERROR_PATHS else ErrorResponse
+        app.post(path, responses={424: {"model": shape}}, name=f"refused{path}")(refused)
