@@ -243,7 +243,12 @@ def _parser() -> argparse.ArgumentParser:
     # every default below is ServerSettings' (or serve()'s host and port): one source, so --help never lies
     defaults = ServerSettings()
     serve = commands.add_parser("serve", help="serve a model over TEI's HTTP API (needs embedkit[server])")
-    serve.add_argument("model", nargs="?", help="model directory or hub id (default: all-MiniLM-L6-v2)")
+    serve.add_argument(
+        "model",
+        nargs="?",
+        help="model directory or hub id (default: all-MiniLM-L6-v2); the folder picks the routes: /embed, "
+        "/embed_sparse for a SPLADE folder, /rerank and /v1/rerank for a reranker (cross-encoder) folder",
+    )
     serve.add_argument(
         "--host", default=DEFAULT_HOST, help=f"interface to bind (default {DEFAULT_HOST}: this machine only)"
     )

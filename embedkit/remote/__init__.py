@@ -6,8 +6,8 @@ local and remote by changing one line. Laid out as httpx is:
     settings.py      ClientSettings (every constructor argument, frozen; the API key never in its repr),
                      RetryPolicy and the documented defaults
     models.py        ServerInfo, Token, one Batch on its way, token-id and text input checks
-    wire.py          the two wire formats: TEI's /embed, /tokenize, /info and OpenAI's /v1/embeddings,
-                     requests built and answers read
+    wire.py          the two wire formats: TEI's /embed, /embed_sparse, /rerank, /tokenize, /info and the
+                     OpenAI-style /v1/embeddings and /v1/rerank, requests built and answers read
     status.py        the one status table: status code -> retry, split, or which typed error
     flow.py          retry + backoff + Retry-After + 413 split, written once as generators
     base.py          ClientBase: batching, tasks -> prompt_name or prefix, what /info taught; no I/O
@@ -15,7 +15,8 @@ local and remote by changing one line. Laid out as httpx is:
     async_client.py  AsyncTEIClient: with httpx.AsyncClient, asyncio.sleep and a semaphore
 
 Both shells have the same methods (tests/remote/test_shells.py checks it). Inputs are texts or token-id
-lists (TEI's and OpenAI's token-array input).
+lists (TEI's and OpenAI's token-array input). `rerank` gives `embedkit.rerank.RerankResult`s, as a local
+reranker does; nothing here imports torch.
 """
 
 from embedkit.remote.async_client import AsyncTEIClient

@@ -19,6 +19,7 @@ from embedkit.errors import InputError, RemoteError
 from embedkit.remote.base import ClientBase, TaskArg
 from embedkit.remote.flow import Flow, Reply, Sleep
 from embedkit.remote.models import Answer, ServerInfo, Token
+from embedkit.rerank.base import RerankResult
 from embedkit.sparse.base import SparseVector
 
 __all__ = ["AsyncTEIClient"]
@@ -263,6 +264,41 @@ class AsyncTEIClient(ClientBase):
         slots = asyncio.Semaphore(self.max_concurrency)
         parts = await asyncio.gather(*(self._drive(self._sparse_flow(batch), slots) for batch in batches))
         return [vector for part in parts for vector in part]
+
+    async def rerank(
+        self,
+        query: str,
+        texts: Sequence[str],
+        *,
+        top_k: int | None = None,
+        return_documents: bool = False,
+        raw_scores: bool = False,
+        truncate: bool | None = None,
+        truncation_direction: str | None = None,
+    ) -> list[RerankResult]:
+        """`texts` ordered by relevance to `query`, best first, at most `top_k` of them, from the server's
+        /rerank (TEI, `embedkit serve` of a reranker) or /v1/rerank (api='openai': vLLM, infinity).
+
+        Each RerankResult has `index` (the text's position in `texts`), `score` (the model's activation,
+        or its logit with `raw_scores=True`) and `document` (the text, with `return_documents=True`).
+        The texts go in parts of the server's `max_client_batch_size` (and the request-body budget), retried
+        and split as `embed`'s; the parts' results are merged by score (ties in input order) and cut to
+        `top_k`. `truncate` / `truncation_direction` None leave the server's defaults. InputError before any
+        request for an empty query or text list, a bad text or argument; RemoteError when /info says the
+        server runs an embedding model (TEI itself answers 424 "model is not a re-ranker model")."""
+        await self.info()
+        batches = self._rerank_plan(
+            query,
+            texts,
+            top_k=top_k,
+            return_documents=return_documents,
+            raw_scores=raw_scores,
+            truncate=truncate,
+            truncation_direction=truncation_direction,
+        )
+        slots = asyncio.Semaphore(self.max_concurrency)
+        parts = await asyncio.gather(*(self._drive(self._rerank_flow(batch), slots) for batch in batches))
+        return self._merge_ranks(list(parts), top_k)
 
     async def tokenize(
         self, texts: Sequence[str], *, task: str | None = None, add_special_tokens: bool = True

@@ -19,11 +19,21 @@ from typing import Any, ClassVar, Literal, TypeVar
 import httpx
 import numpy as np
 
-from embedkit.embedder import check_dimensions, check_embed_args, postprocess, validate_texts
+from embedkit.embedder import check_dimensions, check_embed_args, check_encodable, postprocess, validate_texts
 from embedkit.errors import InputError, RemoteError
 from embedkit.remote import wire
 from embedkit.remote.flow import Flow, checked, embed_batch, health, retried
-from embedkit.remote.models import Answer, Batch, Input, Options, ServerInfo, Token, validate_inputs
+from embedkit.remote.models import (
+    Answer,
+    Batch,
+    Input,
+    Options,
+    RerankBatch,
+    RerankOptions,
+    ServerInfo,
+    Token,
+    validate_inputs,
+)
 from embedkit.remote.settings import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_REQUEST_BYTES,
@@ -36,6 +46,7 @@ from embedkit.remote.settings import (
     api_key_from_env,
 )
 from embedkit.remote.status import TooLarge, raise_for_status
+from embedkit.rerank.base import RerankResult
 from embedkit.sparse.base import SparseVector
 from embedkit.tasks import ALIASES, TaskTable, known_prompts
 
@@ -270,6 +281,7 @@ class ClientBase:
     ) -> list[Batch]:
         """Cut one call into batches: per task and kind of input (texts, token ids), at most the server's batch
         size and the byte budget."""
+        self._require_model_type("embedding", "embed")
         if task is None or isinstance(task, str):
             tasks: list[str | None] = [task] * len(texts)
         elif isinstance(task, Sequence):
@@ -344,6 +356,7 @@ class ClientBase:
         server's size. Needs /info."""
         if self.api != "tei":
             raise InputError("embed_sparse needs TEI's /embed_sparse route, which an api='openai' service lacks")
+        self._require_model_type("embedding", "embed_sparse")
         checked = validate_texts(texts)
         if not isinstance(truncate, bool):
             raise InputError(f"truncate must be a bool, got {type(truncate).__name__}")
@@ -356,7 +369,118 @@ class ClientBase:
         )
         return whole.split(self._batch_limit())
 
+    def _require_model_type(self, wanted: str, call: str) -> None:
+        """RemoteError before any request when /info says the server runs another kind of model (an embedder
+        asked to rerank, a reranker asked to embed): TEI would answer 424 "model is not a re-ranker model"."""
+        info = self._require_info()
+        if info.model_type is None or info.model_type == wanted:
+            return
+        kinds = {"reranker": ("a reranker", "/rerank"), "embedding": ("an embedding model", "/embed")}
+        served, route = kinds.get(info.model_type, (f"a {info.model_type} model", ""))
+        raise RemoteError(
+            f"{self.base_url} serves {info.model_id!r}, {served} (its /info model_type), not {kinds[wanted][0]}: "
+            f"{call} cannot run there" + (f"; that server answers {route}" if route else "")
+        )
+
+    def _rerank_plan(
+        self,
+        query: object,
+        texts: object,
+        *,
+        top_k: object,
+        return_documents: object,
+        raw_scores: object,
+        truncate: object,
+        truncation_direction: object,
+    ) -> list[RerankBatch]:
+        """rerank's arguments checked (InputError before any request, naming the bad one) and the documents cut
+        into parts of the server's batch size and the request-body budget. Needs /info."""
+        if not isinstance(query, str):
+            raise InputError(f"query must be a str, got {type(query).__name__}")
+        if not query.strip():
+            raise InputError("query is empty: a reranker scores documents against a query")
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise InputError(f"texts must be a list of strings, got {type(texts).__name__}")
+        if len(texts) == 0:
+            raise InputError("texts is empty: there is nothing to rerank")
+        documents: list[str] = []
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InputError(f"texts[{index}] is {type(text).__name__}, expected str", index=index)
+            check_encodable(text, f"texts[{index}]", index=index)  # "" is a document as local rerank takes it
+            documents.append(text)
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise InputError(f"top_k must be a positive int or None, got {top_k!r}")
+        if not isinstance(return_documents, bool):
+            raise InputError(f"return_documents must be a bool, got {type(return_documents).__name__}")
+        if not isinstance(raw_scores, bool):
+            raise InputError(f"raw_scores must be a bool, got {type(raw_scores).__name__}")
+        if truncate is not None and not isinstance(truncate, bool):
+            raise InputError(f"truncate must be a bool or None, got {type(truncate).__name__}")
+        direction = truncation_direction
+        if direction is not None and (not isinstance(direction, str) or direction.lower() not in ("left", "right")):
+            raise InputError(f"truncation_direction must be 'left', 'right' or None, got {direction!r}")
+        if self.api == "openai" and (truncate is False or (direction is not None and direction.lower() != "right")):
+            raise InputError("the /v1/rerank route cannot choose truncation; use api='tei' (/rerank)")
+        self._require_model_type("reranker", "rerank")
+        options = RerankOptions(
+            query=query,
+            top_n=top_k,
+            return_documents=return_documents,
+            raw_scores=raw_scores,
+            truncate=truncate,
+            direction=direction.lower() if direction is not None else None,
+        )
+        limit, budget = self._batch_limit(), self._settings.max_request_bytes - len(query.encode()) - 256
+        batches: list[RerankBatch] = []
+        current: RerankBatch | None = None
+        size = 0
+        for index, text in enumerate(documents):
+            cost = len(text.encode()) + 8  # quotes, comma, escapes
+            if current is None or len(current.texts) >= limit or size + cost > budget:
+                current = RerankBatch([], [], options)
+                batches.append(current)
+                size = 0
+            current.indices.append(index)
+            current.texts.append(text)
+            size += cost
+        return batches
+
+    @staticmethod
+    def _merge_ranks(parts: list[list[RerankResult]], top_k: int | None) -> list[RerankResult]:
+        """Every part's results as one ranking: by score, highest first, ties in the caller's order (as
+        `order_results` ranks locally), cut to `top_k`."""
+        merged = sorted((result for part in parts for result in part), key=lambda r: (-r.score, r.index))
+        return merged[:top_k] if top_k is not None else merged
+
     # -- flows (flow.py), which the shells drive -----------------------------------------------
+
+    def _rerank_flow(self, batch: RerankBatch) -> Flow[list[RerankResult]]:
+        """One part's results from /rerank or /v1/rerank, retried; a part refused for its size (413, or TEI's
+        422 "batch size N > maximum allowed batch size M") is resent in smaller parts, and a single document
+        still too large is an InputError."""
+        settings = self._settings
+        model = self._openai_model() if self.api == "openai" else None
+        try:
+            return (
+                yield from retried(
+                    settings,
+                    lambda: wire.rerank_request(settings, batch, model),
+                    checked(settings, lambda answer, body: wire.read_rerank(settings, answer, body, batch), batch),
+                )
+            )
+        except TooLarge as refusal:
+            refused = refusal
+        if len(batch.texts) == 1:
+            raise InputError(
+                f"texts[{batch.indices[0]}] is too large for the server even alone: {refused}", index=batch.indices[0]
+            )
+        count = len(batch.texts)
+        step = refused.limit if refused.limit and refused.limit < count else -(-count // 2)
+        results: list[RerankResult] = []
+        for part in batch.split(step):
+            results.extend((yield from self._rerank_flow(part)))
+        return results
 
     def _sparse_flow(self, batch: Batch) -> Flow[list[SparseVector]]:
         """One batch's sparse vectors from /embed_sparse, retried; a batch refused for its size is resent in

@@ -17,6 +17,7 @@ from embedkit.errors import InputError, RemoteError
 from embedkit.remote.base import ClientBase, TaskArg
 from embedkit.remote.flow import Flow, Reply, Sleep
 from embedkit.remote.models import Answer, ServerInfo, Token
+from embedkit.rerank.base import RerankResult
 from embedkit.sparse.base import SparseVector
 
 __all__ = ["TEIClient"]
@@ -207,6 +208,49 @@ class TEIClient(ClientBase):
         self.info()
         batches = self._sparse_plan(texts, prompt_name, truncate, truncation_direction)
         return [vector for batch in batches for vector in self._drive(self._sparse_flow(batch))]
+
+    # -- reranking -------------------------------------------------------------------------------
+
+    def rerank(
+        self,
+        query: str,
+        texts: Sequence[str],
+        *,
+        top_k: int | None = None,
+        return_documents: bool = False,
+        raw_scores: bool = False,
+        truncate: bool | None = None,
+        truncation_direction: str | None = None,
+    ) -> list[RerankResult]:
+        """`texts` ordered by relevance to `query`, best first, at most `top_k` of them, from the server's
+        /rerank (TEI, `embedkit serve` of a reranker) or /v1/rerank (api='openai': vLLM, infinity).
+
+        Each RerankResult has `index` (the text's position in `texts`), `score` (the model's activation,
+        or its logit with `raw_scores=True`) and `document` (the text, with `return_documents=True`).
+        The texts go in parts of the server's `max_client_batch_size` (and the request-body budget), retried
+        and split as `embed`'s; the parts' results are merged by score (ties in input order) and cut to
+        `top_k`. `truncate` / `truncation_direction` None leave the server's defaults. InputError before any
+        request for an empty query or text list, a bad text or argument; RemoteError when /info says the
+        server runs an embedding model (TEI itself answers 424 "model is not a re-ranker model")."""
+        self.info()
+        batches = self._rerank_plan(
+            query,
+            texts,
+            top_k=top_k,
+            return_documents=return_documents,
+            raw_scores=raw_scores,
+            truncate=truncate,
+            truncation_direction=truncation_direction,
+        )
+        run = lambda batch: self._drive(self._rerank_flow(batch))  # noqa: E731
+        if len(batches) == 1 or self.max_concurrency == 1:
+            parts = [run(batch) for batch in batches]
+        else:
+            with ThreadPoolExecutor(
+                min(self.max_concurrency, len(batches)), thread_name_prefix="embedkit-remote"
+            ) as pool:
+                parts = list(pool.map(run, batches))
+        return self._merge_ranks(parts, top_k)
 
     # -- tokens ----------------------------------------------------------------------------------
 

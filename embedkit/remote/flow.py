@@ -34,7 +34,7 @@ import httpx
 import numpy as np
 
 from embedkit.errors import InputError, RemoteError
-from embedkit.remote.models import Answer, Batch
+from embedkit.remote.models import Answer, Batch, RerankBatch
 from embedkit.remote.settings import ClientSettings
 from embedkit.remote.status import TooLarge, Transient, raise_for_status, scrub
 
@@ -73,7 +73,7 @@ def _answer(reply: Reply, request: httpx.Request, settings: ClientSettings) -> t
     return reply, reply.body
 
 
-def checked(settings: ClientSettings, read: Reader[T], batch: Batch | None = None) -> Reader[T]:
+def checked(settings: ClientSettings, read: Reader[T], batch: Batch | RerankBatch | None = None) -> Reader[T]:
     """`read`, after the status table has had its say (see status.py)."""
 
     def read_checked(answer: Answer, body: bytes) -> T:

@@ -16,7 +16,18 @@ import numpy as np
 from embedkit.embedder import validate_text, validate_texts
 from embedkit.errors import InputError
 
-__all__ = ["MAX_TOKEN_ID", "Answer", "Batch", "Input", "Options", "ServerInfo", "Token", "validate_inputs"]
+__all__ = [
+    "MAX_TOKEN_ID",
+    "Answer",
+    "Batch",
+    "Input",
+    "Options",
+    "RerankBatch",
+    "RerankOptions",
+    "ServerInfo",
+    "Token",
+    "validate_inputs",
+]
 
 MAX_TOKEN_ID = 2**32 - 1  # TEI reads token ids as u32
 Input = str | list[int]  # a text, or one sequence of token ids (TEI's and OpenAI's token-array input)
@@ -34,6 +45,8 @@ class ServerInfo:
     adapters: tuple[str, ...] = ()  # tasks that select a LoRA adapter (embedkit serve)
     version: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    # the key of /info `model_type`: "embedding", "reranker" or "classifier"; None when the server does not say
+    model_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,34 @@ class Batch:
         """Consecutive parts of at most `step` inputs, in order."""
         return [
             Batch(self.indices[i : i + step], self.texts[i : i + step], self.options)
+            for i in range(0, len(self.texts), step)
+        ]
+
+
+@dataclass(frozen=True)
+class RerankOptions:
+    """The fields every part of one rerank call sends beside its texts."""
+
+    query: str
+    top_n: int | None  # the caller's top_k: each part need only return its best top_k (/v1/rerank's top_n)
+    return_documents: bool
+    raw_scores: bool
+    truncate: bool | None  # None: the server's default (TEI's --auto-truncate)
+    direction: str | None  # "left" | "right"; None: the server's default
+
+
+@dataclass
+class RerankBatch:
+    """One rerank request's documents and their positions in the caller's list."""
+
+    indices: list[int]
+    texts: list[str]
+    options: RerankOptions
+
+    def split(self, step: int) -> list[RerankBatch]:
+        """Consecutive parts of at most `step` documents, in order."""
+        return [
+            RerankBatch(self.indices[i : i + step], self.texts[i : i + step], self.options)
             for i in range(0, len(self.texts), step)
         ]
 

@@ -7,7 +7,7 @@
     422 "batch size N > maximum  SPLIT     TooLarge(limit=M)          resends in parts of M (TEI >= 1.9 answers
       allowed batch size M"                                           422 where older ones answer 413)
     401, 403                     AUTH      AuthError                  stops
-    400, 422 (and 413 on a       INPUT     InputError(index=i)        stops; i from "inputs[i]" in the message,
+    400, 422 (and 413 on a       INPUT     InputError(index=i)        stops; i from "inputs[i]" (or texts[i]),
       request that is no batch)                                       or the batch's only input
     anything else                FAIL      RemoteError(status=...)    stops
 
@@ -26,7 +26,7 @@ import time
 import httpx
 
 from embedkit.errors import AuthError, InputError, RemoteError
-from embedkit.remote.models import Answer, Batch
+from embedkit.remote.models import Answer, Batch, RerankBatch
 from embedkit.remote.settings import API_KEY_ENV
 
 __all__ = ["STATUS_TABLE", "Outcome", "TooLarge", "Transient", "outcome", "raise_for_status", "retry_after", "scrub"]
@@ -52,7 +52,7 @@ STATUS_TABLE: dict[int, Outcome] = {
     504: Outcome.RETRY,
 }
 BATCH_SIZE_MESSAGE = re.compile(r"batch size (\d+) > maximum allowed batch size (\d+)")
-INPUT_INDEX = re.compile(r"inputs\[(\d+)\]")
+INPUT_INDEX = re.compile(r"(?:inputs|texts|documents)\[(\d+)\]")  # /embed's, /rerank's, /v1/rerank's field
 
 
 class Transient(Exception):
@@ -81,9 +81,11 @@ def outcome(status: int, message: str) -> Outcome | None:
     return STATUS_TABLE.get(status, Outcome.FAIL)
 
 
-def raise_for_status(answer: Answer, body: bytes, *, api_key: str | None, batch: Batch | None = None) -> None:
+def raise_for_status(
+    answer: Answer, body: bytes, *, api_key: str | None, batch: Batch | RerankBatch | None = None
+) -> None:
     """Raise what a non-2xx answer means (see the table above); `batch` is the request's inputs when it can
-    be split and its errors mapped to the caller's indices (embed), None otherwise (info, tokenize)."""
+    be split and its errors mapped to the caller's indices (embed, rerank), None otherwise (info, tokenize)."""
     status = answer.response.status_code
     message = server_message(body, api_key) or answer.response.reason_phrase
     kind = outcome(status, message)

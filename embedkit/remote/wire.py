@@ -1,7 +1,10 @@
-"""The two wire formats: TEI's native routes (/embed, /embed_sparse, /tokenize, /info, /health) and the
-OpenAI-compatible /v1/embeddings. Building requests and reading answers, nothing else: no I/O, no retries, no state.
+"""The two wire formats: TEI's native routes (/embed, /embed_sparse, /rerank, /tokenize, /info, /health) and the
+OpenAI-compatible ones (/v1/embeddings, and the Cohere/Jina-style /v1/rerank that vLLM and infinity serve).
+Building requests and reading answers, nothing else: no I/O, no retries, no state.
 
-Reference: TEI's router/src/http/server.rs and types.rs (TEI 1.7 - 1.9.3), and the OpenAI embeddings API.
+Reference: TEI's router/src/http/server.rs and types.rs (TEI 1.7 - 1.9.3), the OpenAI embeddings API,
+vLLM's RerankRequest / RerankResponse (results[i].document is {"text": ...}) and infinity's RerankInput /
+ReRankResult (results[i].document is a plain string, `data` instead of `results` before 0.0.50).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import httpx
 import numpy as np
 
 from embedkit.errors import RemoteError
-from embedkit.remote.models import Answer, Batch, Options, ServerInfo, Token
+from embedkit.remote.models import Answer, Batch, Options, RerankBatch, ServerInfo, Token
 from embedkit.remote.settings import ClientSettings
+from embedkit.rerank.base import RerankResult
 from embedkit.sparse.base import SparseVector
 
 __all__ = [
@@ -26,9 +30,11 @@ __all__ = [
     "get_request",
     "read_info",
     "read_json",
+    "read_rerank",
     "read_sparse",
     "read_tokens",
     "read_vectors",
+    "rerank_request",
     "tokenize_request",
     "url",
 ]
@@ -38,7 +44,7 @@ def url(settings: ClientSettings, route: str) -> str:
     if settings.api == "openai" and settings.base_url.endswith("/v1"):
         # an OpenAI-style base URL already ends in /v1; TEI's other routes sit at the root
         base = settings.base_url
-        return base + "/embeddings" if route == "/v1/embeddings" else base[:-3] + route
+        return base + route[3:] if route.startswith("/v1/") else base[:-3] + route
     return settings.base_url + route
 
 
@@ -120,6 +126,74 @@ def read_sparse(answer: Answer, body: bytes, batch: Batch) -> list[SparseVector]
     return vectors
 
 
+def rerank_request(settings: ClientSettings, batch: RerankBatch, model: str | None) -> httpx.Request:
+    """POST /rerank (TEI: {query, texts, raw_scores, return_text, truncate, truncation_direction}) or /v1/rerank
+    (vLLM, infinity: {model, query, documents, top_n, return_documents}) for one part of the documents.
+
+    Unset truncation fields are left out, so the server's default applies. On /v1/rerank raw scores are
+    asked for both ways they are spelt there (infinity's `raw_scores`, vLLM's `use_activation: false`)."""
+    options = batch.options
+    body: dict[str, Any]
+    if settings.api == "tei":
+        body = {
+            "query": options.query,
+            "texts": batch.texts,
+            "raw_scores": options.raw_scores,
+            "return_text": options.return_documents,
+        }
+        if options.truncate is not None:
+            body["truncate"] = options.truncate
+        if options.direction is not None:
+            body["truncation_direction"] = options.direction.capitalize()  # TEI <= 1.8 knows only Left/Right
+        return _request(settings, "POST", "/rerank", body)
+    body = {"model": model, "query": options.query, "documents": batch.texts}
+    body["return_documents"] = options.return_documents
+    if options.top_n is not None:
+        body["top_n"] = min(options.top_n, len(batch.texts))
+    if options.raw_scores:
+        body["raw_scores"] = True
+        body["use_activation"] = False
+    return _request(settings, "POST", "/v1/rerank", body)
+
+
+def read_rerank(settings: ClientSettings, answer: Answer, body: bytes, batch: RerankBatch) -> list[RerankResult]:
+    """One part's results with indices into the CALLER's list (not the part's), in the server's order.
+
+    TEI answers a bare list of {index, score, text?}; /v1/rerank an object whose `results` (infinity before
+    0.0.50: `data`) are {index, relevance_score, document?}, the document {"text": ...} (vLLM) or a string
+    (infinity). RemoteError unless every index is a distinct position of the part, every score finite, and
+    (without top_n) every document answered; a document text is taken from the caller's list, not the answer.
+    """
+    where = answer.where
+    data = read_json(body, where)
+    if settings.api == "tei":
+        items, score_key = data, "score"
+    else:
+        items = data.get("results", data.get("data")) if isinstance(data, dict) else None
+        score_key = "relevance_score"
+    if not isinstance(items, list):
+        raise RemoteError(f"{where} answered something other than a list of results")
+    count = len(batch.texts)
+    wanted = count if batch.options.top_n is None or settings.api == "tei" else min(batch.options.top_n, count)
+    if len(items) != wanted:
+        raise RemoteError(f"{where} answered {len(items)} results for {count} documents (expected {wanted})")
+    seen: set[int] = set()
+    results = []
+    for position, item in enumerate(items):
+        index = item.get("index") if isinstance(item, dict) else None
+        score = item.get(score_key) if isinstance(item, dict) else None
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count or index in seen:
+            raise RemoteError(f"{where} answered result {position} with a missing, repeated or out-of-range index")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise RemoteError(
+                f"{where} answered no finite {score_key} for texts[{batch.indices[index]}]: {str(score)[:40]}"
+            )
+        seen.add(index)
+        document = batch.texts[index] if batch.options.return_documents else None
+        results.append(RerankResult(index=batch.indices[index], score=float(score), document=document))
+    return results
+
+
 def tokenize_request(
     settings: ClientSettings, texts: list[str], options: Options, add_special_tokens: bool
 ) -> httpx.Request:
@@ -164,7 +238,15 @@ def read_info(body: bytes, base_url: str) -> ServerInfo:
         adapters=tuple(str(name) for name in adapters),
         version=data.get("version"),
         raw=data,
+        model_type=_model_type(data.get("model_type")),
     )
+
+
+def _model_type(value: Any) -> str | None:
+    """TEI's `model_type` is an object with one key (embedding, reranker or classifier); older servers omit it."""
+    if isinstance(value, dict) and len(value) == 1:
+        return str(next(iter(value)))
+    return value if isinstance(value, str) else None
 
 
 def read_vectors(settings: ClientSettings, answer: Answer, body: bytes, batch: Batch) -> np.ndarray:

@@ -4,7 +4,9 @@ The package's modules, each one job: `settings` (ServerSettings and the defaults
 `guard` (API key and body limits, in the ASGI layer), `errors` (the one error-to-status table and
 TEI's error bodies), `inputs` (request checks and the one tokenisation), `batching` (the dynamic
 batcher and its token budget), `metrics` (Prometheus text), `schemas` (request and response bodies)
-and `app` (the routes). `ServerSettings` imports without FastAPI; `create_app` and `serve` need the extra.
+and `app` (the routes of an embedding model); `sparse_app` serves a SPLADE model and `rerank_app` a
+reranker, sharing `common` (the app's guard, error table, health and metrics, admission, the routes of
+the kinds of model not served). `ServerSettings` imports without FastAPI; `create_app` and `serve` need the extra.
 """
 
 from __future__ import annotations
@@ -56,9 +58,11 @@ def serve(
 ) -> None:
     """Load `model` and serve it until interrupted; SIGINT/SIGTERM let in-flight requests finish.
 
-    A sentence-transformers SparseEncoder folder (SPLADE) is served on TEI's /embed_sparse
-    (`server/sparse_app.py`), any other model on /embed. `device`, `dtype`, `backend` and `quantize` are
-    `embedkit.load`'s. Raises MissingDependencyError without the `server` extra."""
+    The served folder decides the routes: a sentence-transformers SparseEncoder folder (SPLADE) is served on
+    TEI's /embed_sparse (`server/sparse_app.py`), a reranker folder (a cross-encoder) on TEI's /rerank and
+    /v1/rerank (`server/rerank_app.py`), any other model on /embed. `device`, `dtype`, `backend` and
+    `quantize` are `embedkit.load`'s (`embedkit.load_reranker`'s for a reranker). Raises
+    MissingDependencyError without the `server` extra."""
     create_app = _app_module().create_app
     import uvicorn
 
@@ -68,6 +72,8 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         log.warning("serving on %s without an API key: anyone who can reach this port can use the model", host)
     app = _sparse_app(model, settings, device, dtype, backend, quantize)
+    if app is None:
+        app = _rerank_app(model, settings, device, dtype, backend, quantize)
     if app is None:
         embedder = embedkit.load(model, device=device, dtype=dtype, backend=backend, quantize=quantize)
         log.info("serving %r", embedder)
@@ -109,3 +115,37 @@ def _sparse_app(
     encoder = load_splade(model, device=device, dtype=dtype, backend=backend, max_length=settings.max_input_length)
     log.info("serving %r on /embed_sparse", encoder)
     return create_sparse_app(encoder, settings)
+
+
+def _rerank_app(
+    model: str | os.PathLike[str] | None,
+    settings: ServerSettings,
+    device: str | None,
+    dtype: str | None,
+    backend: str | None,
+    quantize: str | None,
+) -> Any:
+    """The /rerank app when `model` is a local reranker folder, else None."""
+    from pathlib import Path
+
+    if model is None or not Path(model).expanduser().is_dir():
+        return None
+    from embedkit.rerank.folders import cross_encoder_reason
+
+    reason = cross_encoder_reason(Path(model).expanduser())
+    if reason is None:
+        return None
+    from embedkit.rerank import load_reranker
+    from embedkit.server.rerank_app import create_rerank_app
+
+    reranker = load_reranker(
+        model,
+        device=device,
+        dtype=dtype,
+        backend=backend,
+        quantize=quantize,
+        batch_tokens=settings.max_batch_tokens,
+        max_length=settings.max_input_length,
+    )
+    log.info("serving %r on /rerank (%s)", reranker, reason)
+    return create_rerank_app(reranker, settings)

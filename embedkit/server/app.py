@@ -20,13 +20,13 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from tokenizers import Encoding
 
@@ -34,14 +34,21 @@ from embedkit.embedder import postprocess
 from embedkit.errors import InputError
 from embedkit.local.embedder import LocalEmbedder
 from embedkit.server.batching import DynamicBatcher, Overloaded
-from embedkit.server.errors import ERROR_STATUS, OPENAI_PATHS, ApiError, add_error_handlers
-from embedkit.server.guard import Guard
+from embedkit.server.common import (
+    NOT_A_RERANKER,
+    RERANK_ROUTES,
+    Admission,
+    error_responses,
+    new_app,
+    refuse_routes,
+    timing_headers,
+)
+from embedkit.server.errors import OPENAI_PATHS, ApiError
 from embedkit.server.inputs import InputPolicy, Item
 from embedkit.server.metrics import Metrics
 from embedkit.server.schemas import (
     EmbeddingModel,
     EmbedRequest,
-    ErrorResponse,
     Info,
     ModelType,
     OpenAIEmbedding,
@@ -70,7 +77,7 @@ def create_app(embedder: LocalEmbedder, settings: ServerSettings | None = None) 
     served_name = settings.served_model_name or embedder.model_id
     metrics = Metrics()
     state: dict[str, DynamicBatcher] = {}
-    in_flight = [0]  # embedding requests admitted and not yet answered (the event loop is single-threaded)
+    admission = Admission(settings.max_concurrent_requests)
 
     def record_batch(texts: int, tokens: int, seconds: float) -> None:
         metrics.observe("te_batch_next_size", texts)
@@ -91,27 +98,13 @@ def create_app(embedder: LocalEmbedder, settings: ServerSettings | None = None) 
         yield
         await batcher.close()  # in-flight requests finish first
 
-    app = FastAPI(title="embedkit serve", version=server_version(), lifespan=lifespan)
-    app.add_middleware(Guard, settings=settings)
-    add_error_handlers(app, lambda error_type: metrics.inc("te_request_failure", err=error_type.lower()))
+    app = new_app("embedkit serve", server_version(), settings, metrics, lifespan)
 
     # -- shared steps ------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def admitted() -> Iterator[None]:
-        # TEI >= 1.9 takes one permit per input (PR #726), so 32 clients posting 32 texts each hold 1024 of the
-        # default 512 and get 429 while the model has room; embedkit counts requests, as the flag's name says
-        if in_flight[0] >= settings.max_concurrent_requests:
-            raise ApiError("Overloaded", "Model is overloaded")
-        in_flight[0] += 1
-        try:
-            yield
-        finally:
-            in_flight[0] -= 1
-
     async def embed_raw(items: list[Item], task: str | None, truncate: bool, direction: str) -> tuple[np.ndarray, int]:
         """Raw vectors of `items` and the tokens that ran (prompt and special tokens included)."""
-        with admitted():
+        with admission.admitted():
             # the request's one tokenisation; the batcher and the model take these ids as they are
             ids = await asyncio.to_thread(policy.token_ids, items, task, truncate, direction.lower())
             for row in ids:
@@ -122,15 +115,10 @@ def create_app(embedder: LocalEmbedder, settings: ServerSettings | None = None) 
                 raise ApiError("Overloaded", f"Model is overloaded: {exc}") from None
         return vectors, sum(len(row) for row in ids)
 
-    def timing_headers(start: float, items: list[Item], tokens: int) -> dict[str, str]:
-        elapsed = str(int((time.perf_counter() - start) * 1000))
-        return {
-            "x-compute-type": "cpu" if embedder.device.type == "cpu" else "gpu",
-            "x-compute-time": elapsed,
-            "x-total-time": elapsed,
-            "x-compute-characters": str(sum(len(item) for item in items)),  # token-id inputs count ids, as TEI
-            "x-compute-tokens": str(tokens),
-        }
+    def embed_headers(start: float, items: list[Item], tokens: int) -> dict[str, str]:
+        # token-id inputs count ids as characters, as TEI does
+        characters = sum(len(item) for item in items)
+        return timing_headers(start, cpu=embedder.device.type == "cpu", characters=characters, tokens=tokens)
 
     def counted(route: str) -> Callable[[Callable[..., Awaitable[Response]]], Callable[..., Awaitable[Response]]]:
         def wrap(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
@@ -156,9 +144,7 @@ def create_app(embedder: LocalEmbedder, settings: ServerSettings | None = None) 
 
     # -- routes ------------------------------------------------------------------------------------
 
-    errors: dict[int | str, dict[str, Any]] = {
-        status: {"model": ErrorResponse} for status in sorted(set(ERROR_STATUS.values()) - {503})
-    }
+    errors = error_responses()
 
     @app.post("/embed", response_model=list[list[float]], responses=errors)
     @counted("embed")
@@ -172,7 +158,7 @@ def create_app(embedder: LocalEmbedder, settings: ServerSettings | None = None) 
         raw, tokens = await embed_raw(items, task, truncate, request.truncation_direction)
         vectors = postprocess(raw, dimensions=request.dimensions, normalize=request.normalize)
         body = json.dumps(vectors.tolist()).encode()
-        return Response(body, media_type="application/json", headers=timing_headers(start, items, tokens))
+        return Response(body, media_type="application/json", headers=embed_headers(start, items, tokens))
 
     openai_errors: dict[int | str, dict[str, Any]] = {status: {"model": OpenAIErrorResponse} for status in errors}
 
@@ -197,7 +183,7 @@ def create_app(embedder: LocalEmbedder, settings: ServerSettings | None = None) 
         return Response(
             response.model_dump_json().encode(),
             media_type="application/json",
-            headers=timing_headers(start, items, tokens),
+            headers=embed_headers(start, items, tokens),
         )
 
     for path in OPENAI_PATHS:
@@ -241,16 +227,8 @@ def create_app(embedder: LocalEmbedder, settings: ServerSettings | None = None) 
             adapters=list(described["adapters"]),
         )
 
-    @app.get("/health")
-    @app.get("/ping", include_in_schema=False)
-    async def health() -> Response:
-        """200 with an empty body while the model answers."""
-        return Response(status_code=200)
-
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def prometheus() -> PlainTextResponse:
-        """Prometheus text: requests, failures, latency, input lengths, batch sizes and tokens, queue."""
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+    # a reranker's routes: TEI's 424 "model is not a re-ranker model"
+    refuse_routes(app, RERANK_ROUTES, NOT_A_RERANKER)
 
     return app
 

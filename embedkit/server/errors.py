@@ -21,6 +21,7 @@ from embedkit.server.schemas import ErrorResponse, OpenAIErrorResponse
 __all__ = [
     "ERROR_STATUS",
     "FRAMEWORK_ERRORS",
+    "OPENAI_ERROR_PATHS",
     "OPENAI_PATHS",
     "ApiError",
     "add_error_handlers",
@@ -28,7 +29,10 @@ __all__ = [
     "validation_error",
 ]
 
-OPENAI_PATHS = ("/v1/embeddings", "/embeddings")  # their errors take the OpenAI route's shape
+OPENAI_PATHS = ("/v1/embeddings", "/embeddings")  # the OpenAI-compatible embedding routes
+# routes whose errors take the OpenAI shape: those, and the Cohere/Jina-style /v1/rerank (vLLM's errors are
+# OpenAI's; embedkit's client reads both shapes)
+OPENAI_ERROR_PATHS = (*OPENAI_PATHS, "/v1/rerank")
 
 # TEI's own six types come first; the rest are refusals TEI leaves to axum (empty or text/plain bodies),
 # which embedkit answers in the same JSON shape.
@@ -62,10 +66,13 @@ FRAMEWORK_ERRORS: dict[int, str] = {
 class ApiError(Exception):
     """An answer other than 200: `error_type` is a key of ERROR_STATUS, which gives the status."""
 
-    def __init__(self, error_type: str, message: str) -> None:
+    def __init__(self, error_type: str, message: str, *, counted_as: str | None = None) -> None:
         super().__init__(message)
         self.status = ERROR_STATUS[error_type]  # KeyError: a type missing from the table is a bug here
         self.message, self.error_type = message, error_type
+        # the te_request_failure label, when it is not the error type's (TEI counts a route the model does not
+        # serve as err="model_type", though it answers 424 Backend)
+        self.counted_as = counted_as
 
 
 def validation_error(message: str) -> ApiError:
@@ -76,7 +83,7 @@ def validation_error(message: str) -> ApiError:
 def error_response(path: str, error_type: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """TEI's error body for `error_type` (status from ERROR_STATUS), in the OpenAI route's shape on its paths."""
     status = ERROR_STATUS[error_type]
-    if path in OPENAI_PATHS:
+    if path in OPENAI_ERROR_PATHS:
         body = OpenAIErrorResponse(message=message, code=status, type=error_type).model_dump()
     else:
         body = ErrorResponse(error=message, error_type=error_type).model_dump()
@@ -84,15 +91,22 @@ def error_response(path: str, error_type: str, message: str, headers: dict[str, 
 
 
 def add_error_handlers(app: FastAPI, on_error: Callable[[str], None]) -> None:
-    """Answer every exception that leaves a route from the table; `on_error(error_type)` counts each."""
+    """Answer every exception that leaves a route from the table; `on_error(label)` counts each (the error type,
+    or the ApiError's `counted_as`)."""
 
-    def answer(request: Request, error_type: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        on_error(error_type)
+    def answer(
+        request: Request,
+        error_type: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        counted_as: str | None = None,
+    ) -> JSONResponse:
+        on_error(counted_as or error_type)
         return error_response(request.url.path, error_type, message, headers)
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return answer(request, exc.error_type, exc.message)
+        return answer(request, exc.error_type, exc.message, counted_as=exc.counted_as)
 
     @app.exception_handler(InputError)
     async def on_input_error(request: Request, exc: InputError) -> JSONResponse:

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 __all__ = [
+    "ClassifierModel",
     "EmbedRequest",
     "EmbedSparseRequest",
     "EmbeddingModel",
@@ -22,7 +23,11 @@ __all__ = [
     "OpenAIEmbeddingRequest",
     "OpenAIEmbeddingResponse",
     "OpenAIErrorResponse",
+    "OpenAIRerankRequest",
     "OpenAIUsage",
+    "Rank",
+    "RerankRequest",
+    "RerankerModelType",
     "SimpleToken",
     "SparseValue",
     "TokenizeRequest",
@@ -72,6 +77,37 @@ class OpenAIEmbeddingRequest(_Request):
     dimensions: int | None = None
 
 
+class RerankRequest(_Request):
+    """TEI's /rerank: one query against `texts`."""
+
+    query: StrictStr
+    texts: list[StrictStr]
+    truncate: bool | None = Field(None, description="null: the server's --auto-truncate")
+    truncation_direction: TruncationDirection = "right"
+    raw_scores: bool = Field(False, description="the model's logit instead of its activation")
+    return_text: bool = False
+
+
+class Rank(BaseModel):
+    """One text's place in TEI's /rerank answer (`text` only when return_text)."""
+
+    index: int
+    text: str | None = None
+    score: float
+
+
+class OpenAIRerankRequest(_Request):
+    """The Cohere/Jina-style /v1/rerank that vLLM and infinity serve."""
+
+    model: str | None = None
+    query: StrictStr
+    documents: list[StrictStr]
+    top_n: int | None = Field(None, description="return the best top_n; null: all")
+    return_documents: bool = False
+    raw_scores: bool = Field(False, description="infinity's spelling: the logit instead of the activation")
+    use_activation: bool | None = Field(None, description="vLLM's spelling: false gives the logit")
+
+
 class TokenizeRequest(_Request):
     inputs: Texts  # TEI's /tokenize takes no token ids
     add_special_tokens: bool = True
@@ -112,12 +148,25 @@ class ModelType(BaseModel):
     embedding: EmbeddingModel
 
 
+class ClassifierModel(BaseModel):
+    """TEI's ClassifierModel: the labels of a sequence-classification head."""
+
+    id2label: dict[str, str]
+    label2id: dict[str, int]
+
+
+class RerankerModelType(BaseModel):
+    """/info `model_type` of a reranker: {"reranker": {"id2label", "label2id"}}, as TEI reports it."""
+
+    reranker: ClassifierModel
+
+
 class Info(BaseModel):
     model_id: str
     model_sha: str | None = None
     model_dtype: str
     served_model_name: str
-    model_type: ModelType
+    model_type: ModelType | RerankerModelType
     max_concurrent_requests: int
     max_input_length: int
     max_batch_tokens: int

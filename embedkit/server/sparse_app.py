@@ -4,7 +4,8 @@ TEI serves a SPLADE checkpoint (`--pooling splade`) on `POST /embed_sparse`: the
 `normalize` and `dimensions` ({inputs, truncate, truncation_direction, prompt_name}), the answer one list per
 input of `{"index": vocabulary id, "value": weight}` for its nonzero weights (TEI's router/src/http/types.rs
 `EmbedSparseRequest`, `SparseValue`). /info reports `model_type: {"embedding": {"pooling": "splade"}}`, as
-TEI's does; `/embed` answers a 422 naming /embed_sparse (a SPLADE vector is no dense embedding).
+TEI's does; `/embed` answers a 422 naming /embed_sparse (a SPLADE vector is no dense embedding), /rerank
+TEI's 424 "model is not a re-ranker model".
 
 Departures from TEI, each for a reason: token-id inputs are refused (the encoder tokenises its texts
 itself); `prompt_name="query"` runs an inference-free model's query route (static token weights), which
@@ -16,26 +17,31 @@ dense server's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import Response
 
 from embedkit.errors import InputError
 from embedkit.server.app import server_version
-from embedkit.server.errors import ERROR_STATUS, ApiError, add_error_handlers, validation_error
-from embedkit.server.guard import Guard
+from embedkit.server.common import (
+    NOT_A_RERANKER,
+    RERANK_ROUTES,
+    Admission,
+    error_responses,
+    new_app,
+    refuse_routes,
+    timing_headers,
+)
+from embedkit.server.errors import ApiError, validation_error
 from embedkit.server.metrics import Metrics
 from embedkit.server.schemas import (
     EmbeddingModel,
     EmbedRequest,
     EmbedSparseRequest,
-    ErrorResponse,
     Info,
     ModelType,
     SparseValue,
@@ -52,26 +58,12 @@ def create_sparse_app(encoder: SpladeEncoder, settings: ServerSettings | None = 
     served_name = settings.served_model_name or encoder.name
     metrics = Metrics()
     model_lock = threading.Lock()  # one forward pass at a time: the encoder's memory is sized for one
-    in_flight = [0]
+    admission = Admission(settings.max_concurrent_requests)
     # the encoder cuts at its own max_length: `serve` loads it with settings.max_input_length as that
     max_input_length = encoder.max_length
 
-    app = FastAPI(title="embedkit serve (sparse)", version=server_version())
-    app.add_middleware(Guard, settings=settings)
-    add_error_handlers(app, lambda error_type: metrics.inc("te_request_failure", err=error_type.lower()))
-    errors: dict[int | str, dict[str, Any]] = {
-        status: {"model": ErrorResponse} for status in sorted(set(ERROR_STATUS.values()) - {503})
-    }
-
-    @contextlib.contextmanager
-    def admitted() -> Iterator[None]:
-        if in_flight[0] >= settings.max_concurrent_requests:
-            raise ApiError("Overloaded", "Model is overloaded")
-        in_flight[0] += 1
-        try:
-            yield
-        finally:
-            in_flight[0] -= 1
+    app = new_app("embedkit serve (sparse)", server_version(), settings, metrics, None)
+    errors = error_responses()
 
     def texts_of(inputs: Any) -> list[str]:
         items = [inputs] if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)) else list(inputs)
@@ -99,7 +91,7 @@ def create_sparse_app(encoder: SpladeEncoder, settings: ServerSettings | None = 
         metrics.inc("te_request_count", route="embed_sparse")
         texts = texts_of(request.inputs)
         truncate = settings.auto_truncate if request.truncate is None else request.truncate
-        with admitted():
+        with admission.admitted():
             try:
                 vectors, tokens = await asyncio.to_thread(
                     run, texts, request.prompt_name, truncate, request.truncation_direction.lower()
@@ -115,14 +107,8 @@ def create_sparse_app(encoder: SpladeEncoder, settings: ServerSettings | None = 
         metrics.inc("te_request_success", route="embed_sparse")
         metrics.inc("te_embed_count", len(texts))
         metrics.observe("te_request_duration", time.perf_counter() - start)
-        elapsed = str(int((time.perf_counter() - start) * 1000))
-        headers = {
-            "x-compute-type": "cpu" if encoder.document.device.type == "cpu" else "gpu",
-            "x-compute-time": elapsed,
-            "x-total-time": elapsed,
-            "x-compute-characters": str(sum(len(text) for text in texts)),
-            "x-compute-tokens": str(tokens),
-        }
+        cpu = encoder.document.device.type == "cpu"
+        headers = timing_headers(start, cpu=cpu, characters=sum(len(text) for text in texts), tokens=tokens)
         return Response(body, media_type="application/json", headers=headers)
 
     @app.post("/embed", responses=errors)
@@ -150,15 +136,7 @@ def create_sparse_app(encoder: SpladeEncoder, settings: ServerSettings | None = 
             prompts={**encoder.prompts, **prompts},
         )
 
-    @app.get("/health")
-    @app.get("/ping", include_in_schema=False)
-    async def health() -> Response:
-        """200 with an empty body while the model answers."""
-        return Response(status_code=200)
-
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def prometheus() -> PlainTextResponse:
-        """Prometheus text: requests, failures, latency."""
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+    # a reranker's routes: TEI's 424 "model is not a re-ranker model"
+    refuse_routes(app, RERANK_ROUTES, NOT_A_RERANKER)
 
     return app

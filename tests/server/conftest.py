@@ -76,6 +76,29 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     stop_server(running)
 
 
+RERANK_BATCH = 4  # the reranker server's --max-client-batch-size
+
+
+@pytest.fixture(scope="session")
+def cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT cross-encoder, as sentence-transformers saves one."""
+    from ..conftest import write_tiny_cross_encoder
+
+    return write_tiny_cross_encoder(tmp_path_factory.mktemp("rerank-serve") / "model", seed=3)
+
+
+@pytest.fixture(scope="session")
+def rerank_server(tmp_path_factory: pytest.TempPathFactory, cross_encoder_dir: Path) -> Iterator[RunningServer]:
+    """`embedkit serve` of the tiny cross-encoder (torch on the CPU), RERANK_BATCH texts a request."""
+    running = start_server(
+        tmp_path_factory.mktemp("serve-rerank"),
+        str(cross_encoder_dir),
+        *("--backend", "torch", "--device", "cpu", "--max-client-batch-size", str(RERANK_BATCH)),
+    )
+    yield running
+    stop_server(running)
+
+
 @pytest.fixture()
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_KEY}"}
@@ -95,13 +118,13 @@ def post(server: RunningServer, path: str, body: object, *, timeout: float = 60)
 def assert_tei_error(response: httpx.Response, status: int, error_type: str) -> str:
     """The response is TEI's error body for `error_type` with `status` (the OpenAI-route shape on its
     paths), and `status` is what the server's one table gives that type; returns the message."""
-    from embedkit.server.errors import ERROR_STATUS, OPENAI_PATHS
+    from embedkit.server.errors import ERROR_STATUS, OPENAI_ERROR_PATHS
 
     assert response.status_code == status, response.text
     assert ERROR_STATUS[error_type] == status
     assert response.headers["content-type"] == "application/json", response.headers
     body = response.json()
-    if response.url.path in OPENAI_PATHS:
+    if response.url.path in OPENAI_ERROR_PATHS:
         assert set(body) == {"message", "code", "type"}, body
         assert (body["code"], body["type"]) == (status, error_type), body
         message = body["message"]

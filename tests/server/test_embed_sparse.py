@@ -101,5 +101,7 @@ def test_errors_in_tei_shape(sparse_server: RunningServer) -> None:
     assert "prompt_name='nope'" in message
     message = assert_tei_error(post(sparse_server, "/embed", {"inputs": "x"}), 422, "Validation")
     assert "/embed_sparse" in message
+    message = assert_tei_error(post(sparse_server, "/rerank", {"query": "q", "texts": ["a"]}), 424, "Backend")
+    assert message == "Backend error: model is not a re-ranker model"  # TEI's words
     assert_tei_error(post(sparse_server, "/embed_sparse", {"inputs": ["a", "b", "c"]}), 422, "Validation")
     assert_tei_error(post(sparse_server, "/embed_sparse", {"inputs": [101, 102]}), 422, "Validation")

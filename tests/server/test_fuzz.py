@@ -9,18 +9,27 @@ older than ours, so the strategies are driven with hypothesis directly.)
 
 from __future__ import annotations
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from embedkit.server.errors import ERROR_STATUS, OPENAI_PATHS
+from embedkit.server.errors import ERROR_STATUS, OPENAI_ERROR_PATHS
 
 from .conftest import API_KEY, RunningServer
 
+# the served model's own routes, which the schema must list (each app lists the other kinds' too, refused)
+ROUTES = {
+    "server": {"/embed", "/v1/embeddings", "/tokenize", "/info", "/health"},
+    "rerank_server": {"/rerank", "/v1/rerank", "/info", "/health"},
+}
 
-def test_no_request_breaks_the_server(server: RunningServer) -> None:
+
+@pytest.mark.parametrize("which", sorted(ROUTES))
+def test_no_request_breaks_the_server(which: str, request: pytest.FixtureRequest) -> None:
+    server: RunningServer = request.getfixturevalue(which)
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} >= {"/embed", "/v1/embeddings", "/tokenize", "/info", "/health"}
+    assert {op.path for op in operations} >= ROUTES[which]
     seen: dict[str, set[int]] = {}
     not_tei: list[str] = []
     for operation in operations:
@@ -49,7 +58,7 @@ def _error_shape(path: str, response) -> str | None:
         body = response.json()
     except ValueError:
         return f"not JSON: {response.text[:100]!r}"
-    if path in OPENAI_PATHS:
+    if path in OPENAI_ERROR_PATHS:
         if not isinstance(body, dict) or set(body) != {"message", "code", "type"}:
             return f"not OpenAI-route shaped: {body!r:.200}"
         error_type, message = body["type"], body["message"]
