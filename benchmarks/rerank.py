@@ -106,6 +106,7 @@ def main() -> None:
     from sentence_transformers import CrossEncoder
 
     import embedkit
+    from embedkit.rerank import Reranker
 
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = args.model or write_minilm_cross_encoder(Path(scratch))
@@ -136,7 +137,7 @@ def main() -> None:
                 onnx_cache_dir=onnx_cache,
             )
 
-            def ours(reranker: embedkit.Reranker = reranker) -> list[np.ndarray]:
+            def ours(reranker: Reranker = reranker) -> list[np.ndarray]:
                 out = []
                 for query, documents in requests:
                     scores = np.empty(len(documents))
