@@ -161,7 +161,9 @@ def write_tiny_cross_encoder(
     **overrides: object,
 ) -> Path:
     """A randomly initialised cross-encoder of `family` ("bert": BertForSequenceClassification as
-    ms-marco-MiniLM; "xlm_roberta": XLMRobertaForSequenceClassification as bge-reranker-v2-m3) with
+    ms-marco-MiniLM; "xlm_roberta": XLMRobertaForSequenceClassification as bge-reranker-v2-m3; "gte":
+    new-impl's NewForSequenceClassification as gte-multilingual-reranker-base, see
+    `write_tiny_gte_cross_encoder`) with
     `num_labels` labels, built by transformers and saved by sentence-transformers' CrossEncoder.save, in the
     layout it publishes. The vocabulary is all-MiniLM-L6-v2's (or `source_tokenizer`'s); `max_length` sets
     the tokenizer's model_max_length (the CrossEncoder's limit)."""
@@ -200,6 +202,8 @@ def write_tiny_cross_encoder(
             settings.update(overrides)
             model = XLMRobertaForSequenceClassification(XLMRobertaConfig(**settings))
             roberta_style_tokenizer(source_tokenizer, staging)
+        elif family == "gte":
+            return write_tiny_gte_cross_encoder(target, source_tokenizer, settings, max_length, overrides)
         else:
             raise ValueError(f"no tiny cross-encoder for family {family!r}")
         model.eval().save_pretrained(staging, safe_serialization=True)
@@ -208,6 +212,130 @@ def write_tiny_cross_encoder(
             tokenizer_config["model_max_length"] = max_length
             (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
         CrossEncoder(str(staging), device="cpu").save(str(target))
+    return target
+
+
+# new-impl's remote code, as gte-multilingual-reranker-base's config.json names it (never run: no remote code)
+GTE_AUTO_MAP = {
+    "AutoConfig": "Alibaba-NLP/new-impl--configuration.NewConfig",
+    "AutoModel": "Alibaba-NLP/new-impl--modeling.NewModel",
+    "AutoModelForSequenceClassification": "Alibaba-NLP/new-impl--modeling.NewForSequenceClassification",
+}
+
+
+def gte_original_names(native: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' native GteForSequenceClassification state -> new-impl's published names: the inverse of
+    transformers' conversion mapping for "gte" (`new.` prefix, `encoder.layer.N`, fused `qkv_proj` = [q; k; v]
+    and `up_gate_proj` = [up; gate] along the output rows, `attn_ln`, `mlp_ln`)."""
+    import re
+
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in native.items():
+        name = re.sub(r"^gte\.", "new.", name)
+        name = re.sub(r"\blayers\.(\d+)\.", r"encoder.layer.\1.", name)
+        if re.search(r"self_attn\.[kv]_proj\.", name) or ".mlp.gate_proj." in name:
+            continue  # fused with q / up below
+        if ".self_attn.q_proj." in name:
+            parts = [
+                native[name.replace("new.", "gte.").replace("encoder.layer.", "layers.").replace("q_proj", p)]
+                for p in ("q_proj", "k_proj", "v_proj")
+            ]
+            out[name.replace("self_attn.q_proj", "attention.qkv_proj")] = torch.cat(parts)
+            continue
+        if ".mlp.up_proj." in name:
+            source = name.replace("new.", "gte.").replace("encoder.layer.", "layers.")
+            out[name.replace("mlp.up_proj", "mlp.up_gate_proj")] = torch.cat(
+                [native[source], native[source.replace("up_proj", "gate_proj")]]
+            )
+            continue
+        name = name.replace("self_attn.o_proj", "attention.o_proj")
+        name = name.replace("post_attention_layernorm", "attn_ln").replace("post_mlp_layernorm", "mlp_ln")
+        out[name] = tensor
+    return out
+
+
+def write_tiny_gte_cross_encoder(
+    target: Path, source_tokenizer: Path, settings: dict, max_length: int | None, overrides: dict
+) -> Path:
+    """A gte-multilingual-reranker-base-shaped folder: the original config.json (model_type "new",
+    NewForSequenceClassification, auto_map), `new.*` + `classifier.*` tensors, an XLM-R-style pair tokenizer.
+    The weights are a random transformers GteForSequenceClassification's, renamed (`gte_original_names`)."""
+    from safetensors.torch import save_file
+    from transformers import GteConfig, GteForSequenceClassification
+
+    settings = {**settings, "num_attention_heads": 2, "intermediate_size": 48, "type_vocab_size": 1}
+    settings.update(overrides)
+    native = GteForSequenceClassification(
+        GteConfig(
+            **settings,
+            max_position_embeddings=512,
+            pad_token_id=0,
+            rope_parameters={"rope_type": "default", "rope_theta": 160000.0},
+        )
+    ).eval()
+    labels = int(settings["num_labels"])
+    config = {
+        "architectures": ["NewForSequenceClassification"],
+        "auto_map": GTE_AUTO_MAP,
+        "model_type": "new",
+        **{key: value for key, value in settings.items() if key != "num_labels"},
+        "hidden_act": "gelu",
+        "max_position_embeddings": 512,
+        "layer_norm_type": "layer_norm",
+        "layer_norm_eps": 1e-12,
+        "position_embedding_type": "rope",
+        "rope_theta": 160000.0,
+        "rope_scaling": None,
+        "pack_qkv": True,
+        "unpad_inputs": False,
+        "use_memory_efficient_attention": False,
+        "logn_attention_scale": False,
+        "logn_attention_clip1": False,
+        "pad_token_id": 0,
+        "id2label": {str(i): f"LABEL_{i}" for i in range(labels)},
+        "label2id": {f"LABEL_{i}": i for i in range(labels)},
+    }
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "config.json").write_text(json.dumps(config, indent=2))
+    state = {name: tensor.contiguous() for name, tensor in gte_original_names(native.state_dict()).items()}
+    save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
+    roberta_style_tokenizer(source_tokenizer, target)
+    if max_length is not None:
+        tokenizer_config = json.loads((target / "tokenizer_config.json").read_text())
+        tokenizer_config["model_max_length"] = max_length
+        (target / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    return target
+
+
+def gte_native_copy(model_dir: Path, target: Path) -> Path:
+    """The same weights and tokenizer under a native transformers GteConfig (model_type "gte"), which
+    transformers' GteForSequenceClassification and sentence-transformers' CrossEncoder load without remote
+    code; transformers converts the `new.*` names on loading."""
+    from transformers import GteConfig
+
+    original = json.loads((model_dir / "config.json").read_text())
+    keys = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "hidden_act",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "layer_norm_eps",
+        "pad_token_id",
+    )
+    native = GteConfig(
+        **{key: original[key] for key in keys},
+        num_labels=len(original["id2label"]),
+        rope_parameters={"rope_type": "default", "rope_theta": original["rope_theta"]},
+        architectures=["GteForSequenceClassification"],
+    )
+    target.mkdir(parents=True, exist_ok=True)
+    native.save_pretrained(target)
+    for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(model_dir / name, target / name)
     return target
 
 

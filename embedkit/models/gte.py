@@ -26,10 +26,11 @@ from torch import nn
 
 from embedkit.errors import ModelLoadError
 from embedkit.models.base import Attention, EncoderModel
+from embedkit.models.classifier import ClassifierNames, SequenceClassifier, build_sequence_classifier
 from embedkit.models.layers import ROPE_SCALINGS, RMSNorm, Rope, activation, apply_rope
 from embedkit.models.loading import TensorLayout, check_heads, config_from_dict
 
-__all__ = ["LAYOUT", "Gte", "GteConfig", "build"]
+__all__ = ["CLASSIFIER", "LAYOUT", "Gte", "GteConfig", "build", "sequence_classifier"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,10 @@ LAYOUT = TensorLayout(
     },
 )
 
+# NewForSequenceClassification (gte-multilingual-reranker-base): new-impl's NewPooler (dense + tanh over the
+# first token, as BERT's) under `new.`, then `classifier`
+CLASSIFIER = ClassifierNames(encoder_prefix="new.", dense="new.pooler.dense.", out="classifier.")
+
 
 def norm(config: GteConfig) -> nn.Module:
     if config.layer_norm_type == "rms_norm":
@@ -136,10 +141,13 @@ class Embeddings(nn.Module):
         )
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # LayerNorm whatever layer_norm_type
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         x = self.word_embeddings(input_ids)  # [..., H]; no absolute positions
         if self.token_type_embeddings is not None:
-            x = x + self.token_type_embeddings.weight[0]  # single segment: token type 0 everywhere
+            if token_type_ids is not None:  # a cross-encoder's pair
+                x = x + self.token_type_embeddings(token_type_ids)
+            else:
+                x = x + self.token_type_embeddings.weight[0]  # single segment: token type 0 everywhere
         return self.norm(x)
 
 
@@ -213,11 +221,21 @@ class Gte(EncoderModel):
             scale = scale.clamp(min=1.0)
         return attn.per_token(scale)[..., None, None]
 
+    @property
+    def token_types(self) -> int:
+        """Rows of the token-type table (0: none)."""
+        return self.config.type_vocab_size
+
     def encode(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attn: Attention, adapters: torch.Tensor | None
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attn: Attention,
+        adapters: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids, position_ids [B, T] or [N] -> token states [B, T, H] or [N, H]."""
-        x = self.embeddings(input_ids)
+        """input_ids, position_ids, token_type_ids (None: all 0) [B, T] or [N] -> token states [B, T, H] or [N, H]."""
+        x = self.embeddings(input_ids, token_type_ids)
         cos, sin = self.rope(position_ids, x.dtype)  # once, shared by every layer
         q_scale = self.logn_scale(attn)
         q_scale = None if q_scale is None else q_scale.to(x.dtype)
@@ -230,3 +248,17 @@ def build(config: dict, tensor_names: set[str], source: str) -> tuple[Gte, Tenso
     """The model (on whatever device is current) and tensor layout for a GTE ("new") checkpoint."""
     settings = {**config, **rope_settings(config)}
     return Gte(config_from_dict(GteConfig, settings, f"{source}/config.json")), LAYOUT
+
+
+def sequence_classifier(config: dict, tensor_names: set[str], source: str) -> tuple[SequenceClassifier, TensorLayout]:
+    """The encoder with its classification head and the layout of a `NewForSequenceClassification` checkpoint."""
+    encoder, _ = build(config, tensor_names, source)
+    return build_sequence_classifier(
+        encoder,
+        LAYOUT,
+        CLASSIFIER,
+        config=config,
+        hidden_size=encoder.hidden_size,
+        tensor_names=tensor_names,
+        source=source,
+    )

@@ -84,7 +84,7 @@ FAMILIES: dict[str, Family] = {
     "bert": _family("bert", ("mean",), "masked_lm", "sequence_classifier"),
     "xlm_roberta": _family("xlm_roberta", ("mean",), "sequence_classifier"),
     "jina_bert": _family("jina_bert", ("mean",)),
-    "gte": _family("gte", ("cls",)),
+    "gte": _family("gte", ("cls",), "sequence_classifier"),
     "jina_v3": _family("jina_v3", ("mean",), "default_prompts"),
     "qwen": _family("qwen", ("lasttoken",), "prepare_tokenizer", "default_prompts"),
     "distilbert": _family("distilbert", ("mean",), "masked_lm"),

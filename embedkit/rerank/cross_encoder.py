@@ -468,8 +468,12 @@ def load_cross_encoder(
     limit = _max_input_tokens(model_dir, module, max_length)
     activation = read_activation(model_dir, config, module.labels)
     runner: PairRunner = TorchPairRunner(module, torch_device)
-    if chosen == "onnx" and required:  # TODO(onnx): the exported classifier
-        raise InputError("backend='onnx' is not available for rerankers yet")
+    if chosen == "onnx":
+        from embedkit.rerank.onnx_runner import onnx_pair_runner
+
+        runner = onnx_pair_runner(
+            module, family.name, model_dir, quantize, onnx_cache_dir, required=required, fallback=runner
+        )
     pad_id = tokenizer.padding["pad_id"] if tokenizer.padding else int(config.get("pad_token_id") or 0)
     reranker = CrossEncoderReranker(
         model_id=model_id,

@@ -14,7 +14,7 @@ import embedkit
 from embedkit.errors import InputError, ModelLoadError
 from embedkit.rerank import Reranker, RerankResult
 
-from ..conftest import write_tiny_cross_encoder
+from ..conftest import gte_native_copy, write_tiny_cross_encoder
 
 MAX_LENGTH = 64
 QUERY = "what do cats eat"
@@ -30,14 +30,17 @@ PAIRS = [(QUERY, document) for document in DOCUMENTS] + [
     ("q", "word " * 200),
 ]
 
-KINDS = [("bert", 1), ("bert", 3), ("xlm_roberta", 1), ("xlm_roberta", 2)]
+KINDS = [("bert", 1), ("bert", 3), ("xlm_roberta", 1), ("xlm_roberta", 2), ("gte", 1), ("gte", 2)]
 
 
 @pytest.fixture(scope="module", params=KINDS, ids=[f"{family}-{labels}" for family, labels in KINDS])
-def kind_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def kind_dirs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the folder embedkit loads, the folder the references load): the same but for GTE, whose published
+    layout needs remote code; the references read the same weights under transformers' native GteConfig."""
     family, labels = request.param
     target = tmp_path_factory.mktemp(f"ce-{family}-{labels}")
-    return write_tiny_cross_encoder(target, family, labels, seed=3, max_length=MAX_LENGTH)
+    model_dir = write_tiny_cross_encoder(target / "model", family, labels, seed=3, max_length=MAX_LENGTH)
+    return model_dir, gte_native_copy(model_dir, target / "native") if family == "gte" else model_dir
 
 
 def hf_logits(model_dir: Path, pairs: list[tuple[str, str]]) -> np.ndarray:
@@ -59,11 +62,12 @@ def hf_logits(model_dir: Path, pairs: list[tuple[str, str]]) -> np.ndarray:
         return model(**batch).logits.numpy()
 
 
-def test_scores_match_sentence_transformers_and_transformers(kind_dir: Path) -> None:
+def test_scores_match_sentence_transformers_and_transformers(kind_dirs: tuple[Path, Path]) -> None:
     from sentence_transformers import CrossEncoder
 
-    reranker = embedkit.load_reranker(kind_dir, device="cpu", backend="torch")
-    reference = CrossEncoder(str(kind_dir), device="cpu")
+    model_dir, reference_dir = kind_dirs
+    reranker = embedkit.load_reranker(model_dir, device="cpu", backend="torch")
+    reference = CrossEncoder(str(reference_dir), device="cpu")
     labels = reference.num_labels
     assert reranker.num_labels == labels and reranker.max_input_tokens == MAX_LENGTH
     assert reranker.activation == ("Sigmoid" if labels == 1 else "Identity")
@@ -71,7 +75,7 @@ def test_scores_match_sentence_transformers_and_transformers(kind_dir: Path) -> 
     st_scores = np.asarray(reference.predict(PAIRS)).reshape(len(PAIRS), labels)
     assert np.abs(ours - st_scores).max() < 1e-5
     raw = np.array(reranker.predict(PAIRS, raw_scores=True))
-    logits = hf_logits(kind_dir, PAIRS)
+    logits = hf_logits(reference_dir, PAIRS)
     assert np.abs(raw - logits).max() < 1e-5
     assert (
         np.abs(raw - np.asarray(reference.predict(PAIRS, activation_fn=torch.nn.Identity())).reshape(raw.shape)).max()
@@ -145,7 +149,9 @@ def test_bad_input_is_named(tiny_cross_encoder_dir: Path) -> None:
 
 
 def test_multi_label_model_has_no_single_score(tmp_path: Path) -> None:
-    reranker = embedkit.load_reranker(write_tiny_cross_encoder(tmp_path / "ce", num_labels=3), device="cpu")
+    reranker = embedkit.load_reranker(
+        write_tiny_cross_encoder(tmp_path / "ce", num_labels=3), device="cpu", backend="torch"
+    )
     with pytest.raises(InputError, match="has 3 labels; reranking needs one"):
         reranker.rerank(QUERY, DOCUMENTS)
     assert len(reranker.predict([(QUERY, "d")])[0]) == 3
