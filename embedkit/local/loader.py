@@ -26,7 +26,7 @@ from embedkit.models.base import EmbeddingModel, EncoderModel
 from embedkit.models.loading import assign_weights
 from embedkit.models.registry import detect_family
 from embedkit.models.st_files import PipelineFiles, read_json, read_pipeline_files
-from embedkit.rerank.folders import cross_encoder_reason
+from embedkit.rerank.folders import reranker_reason
 from embedkit.tasks import TaskTable
 from embedkit.weights import load_state_dict, tensor_shapes
 
@@ -78,11 +78,10 @@ def load(
     feed-forward output projections kept fp32 for quality.
     """
     model_dir, model_id = resolve_model_dir(model, revision=revision, cache_dir=cache_dir)
-    reranker = cross_encoder_reason(model_dir)
+    reranker = reranker_reason(model_dir)
     if reranker is not None:
         raise ModelLoadError(
-            f"{model_dir}: a cross-encoder (reranker), not an embedding model ({reranker}); "
-            "load it with embedkit.load_reranker"
+            f"{model_dir}: a reranker, not an embedding model ({reranker}); load it with embedkit.load_reranker"
         )
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)

@@ -1,4 +1,5 @@
-"""What kind of model a folder holds, read from its JSON files only (no torch): embedder or reranker.
+"""What kind of model a folder holds, read from its JSON files (and, for a Qwen3 folder, its safetensors
+headers): embedder or reranker.
 
 `embedkit.load` and `embedkit.load_reranker` both ask, so that each refuses the other's folders with an
 error naming the right loader instead of failing on a missing or unexpected tensor.
@@ -10,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cross_encoder_reason", "read_object"]
+__all__ = ["cross_encoder_reason", "read_object", "reranker_reason"]
 
 
 def read_object(path: Path) -> dict[str, Any]:
@@ -41,4 +42,18 @@ def cross_encoder_reason(model_dir: Path) -> str | None:
         return "config_sentence_transformers.json's model_type is CrossEncoder"
     if read_object(model_dir / "sentence_bert_config.json").get("transformer_task") == "sequence-classification":
         return "sentence_bert_config.json's transformer_task is sequence-classification"
+    return None
+
+
+def reranker_reason(model_dir: Path) -> str | None:
+    """Why `model_dir` is a reranker (a cross-encoder, or a Qwen3ForCausalLM with its LM head: Qwen3-Reranker),
+    or None when nothing says so. A Qwen3 folder's tensor names are read (its safetensors headers) because
+    Qwen3-Embedding's config.json names Qwen3ForCausalLM too; only the weights tell the two apart."""
+    reason = cross_encoder_reason(model_dir)
+    if reason is not None:
+        return reason
+    from embedkit.rerank.qwen3 import is_qwen3_reranker_dir
+
+    if is_qwen3_reranker_dir(model_dir):
+        return "a Qwen3ForCausalLM checkpoint with its LM head, as Qwen3-Reranker is"
     return None

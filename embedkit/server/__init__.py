@@ -125,14 +125,15 @@ def _rerank_app(
     backend: str | None,
     quantize: str | None,
 ) -> Any:
-    """The /rerank app when `model` is a local reranker folder, else None."""
-    from pathlib import Path
-
-    if model is None or not Path(model).expanduser().is_dir():
+    """The /rerank app when `model` (a folder, or a hub id found in or fetched into the cache) is a reranker,
+    else None."""
+    if model is None:
         return None
-    from embedkit.rerank.folders import cross_encoder_reason
+    from embedkit.hub import resolve_model_dir
+    from embedkit.rerank.folders import reranker_reason
 
-    reason = cross_encoder_reason(Path(model).expanduser())
+    model_dir, _ = resolve_model_dir(model)
+    reason = reranker_reason(model_dir)
     if reason is None:
         return None
     from embedkit.rerank import load_reranker

@@ -340,3 +340,9 @@ def test_load_reranker_detects_qwen3_reranker(tied_dir: Path) -> None:
     assert_close(reranker.score(pairs), card_scores(tied_dir, pairs, instruction=instruction))
     with pytest.raises(InputError, match="torch only"):
         embedkit.load_reranker(tied_dir, backend="onnx")
+
+
+def test_embedkit_load_refuses_a_qwen3_reranker(tied_dir: Path) -> None:
+    """The reverse of the check above: the reranker's folder is not an embedding model."""
+    with pytest.raises(ModelLoadError, match=r"a reranker, not an embedding model .*Qwen3-Reranker.*load_reranker"):
+        embedkit.load(tied_dir, device="cpu")

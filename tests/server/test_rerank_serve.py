@@ -181,3 +181,24 @@ def test_langchain_rerank_through_the_server(rerank_server: RunningServer, local
     ):
         assert [doc.id for doc in kept] == [str(r.index) for r in expected]
         assert [doc.metadata["relevance_score"] for doc in kept] == pytest.approx([r.score for r in expected], abs=1e-6)
+
+
+def test_a_qwen3_reranker_is_served_on_rerank(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`embedkit serve` of a Qwen3-Reranker folder (told apart from Qwen3-Embedding by its weights) answers
+    /rerank with the local reranker's scores, and /info says reranker."""
+    from ..rerank.test_qwen3_reranker import write_reranker
+    from .conftest import start_server, stop_server
+
+    model_dir = write_reranker(tmp_path_factory.mktemp("qwen3-reranker"), tied=True, seed=3)
+    local = embedkit.load_reranker(model_dir, device="cpu")
+    running = start_server(tmp_path_factory.mktemp("serve-qwen3"), str(model_dir), api_key=None)
+    try:
+        info = httpx.get(f"{running.url}/info", timeout=30).json()
+        assert "reranker" in info["model_type"]
+        documents = ["Bees cluster to keep warm.", "Git branches are pointers.", "The hive stays at 35 C."]
+        response = httpx.post(f"{running.url}/rerank", json={"query": "bees in winter", "texts": documents}, timeout=60)
+        assert response.status_code == 200, response.text
+        served = [RerankResult(rank["index"], rank["score"]) for rank in response.json()]
+        assert_same_ranking(served, local.rerank("bees in winter", documents))
+    finally:
+        stop_server(running)
