@@ -200,7 +200,9 @@ def test_legacy_folder_without_sentence_transformers_files(tmp_path: Path) -> No
 def test_loaders_refuse_each_others_folders(tiny_cross_encoder_dir: Path, tiny_bert_dir: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"not a cross-encoder.*use embedkit\.load"):
         embedkit.load_reranker(tiny_bert_dir, device="cpu")
-    with pytest.raises(ModelLoadError, match=r"a cross-encoder .*load it with embedkit\.load_reranker"):
+    with pytest.raises(
+        ModelLoadError, match=r"a reranker, not an embedding model .*load it with embedkit\.load_reranker"
+    ):
         embedkit.load(tiny_cross_encoder_dir, device="cpu")
 
 
