@@ -34,7 +34,6 @@ from typing import Any
 import torch
 from tokenizers import Encoding, Tokenizer
 
-from embedkit.embedder import check_encodable
 from embedkit.errors import InputError, ModelLoadError
 from embedkit.hub import resolve_model_dir
 from embedkit.local.batching import DEFAULT_MAX_BATCH_SIZE, TokenBatch, pack
@@ -45,6 +44,7 @@ from embedkit.models.loading import assign_weights
 from embedkit.models.registry import FAMILIES, detect_family
 from embedkit.rerank.base import RerankResult, order_results
 from embedkit.rerank.folders import cross_encoder_reason, read_object
+from embedkit.rerank.inputs import check_pairs, rerank_pairs
 from embedkit.weights import load_state_dict, tensor_shapes, weights_digest
 
 __all__ = [
@@ -228,25 +228,6 @@ class CrossEncoderReranker:
 
     # -- inputs ---------------------------------------------------------------------------------
 
-    def _check_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-        if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
-            raise InputError(f"pairs must be a list of (query, document) tuples, got {type(pairs).__name__}")
-        if len(pairs) == 0:
-            raise InputError("pairs is empty: pass at least one (query, document) pair")
-        checked: list[tuple[str, str]] = []
-        for index, pair in enumerate(pairs):
-            if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
-                raise InputError(f"pairs[{index}] must be a (query, document) pair of str", index=index)
-            query, document = pair
-            for part, text in (("query", query), ("document", document)):
-                if not isinstance(text, str):
-                    raise InputError(f"pairs[{index}]'s {part} is {type(text).__name__}, expected str", index=index)
-                check_encodable(text, f"pairs[{index}]'s {part}", index=index)
-            if not query.strip():
-                raise InputError(f"pairs[{index}]'s query is empty", index=index)
-            checked.append((query, document))
-        return checked
-
     def _cut(
         self, encoding: Encoding, index: int, truncate: bool, direction: str, names: PairNames
     ) -> tuple[list[int], list[int]]:
@@ -298,7 +279,7 @@ class CrossEncoderReranker:
         self, pairs: Sequence[tuple[str, str]], truncate: bool, direction: str, names: PairNames | None = None
     ) -> torch.Tensor:
         """[P, L] float32 logits in input order."""
-        encoded = self._encode(self._check_pairs(pairs), truncate, direction, names or PairNames())
+        encoded = self._encode(check_pairs(pairs), truncate, direction, names or PairNames())
         out = torch.empty((len(encoded.ids), self.num_labels), dtype=torch.float32)
         batches = pack(
             encoded.ids, batch_tokens=self.batch_tokens, max_batch_size=self.max_batch_size, pad_id=self.pad_id
@@ -354,21 +335,8 @@ class CrossEncoderReranker:
 
         InputError for an empty or non-str query, an empty document list, a non-str document, or `top_k < 1`.
         """
-        if not isinstance(query, str):
-            raise InputError(f"query is {type(query).__name__}, expected str")
-        if not query.strip():
-            raise InputError("query is empty: pass the text to rank the documents against")
-        if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
-            raise InputError(f"documents must be a list of str, got {type(documents).__name__}")
-        if len(documents) == 0:
-            raise InputError("documents is empty: pass at least one document to rerank")
-        for index, document in enumerate(documents):
-            if not isinstance(document, str):
-                raise InputError(f"documents[{index}] is {type(document).__name__}, expected str", index=index)
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise InputError(f"top_k={top_k!r}: expected a positive int or None")
+        pairs = rerank_pairs(query, documents, top_k)
         self._check_single_label()
-        pairs = [(query, document) for document in documents]
         logits = self._logits(pairs, truncate, truncation_direction, PairNames(rerank=True))
         scores = self._activate(logits, raw_scores)[:, 0].tolist()
         return order_results(scores, documents, top_k=top_k, return_documents=return_documents)

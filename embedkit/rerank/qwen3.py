@@ -56,6 +56,7 @@ from embedkit.models import qwen
 from embedkit.models.loading import assign_weights
 from embedkit.models.st_files import read_json
 from embedkit.rerank.base import RerankResult, order_results
+from embedkit.rerank.inputs import check_pairs, rerank_pairs
 from embedkit.weights import load_state_dict, tensor_shapes, weights_digest
 
 __all__ = [
@@ -266,10 +267,10 @@ class Qwen3Reranker:
     ) -> list[float]:
         """P("yes") per (query, document) pair, in input order; `raw_scores=True`: logit("yes") - logit("no").
 
-        InputError for an empty pair list, a pair that is not two strings, an empty query or document, or a
+        InputError for an empty pair list, a pair that is not two strings, an empty query, or a
         pair too long (see `encode_pairs`).
         """
-        checked = _check_pairs(pairs)
+        checked = check_pairs(pairs)
         rows, cut = self.encode_pairs(checked, self._instruction(instruction), truncate=truncate)
         if cut:
             with self._lock:
@@ -294,17 +295,8 @@ class Qwen3Reranker:
         instruction: str | None = None,
     ) -> list[RerankResult]:
         """`documents` ordered by P("yes"), best first, at most `top_k`. InputError for an empty query, an
-        empty document list or document, or `top_k < 1`."""
-        _check_text(query, "query")
-        if isinstance(documents, str) or not isinstance(documents, Sequence):
-            raise InputError(f"documents must be a list of strings, got {type(documents).__name__}")
-        if len(documents) == 0:
-            raise InputError("documents is empty: pass at least one document")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise InputError(f"top_k={top_k!r}: expected a positive int or None")
-        for index, document in enumerate(documents):
-            _check_text(document, f"documents[{index}]", index=index)
-        pairs = [(query, document) for document in documents]
+        empty document list, or `top_k < 1` (an empty document is scored)."""
+        pairs = rerank_pairs(query, documents, top_k)
         scores = self.score(pairs, raw_scores=raw_scores, truncate=truncate, instruction=instruction)
         return order_results(scores, documents, top_k=top_k, return_documents=return_documents)
 
@@ -328,30 +320,6 @@ class Qwen3Reranker:
             raise InputError(f"instruction is {type(instruction).__name__}, expected str")
         check_encodable(instruction, "instruction")
         return instruction
-
-
-def _check_text(text: object, where: str, *, index: int | None = None) -> str:
-    if not isinstance(text, str):
-        raise InputError(f"{where} is {type(text).__name__}, expected str", index=index)
-    if text == "":
-        raise InputError(f"{where} is an empty string", index=index)
-    check_encodable(text, where, index=index)
-    return text
-
-
-def _check_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    if isinstance(pairs, str) or not isinstance(pairs, Sequence):
-        raise InputError(f"pairs must be a list of (query, document) tuples, got {type(pairs).__name__}")
-    if len(pairs) == 0:
-        raise InputError("pairs is empty: pass at least one (query, document) pair")
-    checked = []
-    for index, pair in enumerate(pairs):
-        if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
-            raise InputError(f"pairs[{index}] is not a (query, document) pair", index=index)
-        query = _check_text(pair[0], f"pairs[{index}] query", index=index)
-        document = _check_text(pair[1], f"pairs[{index}] document", index=index)
-        checked.append((query, document))
-    return checked
 
 
 def _answer_ids(tokenizer: Tokenizer, source: Path) -> tuple[int, int]:

@@ -271,14 +271,15 @@ def test_rerank_orders_by_score(tied_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda r: r.rerank("", DOCUMENTS), "query is an empty string"),
+        (lambda r: r.rerank("", DOCUMENTS), "query is empty"),
+        (lambda r: r.rerank(" ", DOCUMENTS), "query is empty"),
         (lambda r: r.rerank("q", []), "documents is empty"),
         (lambda r: r.rerank("q", "one document"), "documents must be a list"),
-        (lambda r: r.rerank("q", ["a", ""]), r"documents\[1\] is an empty string"),
+        (lambda r: r.rerank("q", ["a", 3]), r"documents\[1\] is int"),
         (lambda r: r.rerank("q", DOCUMENTS, top_k=0), "top_k=0"),
         (lambda r: r.score([]), "pairs is empty"),
-        (lambda r: r.score([("q", "d"), ("", "d")]), r"pairs\[1\] query is an empty string"),
-        (lambda r: r.score([("q", "d", "x")]), r"pairs\[0\] is not a \(query, document\) pair"),
+        (lambda r: r.score([("q", "d"), ("", "d")]), r"pairs\[1\]'s query is empty"),
+        (lambda r: r.score([("q", "d", "x")]), r"pairs\[0\] must be a \(query, document\) pair"),
         (lambda r: r.score([("q", "d")], instruction=3), "instruction is int"),
     ],
 )
@@ -346,3 +347,13 @@ def test_embedkit_load_refuses_a_qwen3_reranker(tied_dir: Path) -> None:
     """The reverse of the check above: the reranker's folder is not an embedding model."""
     with pytest.raises(ModelLoadError, match=r"a reranker, not an embedding model .*Qwen3-Reranker.*load_reranker"):
         embedkit.load(tied_dir, device="cpu")
+
+
+def test_an_empty_document_is_scored_like_any_other(tied_dir: Path) -> None:
+    """The same input policy as the cross-encoders (embedkit/rerank/inputs.py): a candidate with no text is
+    still a candidate, and ranks where the model puts it."""
+    reranker = load_qwen3_reranker(tied_dir)
+    ranked = reranker.rerank("bees in winter", ["", *DOCUMENTS[:2]])
+    assert sorted(r.index for r in ranked) == [0, 1, 2]
+    assert ranked == reranker.rerank("bees in winter", ["", *DOCUMENTS[:2]])
+    assert_close(reranker.score([("bees in winter", "")]), card_scores(tied_dir, [("bees in winter", "")]))
