@@ -275,7 +275,7 @@ class Qwen3Reranker:
         if cut:
             with self._lock:
                 self._truncated += cut
-            log.debug(
+            log.warning(
                 "%s: %d of %d documents truncated to fit %d tokens", self._model_id, cut, len(rows), self.max_length
             )
         logits = self.answer_logits(rows)  # [B, 2] (no, yes)
