@@ -21,7 +21,7 @@ from torch import nn
 
 from embedkit.models.base import EncoderModel
 
-__all__ = ["FFN_OUTPUT_MODULES", "export_graph", "quantize_int8"]
+__all__ = ["FFN_OUTPUT_MODULES", "export_graph", "quantize_int8", "quiet_tools"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ _NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # the module path the exporter reco
 
 
 @contextlib.contextmanager
-def _quiet_tools() -> Iterator[None]:
+def quiet_tools() -> Iterator[None]:
     """The exporter's and quantiser's progress chatter (hundreds of INFO lines, notes on axis names)
     says nothing to the user: only their errors surface."""
     loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "")]
@@ -70,7 +70,7 @@ def export_graph(model: EncoderModel, path: Path) -> None:
     example_mask = (example_ids != 0).long()
     example_positions = (example_mask.cumsum(dim=1) - 1) * example_mask
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    with _quiet_tools():
+    with quiet_tools():
         program = torch.onnx.export(
             _Exportable(model).eval(),
             (example_ids, example_mask, example_positions),
@@ -103,7 +103,7 @@ def quantize_int8(source: Path, target: Path, *, keep_fp32: tuple[str, ...] = FF
         owner = next((scope for scope in scopes if scope.rsplit(".", 1)[-1] in keep_fp32), None)
         if owner is not None:
             kept[node.name] = owner.removeprefix("model.")  # the export wrapper's attribute
-    with _quiet_tools():  # the quantiser logs each tensor on the root logger
+    with quiet_tools():  # the quantiser logs each tensor on the root logger
         quantize_dynamic(
             str(source),
             str(target),

@@ -11,12 +11,9 @@ quantisation (per-channel int8 weights, the feed-forward output projections kept
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +25,7 @@ from embedkit.errors import ModelLoadError
 from embedkit.local.batching import TokenBatch
 from embedkit.models.classifier import SequenceClassifier
 from embedkit.onnx.cache import GraphCache, GraphKey
-from embedkit.onnx.export import quantize_int8
+from embedkit.onnx.export import quantize_int8, quiet_tools
 from embedkit.onnx.model import import_onnxruntime, intra_op_threads
 from embedkit.rerank.cross_encoder import PairRunner
 from embedkit.weights import weights_digest
@@ -39,22 +36,6 @@ log = logging.getLogger(__name__)
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 OUTPUT_NAME = "logits"
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The exporter's progress chatter (hundreds of INFO lines) says nothing to the user: errors surface."""
-    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "")]
-    levels = [logger.level for logger in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for logger, level in zip(loggers, levels, strict=True):
-                logger.setLevel(level)
 
 
 class _Exportable(nn.Module):
@@ -81,7 +62,7 @@ def export_classifier(model: SequenceClassifier, path: Path) -> None:
     types = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 0, 0, 0]])
     positions = (mask.cumsum(dim=1) - 1) * mask
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    with _quiet():
+    with quiet_tools():
         program = torch.onnx.export(
             _Exportable(model).eval(),
             (ids, mask, types, positions),
