@@ -22,7 +22,7 @@ import numpy as np
 from embedkit.embedder import check_dimensions, check_embed_args, check_encodable, postprocess, validate_texts
 from embedkit.errors import InputError, RemoteError
 from embedkit.remote import wire
-from embedkit.remote.flow import Flow, checked, embed_batch, health, retried
+from embedkit.remote.flow import Flow, checked, concatenated, embed_batch, health, retried, sent_in_parts
 from embedkit.remote.models import (
     Answer,
     Batch,
@@ -45,7 +45,7 @@ from embedkit.remote.settings import (
     RetryPolicy,
     api_key_from_env,
 )
-from embedkit.remote.status import TooLarge, raise_for_status
+from embedkit.remote.status import raise_for_status
 from embedkit.rerank.base import RerankResult
 from embedkit.sparse.base import SparseVector
 from embedkit.tasks import ALIASES, TaskTable, known_prompts
@@ -461,51 +461,29 @@ class ClientBase:
         still too large is an InputError."""
         settings = self._settings
         model = self._openai_model() if self.api == "openai" else None
-        try:
-            return (
-                yield from retried(
-                    settings,
-                    lambda: wire.rerank_request(settings, batch, model),
-                    checked(settings, lambda answer, body: wire.read_rerank(settings, answer, body, batch), batch),
-                )
+        return (
+            yield from sent_in_parts(
+                settings,
+                batch,
+                lambda part: wire.rerank_request(settings, part, model),
+                lambda answer, body, part: wire.read_rerank(settings, answer, body, part),
+                concatenated,
             )
-        except TooLarge as refusal:
-            refused = refusal
-        if len(batch.texts) == 1:
-            raise InputError(
-                f"texts[{batch.indices[0]}] is too large for the server even alone: {refused}", index=batch.indices[0]
-            )
-        count = len(batch.texts)
-        step = refused.limit if refused.limit and refused.limit < count else -(-count // 2)
-        results: list[RerankResult] = []
-        for part in batch.split(step):
-            results.extend((yield from self._rerank_flow(part)))
-        return results
+        )
 
     def _sparse_flow(self, batch: Batch) -> Flow[list[SparseVector]]:
         """One batch's sparse vectors from /embed_sparse, retried; a batch refused for its size is resent in
         parts (as `flow.embed_batch` does for /embed), and a single text still too large is an InputError."""
         settings = self._settings
-        try:
-            return (
-                yield from retried(
-                    settings,
-                    lambda: wire.embed_sparse_request(settings, batch),
-                    checked(settings, lambda answer, body: wire.read_sparse(answer, body, batch), batch),
-                )
+        return (
+            yield from sent_in_parts(
+                settings,
+                batch,
+                lambda part: wire.embed_sparse_request(settings, part),
+                wire.read_sparse,
+                concatenated,
             )
-        except TooLarge as refusal:
-            refused = refusal
-        if len(batch.texts) == 1:
-            raise InputError(
-                f"texts[{batch.indices[0]}] is too large for the server even alone: {refused}", index=batch.indices[0]
-            )
-        count = len(batch.texts)
-        step = refused.limit if refused.limit and refused.limit < count else -(-count // 2)
-        vectors: list[SparseVector] = []
-        for part in batch.split(step):
-            vectors.extend((yield from self._sparse_flow(part)))
-        return vectors
+        )
 
     def _info_flow(self) -> Flow[ServerInfo]:
         """GET /info, retried; the answer is kept. An OpenAI-style service without /info (404) gets a stand-in

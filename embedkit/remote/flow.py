@@ -38,7 +38,19 @@ from embedkit.remote.models import Answer, Batch, RerankBatch
 from embedkit.remote.settings import ClientSettings
 from embedkit.remote.status import TooLarge, Transient, raise_for_status, scrub
 
-__all__ = ["Flow", "Reader", "Reply", "Sleep", "Step", "checked", "embed_batch", "health", "retried"]
+__all__ = [
+    "Flow",
+    "Reader",
+    "Reply",
+    "Sleep",
+    "Step",
+    "checked",
+    "concatenated",
+    "embed_batch",
+    "health",
+    "retried",
+    "sent_in_parts",
+]
 
 logger = logging.getLogger("embedkit.remote")
 
@@ -118,15 +130,19 @@ def retried(
         yield Sleep(wait)
 
 
-def embed_batch(
+B = TypeVar("B", Batch, RerankBatch)
+
+
+def sent_in_parts(
     settings: ClientSettings,
-    batch: Batch,
-    request: Callable[[Batch], httpx.Request],
-    read: Callable[[Answer, bytes, Batch], np.ndarray],
-) -> Flow[np.ndarray]:
-    """One batch's raw vectors, retried; a batch refused for its size is resent in parts, depth first (in
-    parts of the server's limit when it named one, else in halves), and a single input still too large is
-    the caller's InputError."""
+    batch: B,
+    request: Callable[[B], httpx.Request],
+    read: Callable[[Answer, bytes, B], T],
+    join: Callable[[list[T]], T],
+) -> Flow[T]:
+    """One batch's result, retried; a batch refused for its size is resent in parts, depth first (in parts of
+    the server's limit when it named one, else in halves) and the parts' results joined in order, and a
+    single input still too large is the caller's InputError. /embed, /embed_sparse and /rerank all go so."""
     try:
         return (
             yield from retried(
@@ -144,8 +160,23 @@ def embed_batch(
     logger.info("server refused a batch of %d texts for its size; resending in parts of %d", count, step)
     parts = []
     for part in batch.split(step):
-        parts.append((yield from embed_batch(settings, part, request, read)))
-    return np.concatenate(parts)
+        parts.append((yield from sent_in_parts(settings, part, request, read, join)))
+    return join(parts)
+
+
+def embed_batch(
+    settings: ClientSettings,
+    batch: Batch,
+    request: Callable[[Batch], httpx.Request],
+    read: Callable[[Answer, bytes, Batch], np.ndarray],
+) -> Flow[np.ndarray]:
+    """One batch's raw vectors (`sent_in_parts`, the parts' rows stacked)."""
+    return (yield from sent_in_parts(settings, batch, request, read, np.concatenate))
+
+
+def concatenated(parts: list[list[T]]) -> list[T]:
+    """The parts' items in order: how list results of a batch's parts are joined."""
+    return [item for part in parts for item in part]
 
 
 def health(request: httpx.Request) -> Flow[bool]:
