@@ -127,7 +127,7 @@ class SequenceClassifier(nn.Module):
         attn = PaddedAttention(attention_mask.bool(), causal=encoder.causal)
         types = token_type_ids if encoder.token_types > 1 else None
         # the head reads the first token only: an encoder that can run its last layer for that position
-        # alone (BERT, XLM-RoBERTa: `encode_first`) skips the rest of that layer's work
+        # alone (BERT, XLM-RoBERTa, GTE: `encode_first`) skips the rest of that layer's work
         encode_first = getattr(encoder, "encode_first", None)
         if encode_first is not None:
             return self.head(encode_first(input_ids, position_ids, attn, token_type_ids=types))

@@ -164,12 +164,23 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(H, H)
 
     def forward(
-        self, x: torch.Tensor, attn: Attention, cos: torch.Tensor, sin: torch.Tensor, q_scale: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        attn: Attention,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        q_scale: torch.Tensor | None,
+        first_only: bool = False,
     ) -> torch.Tensor:
+        """x [..., T, H] -> [..., T, H]; `first_only` (padded rows [B, T, H]): only each row's first position
+        attends (to every key) -> [B, 1, H]."""
         H = x.shape[-1]
         qkv = self.qkv(x).split(H, dim=-1) if self.pack_qkv else (self.q(x), self.k(x), self.v(x))  # [q | k | v]
         q, k, v = (t.unflatten(-1, (self.n_head, -1)) for t in qkv)  # [..., nh, d]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k = apply_rope(k, cos, sin)
+        if first_only:
+            q, cos, sin = q[:, :1], cos[:, :1], sin[:, :1]
+        q = apply_rope(q, cos, sin)
         if q_scale is not None:
             q = q * q_scale  # logn attention scale, one per row: [..., 1, 1]
         return self.out(attn(q, k, v).flatten(-2))
@@ -200,6 +211,13 @@ class Layer(nn.Module):
     ) -> torch.Tensor:
         x = self.attn_norm(x + self.attn(x, attn, cos, sin, q_scale))  # post-norm, as published
         return self.mlp_norm(x + self.mlp(x))
+
+    def forward_first(
+        self, x: torch.Tensor, attn: Attention, cos: torch.Tensor, sin: torch.Tensor, q_scale: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The layer's output at each padded row's first position only: x [B, T, H] -> [B, 1, H]."""
+        first = self.attn_norm(x[:, :1] + self.attn(x, attn, cos, sin, q_scale, first_only=True))
+        return self.mlp_norm(first + self.mlp(first))
 
 
 class Gte(EncoderModel):
@@ -235,13 +253,35 @@ class Gte(EncoderModel):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids, position_ids, token_type_ids (None: all 0) [B, T] or [N] -> token states [B, T, H] or [N, H]."""
-        x = self.embeddings(input_ids, token_type_ids)
-        cos, sin = self.rope(position_ids, x.dtype)  # once, shared by every layer
-        q_scale = self.logn_scale(attn)
-        q_scale = None if q_scale is None else q_scale.to(x.dtype)
+        x, cos, sin, q_scale = self._inputs(input_ids, position_ids, attn, token_type_ids)
         for layer in self.layers:
             x = layer(x, attn, cos, sin, q_scale)
         return x
+
+    def encode_first(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attn: Attention,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Padded rows [B, T] -> the first token's final state [B, H], as `encode(...)[:, 0]`, with the last
+        layer's queries, output projection and MLP run for that position only: a sequence classifier
+        (gte-multilingual-reranker) reads nothing else."""
+        x, cos, sin, q_scale = self._inputs(input_ids, position_ids, attn, token_type_ids)
+        for layer in self.layers[:-1]:
+            x = layer(x, attn, cos, sin, q_scale)
+        last: Layer = self.layers[-1]  # type: ignore[assignment]  # ModuleList indexes as Module
+        return last.forward_first(x, attn, cos, sin, q_scale)[:, 0]
+
+    def _inputs(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attn: Attention, token_type_ids: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The embedded tokens, the RoPE angles (once, shared by every layer) and the logn query scale."""
+        x = self.embeddings(input_ids, token_type_ids)
+        cos, sin = self.rope(position_ids, x.dtype)
+        q_scale = self.logn_scale(attn)
+        return x, cos, sin, None if q_scale is None else q_scale.to(x.dtype)
 
 
 def build(config: dict, tensor_names: set[str], source: str) -> tuple[Gte, TensorLayout]:

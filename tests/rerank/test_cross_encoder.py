@@ -88,6 +88,25 @@ def test_scores_match_sentence_transformers_and_transformers(kind_dirs: tuple[Pa
         assert np.abs(np.array(reranker.score(PAIRS, raw_scores=True)) - logits[:, 0]).max() < 1e-5
 
 
+def test_first_token_path_equals_the_whole_last_layer(kind_dirs: tuple[Path, Path]) -> None:
+    """`encode_first` (the last layer run for the first position only) is `encode(...)[:, 0]` on padded rows."""
+    from embedkit.models.layers import PaddedAttention
+
+    reranker = embedkit.load_reranker(kind_dirs[0], device="cpu", backend="torch")
+    encoder = reranker.runner.module.encoder
+    lengths = torch.tensor([9, 3, 17, 1])
+    mask = torch.arange(17)[None, :] < lengths[:, None]
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(5, 90, (4, 17), generator=generator).masked_fill(~mask, 0)
+    position_ids = torch.arange(17).expand(4, 17)
+    types = (torch.arange(17)[None, :] >= 2).long() * mask if encoder.token_types > 1 else None
+    with torch.inference_mode():
+        whole = encoder.encode(input_ids, position_ids, PaddedAttention(mask), None, token_type_ids=types)[:, 0]
+        first = encoder.encode_first(input_ids, position_ids, PaddedAttention(mask), token_type_ids=types)
+    assert first.shape == whole.shape
+    assert torch.allclose(first, whole, atol=1e-6, rtol=0)
+
+
 def test_rerank_matches_sentence_transformers_rank(tiny_cross_encoder_dir: Path) -> None:
     from sentence_transformers import CrossEncoder
 
