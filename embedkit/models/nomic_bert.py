@@ -25,6 +25,13 @@ ungated MLP, MoE layers (nomic-embed-text-v2-moe), grouped KV heads, and `rotary
 text's vector would depend on what it is batched with; v1 and v1.5 publish it as null and the model
 card only sets it as a `from_pretrained` argument).
 
+Pooling is mean (the published 1_Pooling/config.json; modules.json has no Normalize). Prompts: the
+model card's task prefixes (`default_prompts`, for checkpoints whose config_sentence_transformers.json
+lists none). Matryoshka (v1.5: 768/512/256/128/64) goes through embedkit's one postprocess, cut then
+L2-normalise, as sentence-transformers' `truncate_dim` and TEI do; the model card's own recipe
+centres and scales the pooled vector first (`F.layer_norm(x, (768,))`, no weights) and then cuts and
+normalises, which the published sentence-transformers files do not record, so it is not applied here.
+
 Sources: `configuration_hf_nomic_bert.py` / `modeling_hf_nomic_bert.py` (nomic-ai/contrastors
 `src/contrastors/models/huggingface/`, the code the hub's nomic-bert-2048 serves); transformers 5
 `models/nomic_bert` and its `conversion_mapping.py` entry; checked against transformers' native
@@ -68,7 +75,6 @@ _KEYS = {
     "n_layer": "num_hidden_layers",
     "n_head": "num_attention_heads",
     "n_inner": "intermediate_size",
-    "n_positions": "max_position_embeddings",
     "layer_norm_epsilon": "layer_norm_eps",
 }
 
@@ -157,7 +163,12 @@ def settings(config: dict[str, Any], source: str) -> dict[str, Any]:
         if ours is not None and theirs is not None and ours != theirs:
             raise ModelLoadError(f"{source}: {gpt2}={ours!r} and {field}={theirs!r} disagree")
         out[field] = ours if ours is not None else theirs
-    if isinstance(out.get("max_position_embeddings"), int) and out["max_position_embeddings"] <= 0:
+    # positions: a soft limit under RoPE. A config.json with transformers 5's names beside the remote
+    # code's can carry max_position_embeddings 2048 (the trained length) beside n_positions 8192, which
+    # need not agree; n_positions is what the remote code reads
+    positions = config.get("n_positions", config.get("max_position_embeddings"))
+    out["max_position_embeddings"] = positions
+    if isinstance(positions, int) and positions <= 0:
         out["max_position_embeddings"] = 2048  # NomicBertPreTrainedModel.from_pretrained does the same with RoPE
     hidden = out.get("hidden_size")
     if out.get("intermediate_size") is None and isinstance(hidden, int):

@@ -306,6 +306,7 @@ def test_transformers_5_config_names_agree(tmp_path: Path, tiny_nomic_dir: Path)
         del config[gpt2]
     config.update(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48)
     config.update(hidden_act="silu", rope_parameters={"rope_type": "default", "rope_theta": 1000.0})
+    config.update(layer_norm_eps=1e-12, max_position_embeddings=2048)  # beside n_positions 8192, as published
     (other / "config.json").write_text(json.dumps(config))
     expected = load(tiny_nomic_dir).embed(TEXTS)
     np.testing.assert_array_equal(load(other).embed(TEXTS), expected)
