@@ -22,8 +22,8 @@ Options no published embedding checkpoint uses are refused by name rather than a
 pre-norm, parallel blocks, RMSNorm, causal attention, partial / interleaved / xPos rotary, an
 ungated MLP, MoE layers (nomic-embed-text-v2-moe), grouped KV heads, and `rotary_scaling_factor`
 (the remote code's dynamic NTK, whose base depends on the longest row of the padded batch, so a
-text's vector would depend on what it is batched with; v1 and v1.5 publish it as null and the model
-card only sets it as a `from_pretrained` argument).
+text's vector would depend on what it is batched with; v1.5 publishes it as null and the model card
+only sets it as a `from_pretrained` argument).
 
 Pooling is mean (the published 1_Pooling/config.json; modules.json has no Normalize). Prompts: the
 model card's task prefixes (`default_prompts`, for checkpoints whose config_sentence_transformers.json
@@ -133,7 +133,7 @@ class NomicBertConfig:
             raise ModelLoadError(
                 f"config.json: rotary_scaling_factor={self.rotary_scaling_factor} (the remote code's dynamic NTK "
                 "RoPE) is not supported: its base grows with the longest row of the padded batch, so a text's "
-                "vector would depend on its batch. nomic-embed-text-v1/v1.5 publish it as null; set it to null"
+                "vector would depend on its batch. nomic-embed-text-v1.5 publishes it as null; set it to null"
             )
         if self.num_heads_kv not in (None, self.num_attention_heads):
             raise ModelLoadError(
@@ -163,9 +163,9 @@ def settings(config: dict[str, Any], source: str) -> dict[str, Any]:
         if ours is not None and theirs is not None and ours != theirs:
             raise ModelLoadError(f"{source}: {gpt2}={ours!r} and {field}={theirs!r} disagree")
         out[field] = ours if ours is not None else theirs
-    # positions: a soft limit under RoPE. A config.json with transformers 5's names beside the remote
-    # code's can carry max_position_embeddings 2048 (the trained length) beside n_positions 8192, which
-    # need not agree; n_positions is what the remote code reads
+    # positions: a soft limit under RoPE. The published v1.5 config.json has transformers 5's
+    # max_position_embeddings 2048 (the trained length) beside the remote code's n_positions 8192;
+    # n_positions is what the remote code reads
     positions = config.get("n_positions", config.get("max_position_embeddings"))
     out["max_position_embeddings"] = positions
     if isinstance(positions, int) and positions <= 0:
@@ -210,7 +210,7 @@ def rotary_base(config: dict[str, Any], source: str) -> float:
 
 def default_prompts(config: dict[str, Any]) -> dict[str, str]:
     """The model card's task prefixes, for checkpoints whose config_sentence_transformers.json has no prompts
-    (the published v1 and v1.5 have none there); `query` / `document` reach them through tasks.ALIASES."""
+    (nomic-embed-text-v1.5's holds only `__version__`); `query` / `document` reach them through tasks.ALIASES."""
     return dict(TASK_PREFIXES)
 
 

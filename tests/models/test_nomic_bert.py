@@ -72,6 +72,7 @@ def hub_config(**overrides: object) -> dict:
         "fused_dropout_add_ln": True,
         "initializer_range": 0.02,
         "layer_norm_epsilon": 1e-12,
+        "max_position_embeddings": 2048,  # transformers 5's name, added to the hub file beside n_positions 8192
         "max_trained_positions": 2048,
         "mlp_fc1_bias": False,
         "mlp_fc2_bias": False,
@@ -88,6 +89,7 @@ def hub_config(**overrides: object) -> dict:
         "qkv_proj_bias": False,
         "reorder_and_upcast_attn": False,
         "resid_pdrop": 0.0,
+        "rope_parameters": {"rope_theta": 1000.0, "rope_type": "default"},  # likewise, beside rotary_emb_base
         "rotary_emb_base": 1000,
         "rotary_emb_fraction": 1.0,
         "rotary_emb_interleaved": False,
@@ -306,7 +308,7 @@ def test_transformers_5_config_names_agree(tmp_path: Path, tiny_nomic_dir: Path)
         del config[gpt2]
     config.update(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48)
     config.update(hidden_act="silu", rope_parameters={"rope_type": "default", "rope_theta": 1000.0})
-    config.update(layer_norm_eps=1e-12, max_position_embeddings=2048)  # beside n_positions 8192, as published
+    config.update(layer_norm_eps=1e-12)
     (other / "config.json").write_text(json.dumps(config))
     expected = load(tiny_nomic_dir).embed(TEXTS)
     np.testing.assert_array_equal(load(other).embed(TEXTS), expected)
@@ -397,7 +399,8 @@ def test_config_and_tensors_must_agree() -> None:
         ({"prenorm": True}, "prenorm=true"),
         ({"rotary_emb_fraction": 0.5}, "rotary_emb_fraction=0.5"),
         ({"rotary_emb_interleaved": True}, "rotary_emb_interleaved=true"),
-        ({"rotary_emb_base": None}, "sets no rotary_emb_base"),
+        ({"rotary_emb_base": None, "rope_parameters": None}, "sets no rotary_emb_base"),
+        ({"rotary_emb_base": 10000}, "RoPE bases disagree"),
     ],
 )
 def test_unsupported_settings_are_named(tmp_path: Path, tiny_nomic_dir: Path, change: dict, message: str) -> None:
