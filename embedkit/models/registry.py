@@ -88,6 +88,7 @@ FAMILIES: dict[str, Family] = {
     "jina_v3": _family("jina_v3", ("mean",), "default_prompts"),
     "qwen": _family("qwen", ("lasttoken",), "prepare_tokenizer", "default_prompts"),
     "distilbert": _family("distilbert", ("mean",), "masked_lm"),
+    "nomic_bert": _family("nomic_bert", ("mean",), "default_prompts"),
 }
 
 
@@ -123,6 +124,16 @@ _CONFIG_RULES: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
     ("jina_bert", lambda c: c.get("feed_forward_type") in ("geglu", "reglu"), "feed_forward_type is a GLU"),
     ("jina_bert", lambda c: "jina-bert" in _auto_map_targets(c), "auto_map targets jinaai/jina-bert-*"),
     ("jina_bert", lambda c: any(a.startswith("JinaBert") for a in _architectures(c)), "architectures name JinaBert*"),
+    # NomicBERT's keys are its own (model_type, NomicBert* classes, the nomic-bert-2048 remote code), so
+    # these rules capture no other family's config; ahead of the BERT rule all the same, as a fine-tune
+    # could name Bert* heads in `architectures` while keeping model_type "nomic_bert"
+    ("nomic_bert", lambda c: c.get("model_type") == "nomic_bert", "model_type is 'nomic_bert'"),
+    (
+        "nomic_bert",
+        lambda c: any(a.startswith("NomicBert") for a in _architectures(c)),
+        "architectures name NomicBert*",
+    ),
+    ("nomic_bert", lambda c: "nomic-bert" in _auto_map_targets(c), "auto_map targets nomic-ai/nomic-bert-*"),
     ("qwen", lambda c: c.get("model_type") in ("qwen2", "qwen3"), "model_type is qwen2/qwen3"),
     (
         "distilbert",
@@ -153,6 +164,9 @@ _TENSOR_SIGNS: list[tuple[frozenset[str], str]] = [
     (frozenset({"gte"}), "encoder.layer.0.attention.q_proj.weight"),
     (frozenset({"jina_bert"}), "encoder.layer.0.mlp.gated_layers.weight"),
     (frozenset({"jina_bert"}), "encoder.layer.0.mlp.up_gated_layer.weight"),
+    # the gated MLP's fc11 beside nomic's `encoder.layers.N.attn.Wqkv` (jina-v3 has `mixer.Wqkv`,
+    # ModernBERT `model.layers.N.attn.Wqkv` with `mlp.Wi`, nomic-embed-text-v2-moe's MoE layers no fc11)
+    (frozenset({"nomic_bert"}), "encoder.layers.0.mlp.fc11.weight"),
     (frozenset({"qwen"}), "layers.0.self_attn.q_proj.weight"),
     (frozenset({"distilbert"}), "transformer.layer.0.attention.q_lin.weight"),
     (frozenset({"bert", "xlm_roberta"}), "encoder.layer.0.intermediate.dense.weight"),
