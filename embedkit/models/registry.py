@@ -88,6 +88,7 @@ FAMILIES: dict[str, Family] = {
     "jina_v3": _family("jina_v3", ("mean",), "default_prompts"),
     "qwen": _family("qwen", ("lasttoken",), "prepare_tokenizer", "default_prompts"),
     "distilbert": _family("distilbert", ("mean",), "masked_lm"),
+    "gemma3": _family("gemma3", ("mean",)),
 }
 
 
@@ -125,6 +126,11 @@ _CONFIG_RULES: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
     ("jina_bert", lambda c: any(a.startswith("JinaBert") for a in _architectures(c)), "architectures name JinaBert*"),
     ("qwen", lambda c: c.get("model_type") in ("qwen2", "qwen3"), "model_type is qwen2/qwen3"),
     (
+        "gemma3",
+        lambda c: c.get("model_type") == "gemma3_text" or "Gemma3TextModel" in _architectures(c),
+        "model_type/architectures name a Gemma3 text model (gemma3_text / Gemma3TextModel)",
+    ),
+    (
         "distilbert",
         lambda c: c.get("model_type") == "distilbert" or any(a.startswith("DistilBert") for a in _architectures(c)),
         "model_type/architectures name DistilBERT",
@@ -153,6 +159,8 @@ _TENSOR_SIGNS: list[tuple[frozenset[str], str]] = [
     (frozenset({"gte"}), "encoder.layer.0.attention.q_proj.weight"),
     (frozenset({"jina_bert"}), "encoder.layer.0.mlp.gated_layers.weight"),
     (frozenset({"jina_bert"}), "encoder.layer.0.mlp.up_gated_layer.weight"),
+    # before qwen's: Gemma3 also has layers.0.self_attn.q_proj (and q_norm, as Qwen3); this norm is Gemma's own
+    (frozenset({"gemma3"}), "layers.0.pre_feedforward_layernorm.weight"),
     (frozenset({"qwen"}), "layers.0.self_attn.q_proj.weight"),
     (frozenset({"distilbert"}), "transformer.layer.0.attention.q_lin.weight"),
     (frozenset({"bert", "xlm_roberta"}), "encoder.layer.0.intermediate.dense.weight"),
