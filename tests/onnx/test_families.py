@@ -16,6 +16,7 @@ import torch
 import embedkit
 
 from ..conftest import write_tiny_bert
+from ..models.test_gemma3 import write_gemma3
 from ..models.test_gte import write_gte
 from ..models.test_jina_bert import write_tiny_jina
 from ..models.test_jina_v3 import FIXTURE_MODEL, TASKS, write_original
@@ -57,6 +58,7 @@ WRITERS = {
     "Qwen3 (causal)": lambda target, _: write_qwen(
         target, QWEN3_CONFIG, seed=2, prompts={"query": QUERY_INSTRUCTION, "document": ""}
     ),
+    "EmbeddingGemma (sliding window, Dense)": lambda target, _: write_gemma3(target, seed=5),
 }
 
 
