@@ -385,3 +385,32 @@ def test_module_layout_and_rope_parameters_form(tmp_path: Path, gemma_dir: Path)
     with torch.device("meta"):
         built, _ = gemma3.build(config, set(), str(other))
     assert built.ropes["full_attention"].theta == 5e5 and built.ropes["sliding_attention"].theta == 2e4
+
+
+def test_models_inspect_names_gemma3_and_why(tmp_path: Path, gemma_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    exe = shutil.which("embedkit", path=str(Path(sys.executable).parent))
+    assert exe, f"the embedkit console script is installed beside {sys.executable}"
+    result = subprocess.run(
+        [exe, "models", "inspect", str(gemma_dir), "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["family"] == "gemma3" and info["dimension"] == HIDDEN and info["pooling"] == ["mean"]
+    assert info["detected_by"] == [
+        "config.json: model_type/architectures name a Gemma3 text model (gemma3_text / Gemma3TextModel)",
+        "tensors: layers.0.pre_feedforward_layernorm.weight",
+    ]
+    assert info["tasks"]["STS"] == PROMPTS["STS"] and info["max_input_tokens"] == MAX_SEQ_LENGTH
+
+
+@pytest.mark.slow
+def test_onnx_fp32_equals_torch_unnormalised(tmp_path: Path, gemma_dir: Path) -> None:
+    """The exported graph (both window kinds, the Dense modules after it) gives torch's raw vectors."""
+    pytest.importorskip("onnxruntime")
+    want = embedkit.load(gemma_dir, device="cpu", backend="torch").embed(TEXTS, task="query", normalize=False)
+    onnx = embedkit.load(gemma_dir, device="cpu", backend="onnx", onnx_cache_dir=tmp_path / "cache")
+    assert onnx.backend == "onnx"
+    assert np.abs(onnx.embed(TEXTS, task="query", normalize=False) - want).max() < 1e-5
