@@ -38,12 +38,14 @@ against transformers' Gemma3TextModel and SentenceTransformer in tests/models/te
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer, processors
 from torch import nn
 
 from embedkit.errors import ModelLoadError
@@ -51,7 +53,9 @@ from embedkit.models import base
 from embedkit.models.layers import PackedAttention, PaddedAttention, Rope, activation, apply_rope
 from embedkit.models.loading import TensorLayout, config_from_dict
 
-__all__ = ["LAYOUT", "Gemma3", "Gemma3Config", "build", "sliding_radius"]
+__all__ = ["LAYOUT", "Gemma3", "Gemma3Config", "build", "prepare_tokenizer", "sliding_radius"]
+
+log = logging.getLogger(__name__)
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 DEFAULT_PATTERN = 6  # Gemma3TextConfig's sliding_window_pattern when config.json has no layer_types
@@ -306,3 +310,38 @@ def build(config: dict, tensor_names: set[str], source: str) -> tuple[Gemma3, Te
     if settings.get("sliding_window") is None:
         settings["sliding_window"] = 4096  # Gemma3TextConfig's default
     return Gemma3(config_from_dict(Gemma3Config, settings, f"{source}/config.json")), LAYOUT
+
+
+def _special(tokenizer: Tokenizer, name: str, config_id: object) -> tuple[str, int] | None:
+    token_id = tokenizer.token_to_id(name)
+    if token_id is not None:
+        return name, token_id
+    if isinstance(config_id, list) and config_id:
+        config_id = config_id[0]
+    if isinstance(config_id, int) and (token := tokenizer.id_to_token(config_id)) is not None:
+        return token, config_id
+    return None
+
+
+def prepare_tokenizer(tokenizer: Tokenizer, config: dict) -> Tokenizer:
+    """Make every encoding `<bos> text <eos>`, as EmbeddingGemma was trained and sentence-transformers feeds it.
+
+    Its tokenizer_config.json sets add_bos_token and add_eos_token, which transformers' GemmaTokenizer turns
+    into the post-processor at load time; a tokenizer.json whose own template lacks either (Gemma's default
+    adds <bos> only) gets a TemplateProcessing that adds both. Decided by encoding a sample, not by the
+    model's name; a tokenizer that already does it is returned unchanged.
+    """
+    bos = _special(tokenizer, "<bos>", config.get("bos_token_id"))
+    eos = _special(tokenizer, "<eos>", config.get("eos_token_id"))
+    if bos is None or eos is None:
+        log.warning("tokenizer has no <bos>/<eos> and config.json no usable ids; left unchanged")
+        return tokenizer
+    sample = tokenizer.encode("a").ids
+    if sample and sample[0] == bos[1] and sample[-1] == eos[1] and len(sample) > 2:
+        return tokenizer
+    (b, b_id), (e, e_id) = bos, eos
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{b} $A {e}", pair=f"{b} $A {e} $B:1 {e}:1", special_tokens=[(b, b_id), (e, e_id)]
+    )
+    log.info("tokenizer does not add %s ... %s; adding both, as EmbeddingGemma's tokenizer_config.json asks", b, e)
+    return tokenizer

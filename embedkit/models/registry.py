@@ -88,7 +88,7 @@ FAMILIES: dict[str, Family] = {
     "jina_v3": _family("jina_v3", ("mean",), "default_prompts"),
     "qwen": _family("qwen", ("lasttoken",), "prepare_tokenizer", "default_prompts"),
     "distilbert": _family("distilbert", ("mean",), "masked_lm"),
-    "gemma3": _family("gemma3", ("mean",)),
+    "gemma3": _family("gemma3", ("mean",), "prepare_tokenizer"),
 }
 
 

@@ -387,17 +387,11 @@ def test_module_layout_and_rope_parameters_form(tmp_path: Path, gemma_dir: Path)
     assert built.ropes["full_attention"].theta == 5e5 and built.ropes["sliding_attention"].theta == 2e4
 
 
-def test_models_inspect_names_gemma3_and_why(tmp_path: Path, gemma_dir: Path) -> None:
-    import subprocess
-    import sys
+def test_models_inspect_names_gemma3_and_why(gemma_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from embedkit.cli import main
 
-    exe = shutil.which("embedkit", path=str(Path(sys.executable).parent))
-    assert exe, f"the embedkit console script is installed beside {sys.executable}"
-    result = subprocess.run(
-        [exe, "models", "inspect", str(gemma_dir), "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    info = json.loads(result.stdout)
+    assert main(["models", "inspect", str(gemma_dir), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
     assert info["family"] == "gemma3" and info["dimension"] == HIDDEN and info["pooling"] == ["mean"]
     assert info["detected_by"] == [
         "config.json: model_type/architectures name a Gemma3 text model (gemma3_text / Gemma3TextModel)",
@@ -414,3 +408,17 @@ def test_onnx_fp32_equals_torch_unnormalised(tmp_path: Path, gemma_dir: Path) ->
     onnx = embedkit.load(gemma_dir, device="cpu", backend="onnx", onnx_cache_dir=tmp_path / "cache")
     assert onnx.backend == "onnx"
     assert np.abs(onnx.embed(TEXTS, task="query", normalize=False) - want).max() < 1e-5
+
+
+def test_prepare_tokenizer_adds_bos_and_eos_once() -> None:
+    """A tokenizer.json adding <bos> only (Gemma's default template) gets <eos> too; a complete one is kept."""
+    complete = gemma_like_tokenizer()
+    before = complete.to_str()
+    assert gemma3.prepare_tokenizer(complete, CONFIG).to_str() == before
+    text_ids = complete.encode("hello world", add_special_tokens=False).ids
+    bos_only = gemma_like_tokenizer()
+    bos_only.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    assert bos_only.encode("hello world").ids == [2, *text_ids]
+    prepared = gemma3.prepare_tokenizer(bos_only, CONFIG)
+    assert prepared.encode("hello world").ids == [2, *text_ids, 1]
+    assert gemma3.prepare_tokenizer(prepared, CONFIG).encode("hello world").ids == [2, *text_ids, 1]
