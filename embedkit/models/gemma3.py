@@ -137,6 +137,17 @@ def _band(length: int, radius: int, device: torch.device) -> torch.Tensor:
     return (index[:, None] - index[None, :]).abs() <= radius
 
 
+def _windowed(keys: torch.Tensor, radius: int) -> torch.Tensor:
+    """The padding mask [B, 1, 1, T] ANDed with the band -> [B, 1, T, T], each query also seeing itself.
+
+    A padding query further than `radius` from every real token would otherwise see no key at all, which
+    SDPA backends answer differently (zeros on the CPU math path, NaN elsewhere), and a NaN padding state
+    reaches real tokens through 0 * NaN in the next layer's attention. Real queries see themselves anyway.
+    """
+    T = keys.shape[-1]
+    return (keys & _band(T, radius, keys.device)) | torch.eye(T, dtype=torch.bool, device=keys.device)
+
+
 def sliding_attention(attn: base.Attention, radius: int) -> AttentionCall:
     """The batch's attention restricted to a symmetric window of `radius` tokens each side.
 
@@ -146,12 +157,12 @@ def sliding_attention(attn: base.Attention, radius: int) -> AttentionCall:
     """
     if isinstance(attn, PaddedAttention):
         windowed = PaddedAttention(attn.attention_mask)
-        windowed.mask = attn.mask & _band(attn.attention_mask.shape[1], radius, attn.attention_mask.device)
+        windowed.mask = _windowed(attn.mask, radius)
         return windowed
     packed: PackedAttention = attn
     T, device = packed.max_length, packed.cu_seqlens.device
     rows = PaddedAttention(torch.arange(T, device=device)[None, :] < packed.lengths[:, None])  # [B, T]
-    rows.mask = rows.mask & _band(T, radius, device)
+    rows.mask = _windowed(rows.mask, radius)
 
     def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return packed.unpad(rows(packed.pad(q), packed.pad(k), packed.pad(v)))

@@ -422,3 +422,21 @@ def test_prepare_tokenizer_adds_bos_and_eos_once() -> None:
     prepared = gemma3.prepare_tokenizer(bos_only, CONFIG)
     assert prepared.encode("hello world").ids == [2, *text_ids, 1]
     assert gemma3.prepare_tokenizer(prepared, CONFIG).encode("hello world").ids == [2, *text_ids, 1]
+
+
+@torch.inference_mode()
+def test_left_and_right_padding_agree_and_padding_stays_finite(gemma_dir: Path) -> None:
+    """A short row beside a long one: its padding queries lie beyond the window of every real token."""
+    from embedkit.models.base import positions_from_mask
+
+    module = load_module(gemma_dir)
+    rows = [[2, *range(5, 35), 1], [2, 9, 1]]
+    ids, mask = padded(rows)
+    right = module.forward_padded(ids, mask, positions_from_mask(mask))
+    left_ids, left_mask = torch.zeros_like(ids), mask.flip(1)  # the same rows, padded on the left
+    for i, row in enumerate(rows):
+        left_ids[i, ids.shape[1] - len(row) :] = torch.tensor(row)
+    left = module.forward_padded(left_ids, left_mask, positions_from_mask(left_mask))
+    assert torch.isfinite(right).all() and torch.isfinite(left).all()
+    for i in range(len(rows)):
+        assert (right[i][mask[i]] - left[i][left_mask[i]]).abs().max() < 1e-5, i
