@@ -35,6 +35,7 @@ from embedkit.local import late
 from embedkit.local.batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_BATCH_SIZE, TokenBatch, pack
 from embedkit.local.tokens import Encoder, TextPlan, plan_tasks
 from embedkit.models.base import EmbeddingModel
+from embedkit.models.dense import DenseStack
 from embedkit.models.pooling import pool_packed
 from embedkit.models.registry import Family
 from embedkit.models.st_files import PipelineFiles
@@ -88,8 +89,10 @@ class LocalEmbedder(EmbedderBase):
         default_task: str | None = None,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        dense: DenseStack | None = None,
     ) -> None:
         self._model = model
+        self._dense = dense  # the pipeline's Dense modules, applied after pooling (models/dense.py)
         self._family = family
         self._detection_reasons = tuple(detection_reasons)
         self._pipeline = pipeline
@@ -116,7 +119,7 @@ class LocalEmbedder(EmbedderBase):
         )
         # each pooling mode gives one hidden-size vector; no forward pass, so a lazily exported graph
         # is not built for nothing
-        self._dimension = model.hidden_size * len(self._pooling)
+        self._dimension = model.hidden_size * len(self._pooling) if dense is None else dense.out_features
 
     def __repr__(self) -> str:
         return (
@@ -369,6 +372,8 @@ class LocalEmbedder(EmbedderBase):
             return self._model(window.to(self._device)).float().cpu().numpy()  # [len(row), H]
 
         vectors = late.span_vectors(self._encoder, run, text, plan.prefixes[0], spans)
+        if self._dense is not None:  # each span's pooled vector goes through the pipeline's projections
+            vectors = self._dense(torch.from_numpy(vectors).to(self._device)).cpu().numpy()
         return postprocess(vectors, dimensions=dimensions, normalize=normalize)
 
     # -- tokens ---------------------------------------------------------------------------------
@@ -433,5 +438,7 @@ class LocalEmbedder(EmbedderBase):
         return restored
 
     def _pooled(self, batch: TokenBatch) -> torch.Tensor:
-        """[B, dimension] pooled states of a batch already on the device, rows in batch order."""
-        return pool_packed(self._model(batch), batch, self._pooling)  # states [N, H]; adapter ids on the host
+        """[B, dimension] pooled states of a batch already on the device, rows in batch order, through the
+        pipeline's Dense modules when it has any."""
+        pooled = pool_packed(self._model(batch), batch, self._pooling)  # states [N, H]; adapter ids on the host
+        return pooled if self._dense is None else self._dense(pooled)

@@ -3,7 +3,7 @@
 The steps, in order: resolve the folder, device and dtype; choose the backend; detect the family
 from config.json and the tensor names (models/registry.py); build the module on the meta device and
 assign the checkpoint's tensors; load and check the tokenizer; read the sentence-transformers files
-(pooling, prompts, max_seq_length); optionally merge a LoRA adapter; wrap for ONNX Runtime if chosen.
+(pooling, Dense projections, prompts, max_seq_length); optionally merge a LoRA adapter; wrap for ONNX Runtime if chosen.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from embedkit.local.batching import DEFAULT_BATCH_TOKENS, DEFAULT_CPU_BATCH_TOKE
 from embedkit.local.embedder import LocalEmbedder
 from embedkit.local.tokenizer import load_model_tokenizer
 from embedkit.models.base import EmbeddingModel, EncoderModel
+from embedkit.models.dense import load_dense
 from embedkit.models.loading import assign_weights
 from embedkit.models.registry import detect_family
 from embedkit.models.st_files import PipelineFiles, read_json, read_pipeline_files
@@ -115,6 +116,8 @@ def load(
     if merge_lora:
         merge_adapter(module, table, default_task)
     max_seq_length = max_input_tokens(pipeline, module, model_dir)
+    pooled_size = module.hidden_size * len(pipeline.pooling_modes or family.default_pooling)
+    dense = load_dense(pipeline.dense, pooled_size, allow_pickle=allow_pickle, device=torch_device)
     runner: EmbeddingModel = module
     if chosen == "onnx":
         runner = onnx_runner(
@@ -134,6 +137,7 @@ def load(
         prompts=prompts,
         default_task=default_task,
         batch_tokens=DEFAULT_CPU_BATCH_TOKENS if torch_device.type == "cpu" else DEFAULT_BATCH_TOKENS,
+        dense=dense,
     )
 
 

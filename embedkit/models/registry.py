@@ -89,6 +89,7 @@ FAMILIES: dict[str, Family] = {
     "qwen": _family("qwen", ("lasttoken",), "prepare_tokenizer", "default_prompts"),
     "distilbert": _family("distilbert", ("mean",), "masked_lm"),
     "nomic_bert": _family("nomic_bert", ("mean",), "default_prompts"),
+    "gemma3": _family("gemma3", ("mean",), "prepare_tokenizer"),
 }
 
 
@@ -136,6 +137,11 @@ _CONFIG_RULES: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
     ("nomic_bert", lambda c: "nomic-bert" in _auto_map_targets(c), "auto_map targets nomic-ai/nomic-bert-*"),
     ("qwen", lambda c: c.get("model_type") in ("qwen2", "qwen3"), "model_type is qwen2/qwen3"),
     (
+        "gemma3",
+        lambda c: c.get("model_type") == "gemma3_text" or "Gemma3TextModel" in _architectures(c),
+        "model_type/architectures name a Gemma3 text model (gemma3_text / Gemma3TextModel)",
+    ),
+    (
         "distilbert",
         lambda c: c.get("model_type") == "distilbert" or any(a.startswith("DistilBert") for a in _architectures(c)),
         "model_type/architectures name DistilBERT",
@@ -167,6 +173,8 @@ _TENSOR_SIGNS: list[tuple[frozenset[str], str]] = [
     # the gated MLP's fc11 beside nomic's `encoder.layers.N.attn.Wqkv` (jina-v3 has `mixer.Wqkv`,
     # ModernBERT `model.layers.N.attn.Wqkv` with `mlp.Wi`, nomic-embed-text-v2-moe's MoE layers no fc11)
     (frozenset({"nomic_bert"}), "encoder.layers.0.mlp.fc11.weight"),
+    # before qwen's: Gemma3 also has layers.0.self_attn.q_proj (and q_norm, as Qwen3); this norm is Gemma's own
+    (frozenset({"gemma3"}), "layers.0.pre_feedforward_layernorm.weight"),
     (frozenset({"qwen"}), "layers.0.self_attn.q_proj.weight"),
     (frozenset({"distilbert"}), "transformer.layer.0.attention.q_lin.weight"),
     (frozenset({"bert", "xlm_roberta"}), "encoder.layer.0.intermediate.dense.weight"),

@@ -22,6 +22,7 @@ from embedkit.models.pooling import POOLING_MODES, pool, pool_packed
 
 from ..conftest import write_tiny_bert
 from .modules import load_module
+from .test_gemma3 import write_gemma3
 from .test_gte import write_gte
 from .test_jina_bert import write_tiny_jina
 from .test_nomic_bert import write_nomic
@@ -51,6 +52,7 @@ WRITERS: dict[str, Callable[[Path, Path], Path]] = {
     "qwen3_bidirectional": lambda t, tok: write_qwen(t, {**QWEN3_CONFIG, "use_bidirectional_attention": True}),
     "jina_v3": write_jina_v3,  # RoPE, per-row LoRA
     "nomic_bert": lambda t, tok: write_nomic(t, tok, seed=3),  # RoPE (base 1000), fused Wqkv, SwiGLU
+    "gemma3": lambda t, tok: write_gemma3(t, seed=2),  # two RoPE bases, symmetric sliding window (4 each side), GQA
 }
 
 

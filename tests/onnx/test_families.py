@@ -16,6 +16,7 @@ import torch
 import embedkit
 
 from ..conftest import write_tiny_bert
+from ..models.test_gemma3 import write_gemma3
 from ..models.test_gte import write_gte
 from ..models.test_jina_bert import write_tiny_jina
 from ..models.test_jina_v3 import FIXTURE_MODEL, TASKS, write_original
@@ -59,6 +60,7 @@ WRITERS = {
         target, QWEN3_CONFIG, seed=2, prompts={"query": QUERY_INSTRUCTION, "document": ""}
     ),
     "nomic_bert (RoPE, SwiGLU, card prefixes)": lambda target, tok: write_nomic(target, tok, seed=4),
+    "EmbeddingGemma (sliding window, Dense)": lambda target, _: write_gemma3(target, seed=5),
 }
 
 
