@@ -11,6 +11,7 @@ which gives the raw pooled vectors for it to post-process per request.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -180,8 +181,16 @@ class LocalEmbedder(EmbedderBase):
 
     @cached_property
     def weights_digest(self) -> str:
-        """sha256 of the weight files: identifies these exact weights in ingest fingerprints."""
-        return weights_digest(self._model_dir)
+        """sha256 of the weight files (and of the Dense modules' weights, which decide the vectors too):
+        identifies these exact weights in ingest fingerprints."""
+        digest = weights_digest(self._model_dir)
+        if self._dense is None:
+            return digest
+        combined = hashlib.sha256(digest.encode())
+        for name, tensor in self._dense.state_dict().items():
+            combined.update(name.encode())
+            combined.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return combined.hexdigest()
 
     def describe(self) -> ModelDescription:
         """What was loaded and why: family and the evidence for it, sizes, pooling, prompts."""

@@ -128,3 +128,21 @@ def test_missing_dense_weight_is_named(tmp_path: Path, bert_dense_dir: Path) -> 
     save_file(state, str(path))
     with pytest.raises(ModelLoadError, match=r"2_Dense: Dense weights do not match .*missing \['linear.bias'\]"):
         embedkit.load(broken, device="cpu", backend="torch")
+
+
+def test_dense_weights_are_part_of_the_weights_digest(tmp_path: Path, bert_dense_dir: Path) -> None:
+    """Two folders that differ only in a Dense layer give different vectors, so different fingerprints."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    changed = Path(shutil.copytree(bert_dense_dir, tmp_path / "changed"))
+    weights = next((changed / "2_Dense").glob("*.safetensors"))  # Tanh: a scale is not normalised away
+    state = load_file(str(weights))
+    save_file({name: tensor * 1.5 for name, tensor in state.items()}, str(weights))
+    original = embedkit.load(bert_dense_dir, device="cpu", backend="torch")
+    edited = embedkit.load(changed, device="cpu", backend="torch")
+    assert not np.allclose(original.embed(TEXTS[:1]), edited.embed(TEXTS[:1]))
+    assert original.weights_digest != edited.weights_digest
+    plain = embedkit.load(write_tiny_bert(tmp_path / "plain", bert_dense_dir, seed=4), device="cpu", backend="torch")
+    assert plain.weights_digest != original.weights_digest
