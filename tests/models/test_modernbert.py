@@ -303,3 +303,25 @@ def test_unsupported_settings_are_named(tmp_path: Path, tiny_modernbert_dir: Pat
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=message):
         embedkit.load(other)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@torch.inference_mode()
+def test_varlen_window_matches_stand_in(dtype: torch.dtype) -> None:
+    """On CUDA a local layer runs the varlen kernel's window (|i - j| <= window); the stand-in is the reference."""
+    from embedkit.local.batching import TokenBatch
+    from embedkit.models.layers import PackedAttention
+    from embedkit.models.modernbert import LocalAttention
+
+    rows = [list(range(5, 5 + n)) for n in (5, 1, 40, 2, 17, 40)]
+    batch = TokenBatch.from_ids(rows).to("cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(batch.tokens, 4, 64, device="cuda", dtype=dtype, generator=g) for _ in range(3))
+    packed = PackedAttention(batch.cu_seqlens, batch.max_length, tokens=batch.tokens)
+    local = LocalAttention(packed, window=4)
+    kernel = local(q, k, v)
+    stand_in = packed.unpad(local.padded(packed.pad(q), packed.pad(k), packed.pad(v)))
+    assert float((kernel.float() - stand_in.float()).abs().max()) < (5e-3 if dtype == torch.float16 else 3e-2)
+    # the window is not the whole row: full attention differs
+    assert float((packed(q, k, v).float() - stand_in.float()).abs().max()) > 0.1

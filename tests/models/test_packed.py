@@ -24,6 +24,7 @@ from ..conftest import write_tiny_bert
 from .modules import load_module
 from .test_gte import write_gte
 from .test_jina_bert import write_tiny_jina
+from .test_modernbert import write_modernbert
 from .test_qwen import QWEN2_CONFIG, QWEN3_CONFIG, write_qwen
 from .test_xlm_roberta import write_tiny_xlm_roberta
 
@@ -49,6 +50,8 @@ WRITERS: dict[str, Callable[[Path, Path], Path]] = {
     "qwen3": lambda t, tok: write_qwen(t, QWEN3_CONFIG, seed=2),  # RoPE, GQA, causal, q/k norm
     "qwen3_bidirectional": lambda t, tok: write_qwen(t, {**QWEN3_CONFIG, "use_bidirectional_attention": True}),
     "jina_v3": write_jina_v3,  # RoPE, per-row LoRA
+    # global and sliding-window layers (window +-4 < the 13-token rows), two RoPE thetas
+    "modernbert": lambda t, tok: write_modernbert(t, tok, seed=1),
 }
 
 

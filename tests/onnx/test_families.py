@@ -19,6 +19,7 @@ from ..conftest import write_tiny_bert
 from ..models.test_gte import write_gte
 from ..models.test_jina_bert import write_tiny_jina
 from ..models.test_jina_v3 import FIXTURE_MODEL, TASKS, write_original
+from ..models.test_modernbert import write_modernbert
 from ..models.test_qwen import QUERY_INSTRUCTION, QWEN2_CONFIG, QWEN3_CONFIG, write_qwen
 from ..models.test_xlm_roberta import write_tiny_xlm_roberta
 
@@ -56,6 +57,9 @@ WRITERS = {
     "gte-Qwen2 (bidirectional)": lambda target, _: write_qwen(target, QWEN2_CONFIG, seed=1, lm_head=True, shards=2),
     "Qwen3 (causal)": lambda target, _: write_qwen(
         target, QWEN3_CONFIG, seed=2, prompts={"query": QUERY_INSTRUCTION, "document": ""}
+    ),
+    "modernbert (sliding window, prompts)": lambda target, tok: write_modernbert(
+        target, tok, seed=8, pooling="mean", prompts={"query": "search_query: ", "document": "search_document: "}
     ),
 }
 
