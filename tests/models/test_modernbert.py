@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 import embedkit
 from embedkit.errors import ModelLoadError
 from embedkit.models.registry import detect_family
+from embedkit.tasks import known_prompts
 
 from ..conftest import write_st_files
 
@@ -211,6 +212,16 @@ def test_prompts_match_sentence_transformers(tmp_path: Path, minilm_dir: Path) -
         st = reference.encode(TEXTS, prompt_name=task, convert_to_numpy=True, normalize_embeddings=False)
         assert np.abs(ours - st).max() < 1e-5, task
     assert np.abs(embedder.embed(TEXTS[:2], task="query") - embedder.embed(TEXTS[:2])).max() > 1e-3
+
+
+def test_known_prompts_for_the_remote_client() -> None:
+    """TEI's /info lists no prompts: the client's table gives modernbert-embed's prefixes, none to gte-modernbert."""
+    embed = known_prompts("nomic-ai/modernbert-embed-base")
+    assert embed is not None and "model card" in embed.source
+    assert embed.table().prefix("query") == "search_query: "
+    assert embed.table().prefix("document") == "search_document: "
+    gte = known_prompts("Alibaba-NLP/gte-modernbert-base")
+    assert gte is not None and gte.table().prefix("query") == gte.table().prefix("document") == ""
 
 
 def test_rope_parameters_form_loads_the_same(tmp_path: Path, minilm_dir: Path) -> None:
