@@ -158,7 +158,7 @@ def pooled(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> np.ndarray
 
 CASES = {
     # name: (write_modernbert settings, pooling); gte-modernbert-base pools CLS, modernbert-embed-base the mean
-    "gte-modernbert (cls, model. prefix)": dict(seed=1, pooling="cls"),
+    "gte-modernbert (cls, model. prefix)": dict(seed=1, pooling="cls"),  # also against eager attention
     "modernbert-embed (mean, bare names)": dict(seed=2, pooling="mean", prefix="", mlm_head=False),
     "every 2nd global, window 16": dict(seed=3, pooling="mean", global_attn_every_n_layers=2, local_attention=16),
 }
@@ -174,7 +174,7 @@ def test_matches_transformers_and_sentence_transformers(tmp_path: Path, minilm_d
     assert embedder.family == "modernbert" and embedder.max_input_tokens == MAX_SEQ_LENGTH
     assert embedder.describe()["pooling"] == [settings["pooling"]]
     ours = embedder.embed(TEXTS, normalize=False)
-    for attn in ("sdpa", "eager"):
+    for attn in ("sdpa", "eager") if name == next(iter(CASES)) else ("sdpa",):
         hidden, mask = native_states(model_dir, TEXTS, attn)
         expected = pooled(hidden, mask, settings["pooling"])
         assert ours.shape == expected.shape == (len(TEXTS), 32)
@@ -188,15 +188,17 @@ def test_matches_transformers_and_sentence_transformers(tmp_path: Path, minilm_d
 
 def test_the_window_and_both_thetas_decide_the_vectors(tmp_path: Path, minilm_dir: Path) -> None:
     """The parity above is not vacuous: a wider window, or either theta changed, moves the vectors, and
-    transformers agrees on each (the local layers do read local_rope_theta and the window)."""
+    transformers agrees where the local layers differ (they read the window and local_rope_theta)."""
     base = embedkit.load(write_modernbert(tmp_path / "base", minilm_dir, seed=4), device="cpu").embed(TEXTS)
     changes = {"local_attention": 128, "local_rope_theta": 500.0, "global_rope_theta": 500.0}
     for key, value in changes.items():
         model_dir = write_modernbert(tmp_path / key, minilm_dir, seed=4, **{key: value})
         other = embedkit.load(model_dir, device="cpu").embed(TEXTS, normalize=False)
-        assert np.abs(embedkit.load(model_dir, device="cpu").embed(TEXTS) - base).max() > 1e-3, key
-        hidden, mask = native_states(model_dir, TEXTS, "sdpa")
-        assert np.abs(other - pooled(hidden, mask, "cls")).max() < 1e-5, key
+        normalized = other / np.linalg.norm(other, axis=1, keepdims=True)
+        assert np.abs(normalized - base).max() > 1e-3, key
+        if key != "global_rope_theta":  # the global layers' parity is every case of the test above
+            hidden, mask = native_states(model_dir, TEXTS, "sdpa")
+            assert np.abs(other - pooled(hidden, mask, "cls")).max() < 1e-5, key
 
 
 def test_prompts_match_sentence_transformers(tmp_path: Path, minilm_dir: Path) -> None:
