@@ -170,7 +170,7 @@ def test_matches_transformers_and_sentence_transformers(tmp_path: Path, minilm_d
 
     settings = CASES[name]
     model_dir = write_modernbert(tmp_path / "model", minilm_dir, **settings)
-    embedder = embedkit.load(model_dir, device="cpu")
+    embedder = embedkit.load(model_dir, device="cpu", backend="torch")
     assert embedder.family == "modernbert" and embedder.max_input_tokens == MAX_SEQ_LENGTH
     assert embedder.describe()["pooling"] == [settings["pooling"]]
     ours = embedder.embed(TEXTS, normalize=False)
@@ -179,7 +179,7 @@ def test_matches_transformers_and_sentence_transformers(tmp_path: Path, minilm_d
         expected = pooled(hidden, mask, settings["pooling"])
         assert ours.shape == expected.shape == (len(TEXTS), 32)
         assert np.abs(ours - expected).max() < 1e-5, attn
-    reference = SentenceTransformer(str(model_dir), device="cpu")
+    reference = SentenceTransformer(str(model_dir), device="cpu", backend="torch")
     st = reference.encode(TEXTS, convert_to_numpy=True, normalize_embeddings=False)
     assert np.abs(ours - st).max() < 1e-5
     # the long text was cut at the limit, by both
@@ -189,11 +189,12 @@ def test_matches_transformers_and_sentence_transformers(tmp_path: Path, minilm_d
 def test_the_window_and_both_thetas_decide_the_vectors(tmp_path: Path, minilm_dir: Path) -> None:
     """The parity above is not vacuous: a wider window, or either theta changed, moves the vectors, and
     transformers agrees where the local layers differ (they read the window and local_rope_theta)."""
-    base = embedkit.load(write_modernbert(tmp_path / "base", minilm_dir, seed=4), device="cpu").embed(TEXTS)
+    base_dir = write_modernbert(tmp_path / "base", minilm_dir, seed=4)
+    base = embedkit.load(base_dir, device="cpu", backend="torch").embed(TEXTS)
     changes = {"local_attention": 128, "local_rope_theta": 500.0, "global_rope_theta": 500.0}
     for key, value in changes.items():
         model_dir = write_modernbert(tmp_path / key, minilm_dir, seed=4, **{key: value})
-        other = embedkit.load(model_dir, device="cpu").embed(TEXTS, normalize=False)
+        other = embedkit.load(model_dir, device="cpu", backend="torch").embed(TEXTS, normalize=False)
         normalized = other / np.linalg.norm(other, axis=1, keepdims=True)
         assert np.abs(normalized - base).max() > 1e-3, key
         if key != "global_rope_theta":  # the global layers' parity is every case of the test above
@@ -207,8 +208,8 @@ def test_prompts_match_sentence_transformers(tmp_path: Path, minilm_dir: Path) -
 
     prompts = {"query": "search_query: ", "document": "search_document: "}
     model_dir = write_modernbert(tmp_path / "embed", minilm_dir, seed=5, pooling="mean", prompts=prompts)
-    embedder = embedkit.load(model_dir, device="cpu")
-    reference = SentenceTransformer(str(model_dir), device="cpu")
+    embedder = embedkit.load(model_dir, device="cpu", backend="torch")
+    reference = SentenceTransformer(str(model_dir), device="cpu", backend="torch")
     for task in ("query", "document"):
         ours = embedder.embed(TEXTS, task=task, normalize=False)
         st = reference.encode(TEXTS, prompt_name=task, convert_to_numpy=True, normalize_embeddings=False)
@@ -236,8 +237,9 @@ def test_rope_parameters_form_loads_the_same(tmp_path: Path, minilm_dir: Path) -
     config = json.loads((resaved / "config.json").read_text())
     assert "rope_parameters" in config and "layer_types" in config and "local_rope_theta" not in config
     assert config["rope_parameters"]["sliding_attention"]["rope_theta"] == 20000.0
-    a = embedkit.load(published, device="cpu").embed(TEXTS)
-    np.testing.assert_allclose(embedkit.load(resaved, device="cpu").embed(TEXTS), a, atol=1e-6, rtol=0)
+    a = embedkit.load(published, device="cpu", backend="torch").embed(TEXTS)
+    b = embedkit.load(resaved, device="cpu", backend="torch").embed(TEXTS)
+    np.testing.assert_allclose(b, a, atol=1e-6, rtol=0)
 
 
 # -- batching, detection, bad checkpoints ----------------------------------------------------------------
@@ -249,7 +251,7 @@ def tiny_modernbert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Pa
 
 
 def test_batched_equals_single(tiny_modernbert_dir: Path) -> None:
-    embedder = embedkit.load(tiny_modernbert_dir, device="cpu")
+    embedder = embedkit.load(tiny_modernbert_dir, device="cpu", backend="torch")
     batched = embedder.embed(TEXTS)
     single = np.stack([embedder.embed([text])[0] for text in TEXTS])
     assert np.abs(batched - single).max() < 1e-5
