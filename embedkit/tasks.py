@@ -132,6 +132,14 @@ KNOWN_PROMPTS: dict[str, KnownPrompts] = {
         },
         "nomic-embed-text-v1 / v1.5 model card, 'Task instruction prefixes'",
     ),
+    "nomic-ai/modernbert-embed-*": KnownPrompts(
+        {"search_query": "search_query: ", "search_document": "search_document: "},
+        "nomic-ai/modernbert-embed-base model card, 'Usage': queries as 'search_query: ...', documents as "
+        "'search_document: ...' (trained with nomic-embed-text's prefixes)",
+    ),
+    "Alibaba-NLP/gte-modernbert-base": KnownPrompts(
+        {}, "Alibaba-NLP/gte-modernbert-base model card, 'Usage': queries and documents embedded without a prefix"
+    ),
     "BAAI/bge-*-en-v1.5": KnownPrompts(
         {"query": _BGE_QUERY},
         "BAAI/bge-base-en-v1.5 model card and FlagEmbedding README: query instruction for retrieval, "

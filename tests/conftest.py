@@ -163,7 +163,8 @@ def write_tiny_cross_encoder(
     """A randomly initialised cross-encoder of `family` ("bert": BertForSequenceClassification as
     ms-marco-MiniLM; "xlm_roberta": XLMRobertaForSequenceClassification as bge-reranker-v2-m3; "gte":
     new-impl's NewForSequenceClassification as gte-multilingual-reranker-base, see
-    `write_tiny_gte_cross_encoder`) with
+    `write_tiny_gte_cross_encoder`; "modernbert": ModernBertForSequenceClassification as
+    gte-reranker-modernbert-base, see `tiny_modernbert_classifier`) with
     `num_labels` labels, built by transformers and saved by sentence-transformers' CrossEncoder.save, in the
     layout it publishes. The vocabulary is all-MiniLM-L6-v2's (or `source_tokenizer`'s); `max_length` sets
     the tokenizer's model_max_length (the CrossEncoder's limit)."""
@@ -204,6 +205,12 @@ def write_tiny_cross_encoder(
             roberta_style_tokenizer(source_tokenizer, staging)
         elif family == "gte":
             return write_tiny_gte_cross_encoder(target, source_tokenizer, settings, max_length, overrides)
+        elif family == "modernbert":
+            model = tiny_modernbert_classifier(settings, overrides, seed)
+            AutoTokenizer.from_pretrained(str(source_tokenizer)).save_pretrained(staging)
+            tokenizer_config = json.loads((staging / "tokenizer_config.json").read_text())
+            tokenizer_config["model_input_names"] = ["input_ids", "attention_mask"]  # ModernBERT takes no token types
+            (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
         else:
             raise ValueError(f"no tiny cross-encoder for family {family!r}")
         model.eval().save_pretrained(staging, safe_serialization=True)
@@ -213,6 +220,26 @@ def write_tiny_cross_encoder(
             (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
         CrossEncoder(str(staging), device="cpu").save(str(target))
     return target
+
+
+def tiny_modernbert_classifier(settings: dict[str, object], overrides: dict[str, object], seed: int) -> torch.nn.Module:
+    """ModernBertForSequenceClassification as gte-reranker-modernbert-base (mean pooling unless overridden), 4
+    layers (global, local, local, global) with an 8-token window, so that pairs outgrow it; weights redrawn
+    away from transformers' near-identity init (norms 1, tiny linears), so the comparisons can tell."""
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification
+
+    settings = dict(settings, num_hidden_layers=4, local_attention=8, pad_token_id=0, cls_token_id=101)
+    settings.update(sep_token_id=102, bos_token_id=101, eos_token_id=102, classifier_pooling="mean")
+    settings.update(overrides)
+    model = ModernBertForSequenceClassification(ModernBertConfig(**settings))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=g)
+            parameter.copy_(
+                1.0 + 0.1 * noise if "norm" in name else (0.5 if "tok_embeddings" in name else 0.15) * noise
+            )
+    return model
 
 
 # new-impl's remote code, as gte-multilingual-reranker-base's config.json names it (never run: no remote code)

@@ -1,14 +1,21 @@
 """The sequence-classification head on an encoder: a pair's first-token state -> label logits, for cross-encoders.
 
-Every cross-encoder kind embedkit reads scores a (query, document) pair the same way: the state of the
-first token ([CLS] / <s>), a dense layer H -> H with tanh, then a projection onto the labels:
+Every cross-encoder kind embedkit reads scores a (query, document) pair the same way: a pooled state (the
+first token's, [CLS] / <s>), a dense layer H -> H with an activation (tanh), then a projection onto the labels:
 
     logits = tanh(h_0 W_d^T + b_d) W_o^T + b_o        h_0 [B, H] -> [B, L]
+
+ModernBERT's `ModernBertForSequenceClassification` generalises it in three places, which `ClassificationHead`
+takes as arguments: its activation is `classifier_activation` (GELU), a LayerNorm follows it, and the pooled
+state is the first token's or the mean of the real tokens (`classifier_pooling`):
+
+    logits = LayerNorm(act(p W_d^T [+ b_d])) W_o^T + b_o,   p = h_0 or mean_t h_t
 
 Only where checkpoints keep the two layers differs: BERT's `BertForSequenceClassification` calls the dense
 layer its pooler (`bert.pooler.dense`, `classifier`), XLM-RoBERTa's `XLMRobertaForSequenceClassification`
 puts both in its classification head (`classifier.dense`, `classifier.out_proj`), GTE's
-`NewForSequenceClassification` uses the pooler as BERT does (`new.pooler.dense`, `classifier`). Dropout is
+`NewForSequenceClassification` uses the pooler as BERT does (`new.pooler.dense`, `classifier`), ModernBERT
+keeps its own head (`head.dense`, `head.norm`) and `classifier`. Dropout is
 inactive at inference and has no tensors. A family declares its names (`ClassifierNames`, in the family
 file) and gets a `SequenceClassifier` (its encoder + this head) with one tensor layout covering both.
 """
@@ -16,6 +23,7 @@ file) and gets a `SequenceClassifier` (its encoder + this head) with one tensor 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -76,22 +84,49 @@ class ClassifierNames:
     encoder_prefix: str  # "bert.", "roberta.", "new.": the encoder's tensors sit under it
     dense: str  # the H -> H layer before tanh, e.g. "bert.pooler.dense."
     out: str  # the H -> L projection, e.g. "classifier."
+    norm: str | None = None  # the norm after the activation, where the head has one (ModernBERT: "head.norm.")
 
 
 class ClassificationHead(nn.Module):
-    """First-token states h_0 [B, H] -> logits [B, L] (module docstring)."""
+    """Pooled states [B, H] -> logits [B, L] (module docstring).
 
-    def __init__(self, hidden_size: int, labels: int) -> None:
+    The defaults are BERT's head (first token, dense with bias, tanh, no norm); ModernBERT passes its
+    activation, a dense layer without bias, its LayerNorm and its pooling ("cls" or "mean").
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        labels: int,
+        *,
+        activation: Callable[[torch.Tensor], torch.Tensor] = torch.tanh,
+        dense_bias: bool = True,
+        norm: nn.Module | None = None,
+        pooling: str = "cls",
+    ) -> None:
         super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
+        if pooling not in ("cls", "mean"):
+            raise ModelLoadError(f"classifier pooling {pooling!r} is not supported ('cls' or 'mean')")
+        self.dense = nn.Linear(hidden_size, hidden_size, bias=dense_bias)
+        self.act = activation
+        self.norm = norm if norm is not None else nn.Identity()
         self.out = nn.Linear(hidden_size, labels)
+        self.pooling = pooling
 
     @property
     def labels(self) -> int:
         return int(self.out.out_features)
 
-    def forward(self, first: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.tanh(self.dense(first)))
+    def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """states [B, T, H], attention_mask [B, T] bool (right-padded) -> [B, H]: the first token, or the mean
+        of the real tokens (as ModernBertForSequenceClassification's "mean")."""
+        if self.pooling == "cls":
+            return states[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)  # [B, T, 1]
+        return (states * mask).sum(dim=1) / mask.sum(dim=1)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(self.act(self.dense(pooled))))
 
 
 class SequenceClassifier(nn.Module):
@@ -129,10 +164,10 @@ class SequenceClassifier(nn.Module):
         # the head reads the first token only: an encoder that can run its last layer for that position
         # alone (BERT, XLM-RoBERTa, GTE: `encode_first`) skips the rest of that layer's work
         encode_first = getattr(encoder, "encode_first", None)
-        if encode_first is not None:
+        if encode_first is not None and self.head.pooling == "cls":
             return self.head(encode_first(input_ids, position_ids, attn, token_type_ids=types))
         states = encoder.encode(input_ids, position_ids, attn, None, token_type_ids=types)
-        return self.head(states[:, 0])
+        return self.head(self.head.pool(states, attention_mask.bool()))
 
 
 def num_labels(config: dict, source: str) -> int:
@@ -155,6 +190,8 @@ def classifier_layout(base: TensorLayout, names: ClassifierNames) -> TensorLayou
         for group, pairs in base.renames.items()
     }
     renames["head"] = ((names.dense, "head.dense."), (names.out, "head.out."))
+    if names.norm is not None:
+        renames["head"] += ((names.norm, "head.norm."),)
     renames["encoder"] = ((prefix, "encoder."),)  # every other encoder tensor keeps its name; last, as a catch-all
     # the base layout ignores every head (pooler, classifier): here the classifier is read, and the pooler
     # too where it is the head's dense layer (BERT, GTE); other leftovers (position_ids, MLM heads) stay ignored
@@ -176,14 +213,16 @@ def build_sequence_classifier(
     hidden_size: int,
     tensor_names: set[str],
     source: str,
+    head: ClassificationHead | None = None,
 ) -> tuple[SequenceClassifier, TensorLayout]:
-    """`encoder` with a classification head of config.json's `num_labels`, and the checkpoint's layout.
-    ModelLoadError when the weights hold no head (an embedding model is no cross-encoder)."""
+    """`encoder` with a classification head of config.json's `num_labels` (or the family's own `head`), and the
+    checkpoint's layout. ModelLoadError when the weights hold no head (an embedding model is no cross-encoder)."""
     if tensor_names and not any(name.startswith(names.out) for name in tensor_names):
         raise ModelLoadError(
             f"{source}: no sequence-classification head in the weights (no {names.out}* tensors); a cross-encoder "
             "is a checkpoint saved with its classifier (e.g. BertForSequenceClassification). For an embedding "
             "model use embedkit.load"
         )
-    head = ClassificationHead(hidden_size, num_labels(config, source))
+    if head is None:
+        head = ClassificationHead(hidden_size, num_labels(config, source))
     return SequenceClassifier(encoder, head), classifier_layout(base, names)

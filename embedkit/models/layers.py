@@ -254,11 +254,19 @@ def varlen_serves(q: torch.Tensor, alibi: Sequence[float] | None = None) -> bool
 
 
 def varlen_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_length: int, *, causal: bool
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_length: int,
+    *,
+    causal: bool,
+    window: int | None = None,
 ) -> torch.Tensor:
     """q [N, nh, d], k, v [N, n_kv, d] packed rows -> [N, nh, d] through `torch.nn.attention.varlen`.
 
-    cu_seqlens int32 [B + 1] on q's device; rows never see each other.
+    cu_seqlens int32 [B + 1] on q's device; rows never see each other. `window` (bidirectional only): each
+    query sees the keys within that many positions on either side (|i - j| <= window, bounds inclusive).
     """
     if varlen_attn is None:  # pragma: no cover - depends on the installed torch
         raise RuntimeError("this torch has no torch.nn.attention.varlen; use PackedAttention's stand-in")
@@ -270,7 +278,7 @@ def varlen_attention(
         cu_seqlens,
         max_length,
         max_length,
-        window_size=(-1, 0) if causal else (-1, -1),
+        window_size=(-1, 0) if causal else (-1, -1) if window is None else (window, window),
         enable_gqa=k.shape[-2] != q.shape[-2],
     )
     return cast(torch.Tensor, out)  # a tuple only when return_aux asks for the log-sum-exp too
@@ -317,6 +325,11 @@ class PackedAttention:
         slots = torch.arange(self.rows.shape[0], device=device) - starts[self.rows] + self.rows * T
         mask = torch.arange(T, device=device)[None, :] < self.lengths[:, None]  # [B, T]
         return slots, PaddedAttention(mask, causal=self.causal, alibi=self.alibi)
+
+    @property
+    def padded_attention(self) -> PaddedAttention:
+        """The padded attention over [B, T] that the stand-in runs between `pad` and `unpad`."""
+        return self._padded[1]
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """[N, ...] -> [B, T, ...], zeros past each row's end."""

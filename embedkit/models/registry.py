@@ -90,6 +90,8 @@ FAMILIES: dict[str, Family] = {
     "distilbert": _family("distilbert", ("mean",), "masked_lm"),
     "nomic_bert": _family("nomic_bert", ("mean",), "default_prompts"),
     "gemma3": _family("gemma3", ("mean",), "prepare_tokenizer"),
+    # mean: what sentence-transformers pools a checkpoint without 1_Pooling with (gte-modernbert's says cls)
+    "modernbert": _family("modernbert", ("mean",), "sequence_classifier"),
 }
 
 
@@ -135,6 +137,13 @@ _CONFIG_RULES: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
         "architectures name NomicBert*",
     ),
     ("nomic_bert", lambda c: "nomic-bert" in _auto_map_targets(c), "auto_map targets nomic-ai/nomic-bert-*"),
+    # ModernBERT: its own model_type and ModernBert* classes (never a prefix of another family's names, and
+    # "ModernBert..." does not start with "Bert"), so the rule's place cannot capture another family's configs
+    (
+        "modernbert",
+        lambda c: c.get("model_type") == "modernbert" or any(a.startswith("ModernBert") for a in _architectures(c)),
+        "model_type/architectures name ModernBERT",
+    ),
     ("qwen", lambda c: c.get("model_type") in ("qwen2", "qwen3"), "model_type is qwen2/qwen3"),
     (
         "gemma3",
@@ -165,6 +174,9 @@ _CONFIG_RULES: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
 
 # a name suffix present only in checkpoints of these families
 _TENSOR_SIGNS: list[tuple[frozenset[str], str]] = [
+    # ModernBERT's GeGLU input `layers.N.mlp.Wi`, not its `attn.Wqkv`: NomicBERT's `encoder.layers.N.attn.Wqkv`
+    # ends with that too (its MLP is `fc11`/`fc12`). First, so that a Wqkv sign cannot claim ModernBERT's tensors
+    (frozenset({"modernbert"}), "layers.0.mlp.Wi.weight"),
     (frozenset({"jina_v3"}), "encoder.layers.0.mixer.Wqkv.bias"),
     (frozenset({"gte"}), "encoder.layer.0.attention.qkv_proj.weight"),
     (frozenset({"gte"}), "encoder.layer.0.attention.q_proj.weight"),

@@ -25,6 +25,7 @@ from .modules import load_module
 from .test_gemma3 import write_gemma3
 from .test_gte import write_gte
 from .test_jina_bert import write_tiny_jina
+from .test_modernbert import write_modernbert
 from .test_nomic_bert import write_nomic
 from .test_qwen import QWEN2_CONFIG, QWEN3_CONFIG, write_qwen
 from .test_xlm_roberta import write_tiny_xlm_roberta
@@ -53,6 +54,8 @@ WRITERS: dict[str, Callable[[Path, Path], Path]] = {
     "jina_v3": write_jina_v3,  # RoPE, per-row LoRA
     "nomic_bert": lambda t, tok: write_nomic(t, tok, seed=3),  # RoPE (base 1000), fused Wqkv, SwiGLU
     "gemma3": lambda t, tok: write_gemma3(t, seed=2),  # two RoPE bases, symmetric sliding window (4 each side), GQA
+    # global and sliding-window layers (window +-4 < the 13-token rows), two RoPE thetas
+    "modernbert": lambda t, tok: write_modernbert(t, tok, seed=1),
 }
 
 

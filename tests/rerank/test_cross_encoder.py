@@ -31,6 +31,7 @@ PAIRS = [(QUERY, document) for document in DOCUMENTS] + [
 ]
 
 KINDS = [("bert", 1), ("bert", 3), ("xlm_roberta", 1), ("xlm_roberta", 2), ("gte", 1), ("gte", 2)]
+KINDS += [("modernbert", 1), ("modernbert", 2)]
 
 
 @pytest.fixture(scope="module", params=KINDS, ids=[f"{family}-{labels}" for family, labels in KINDS])

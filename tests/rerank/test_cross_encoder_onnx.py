@@ -20,7 +20,14 @@ pytestmark = pytest.mark.slow  # each case exports a graph (about a minute on a 
 
 @pytest.mark.parametrize(
     ("family", "labels", "quantize"),
-    [("bert", 1, None), ("bert", 1, "int8"), ("xlm_roberta", 2, None), ("gte", 1, None), ("gte", 1, "int8")],
+    [
+        ("bert", 1, None),
+        ("bert", 1, "int8"),
+        ("xlm_roberta", 2, None),
+        ("gte", 1, None),
+        ("gte", 1, "int8"),
+        ("modernbert", 1, None),
+    ],
 )
 def test_onnx_matches_torch(tmp_path: Path, family: str, labels: int, quantize: str | None) -> None:
     model_dir = write_tiny_cross_encoder(tmp_path / "ce", family, labels, seed=11, max_length=MAX_LENGTH)
