@@ -67,6 +67,7 @@ class ModelDescription(TypedDict):
     device: str
     backend: str  # "torch", "onnx" or "onnx int8"
     dtype: str  # of the weights: "float32", "float16", "bfloat16", "int8"
+    heads: list[str]  # bge-m3's extra heads: "sparse_linear.pt: lexical weights (H -> 1)", ...; empty for most
 
 
 class LocalEmbedder(EmbedderBase):
@@ -207,7 +208,19 @@ class LocalEmbedder(EmbedderBase):
             "device": str(self._device),
             "backend": self._backend_label,
             "dtype": dtype,
+            "heads": self._head_descriptions(),
         }
+
+    def _head_descriptions(self) -> list[str]:
+        heads = self._heads
+        if heads is None:
+            return []
+        described = []
+        for name, what in (("sparse", "lexical weights"), ("colbert", "ColBERT vectors")):
+            layer = getattr(heads, name)
+            if layer is not None:
+                described.append(f"{heads.files[name].name}: {what} ({layer.in_features} -> {layer.out_features})")
+        return described
 
     @property
     def _backend_label(self) -> str:

@@ -36,11 +36,14 @@ TEXTS = [
 ]
 
 
-def write_tiny_bge_m3(target: Path, tokenizer_dir: Path, *, seed: int = 0, colbert_dim: int = 32) -> Path:
+def write_tiny_bge_m3(
+    target: Path, tokenizer_dir: Path, *, seed: int = 0, colbert_dim: int = 32, sparse_bias: float = 0.2
+) -> Path:
     """A random XLM-RoBERTa encoder in bge-m3's published layout: config.json + weights (XLMRobertaModel),
     the tokenizer files (all-MiniLM-L6-v2's vocabulary with XLM-R's `<s> a </s>` template; [CLS]/[SEP]/[PAD]
     stand in for <s>/</s>/<pad>), the sentence-transformers files (CLS pooling, Normalize), and the two
-    heads as bge-m3 ships them: torch.save of a Linear's state dict in sparse_linear.pt / colbert_linear.pt."""
+    heads as bge-m3 ships them: torch.save of a Linear's state dict in sparse_linear.pt / colbert_linear.pt.
+    `sparse_bias` sets how many tokens weigh more than 0 (0.2: most of them, some not; 2: nearly all)."""
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
     torch.manual_seed(seed)
@@ -74,8 +77,8 @@ def write_tiny_bge_m3(target: Path, tokenizer_dir: Path, *, seed: int = 0, colbe
     )
     (target / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": MAX_SEQ, "do_lower_case": False}))
     sparse, colbert = nn.Linear(32, 1), nn.Linear(32, colbert_dim)
-    with torch.no_grad():  # a positive bias so that most tokens weigh something after the relu
-        sparse.bias.fill_(0.2)
+    with torch.no_grad():
+        sparse.bias.fill_(sparse_bias)
     torch.save(sparse.state_dict(), target / "sparse_linear.pt")
     torch.save(colbert.state_dict(), target / "colbert_linear.pt")
     return target
@@ -150,6 +153,15 @@ def test_heads_match_the_published_formulas(m3_dir: Path, m3) -> None:
     # repeated tokens: one entry each, the max of their weights; special tokens never appear
     the = m3.tokenizer.token_to_id("the")
     assert the in lexical[4] and not {101, 102, 0, 100} & set(m3.embed_lexical(TEXTS)[4])
+
+
+def test_models_inspect_names_the_heads(m3_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from embedkit.cli import main
+
+    assert main(["models", "inspect", str(m3_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "xlm_roberta" in out
+    assert "sparse_linear.pt: lexical weights (32 -> 1); colbert_linear.pt: ColBERT vectors (32 -> 32)" in out
 
 
 def test_one_pass_gives_all_three_outputs(m3_dir: Path, m3) -> None:
