@@ -279,6 +279,7 @@ class QdrantSink:
         self.hnsw_ef = hnsw_ef
         self.exact = exact
         self._closed = False
+        self._lone_vector: bool | None = None  # the collection has one dense vector, unnamed (cached: _vectors)
         self._where = str(path or url or location or "client")
         self._connect(
             path=path,
@@ -466,6 +467,7 @@ class QdrantSink:
     ) -> None:
         """Create the collection with these dense (and sparse) vectors, metadata and the payload indexes
         (embedkit's own and `index_fields`): what `prepare` does for an embedder, and `push` for a copy."""
+        self._lone_vector = None
         self._create(vectors, dict(sparse or {}), metadata)
         self.ensure_indexes()
 
@@ -605,7 +607,12 @@ class QdrantSink:
         """The point's vectors as the collection names them (the engine turns a SparseVector into its own)."""
         dense = _floats(point.vector)
         if point.sparse is None and point.multivector is None:
-            return {self.vector_name: dense} if self.vector_name else dense
+            if self.vector_name:
+                return {self.vector_name: dense}
+            if self._lone_vector is None:
+                self._lone_vector = set(self.vectors()) == {""}
+            # beside a multivector, qdrant-client refuses an unnamed dense vector: name it "" there
+            return dense if self._lone_vector else {"": dense}
         named: dict[str, Any] = {self.vector_name or "": dense}
         if point.sparse is not None:
             named[self.sparse_vector_name] = point.sparse
