@@ -643,6 +643,8 @@ def _inspect(args: argparse.Namespace) -> int:
             value = ", ".join(f"{task}={prefix!r}" for task, prefix in info["tasks"].items())
         elif key == "detected_by":
             value = "; ".join(info["detected_by"])
+        elif key == "heads":
+            value = "; ".join(info["heads"]) or "-"
         print(f"{key:<{width}}  {value}")
     return 0
 

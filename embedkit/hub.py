@@ -13,7 +13,8 @@ __all__ = ["DEFAULT_MODEL_ID", "resolve_model_dir"]
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 # what an embedding model needs from a hub repository; never pickles, ONNX or other frameworks' files
-_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]
+# bge-m3's two heads are torch pickles of a Linear's state dict (read with weights_only=True, models/bge_m3.py)
+_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "sparse_linear.pt", "colbert_linear.pt"]
 
 
 def _packaged_default() -> Path | None:

@@ -36,6 +36,7 @@ from embedkit.local import late
 from embedkit.local.batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_BATCH_SIZE, TokenBatch, pack
 from embedkit.local.tokens import Encoder, TextPlan, plan_tasks
 from embedkit.models.base import EmbeddingModel
+from embedkit.models.bge_m3 import M3Embeddings, M3Heads
 from embedkit.models.dense import DenseStack
 from embedkit.models.pooling import pool_packed
 from embedkit.models.registry import Family
@@ -68,6 +69,7 @@ class ModelDescription(TypedDict):
     device: str
     backend: str  # "torch", "onnx" or "onnx int8"
     dtype: str  # of the weights: "float32", "float16", "bfloat16", "int8"
+    heads: list[str]  # bge-m3's extra heads: "sparse_linear.pt: lexical weights (H -> 1)", ...; empty for most
 
 
 class LocalEmbedder(EmbedderBase):
@@ -91,9 +93,11 @@ class LocalEmbedder(EmbedderBase):
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         dense: DenseStack | None = None,
+        heads: M3Heads | None = None,
     ) -> None:
         self._model = model
         self._dense = dense  # the pipeline's Dense modules, applied after pooling (models/dense.py)
+        self._heads = heads  # bge-m3's lexical and ColBERT heads over the token states (models/bge_m3.py)
         self._family = family
         self._detection_reasons = tuple(detection_reasons)
         self._pipeline = pipeline
@@ -216,7 +220,19 @@ class LocalEmbedder(EmbedderBase):
             "device": str(self._device),
             "backend": self._backend_label,
             "dtype": dtype,
+            "heads": self._head_descriptions(),
         }
+
+    def _head_descriptions(self) -> list[str]:
+        heads = self._heads
+        if heads is None:
+            return []
+        described = []
+        for name, what in (("sparse", "lexical weights"), ("colbert", "ColBERT vectors")):
+            layer = getattr(heads, name)
+            if layer is not None:
+                described.append(f"{heads.files[name].name}: {what} ({layer.in_features} -> {layer.out_features})")
+        return described
 
     @property
     def _backend_label(self) -> str:
@@ -385,6 +401,122 @@ class LocalEmbedder(EmbedderBase):
             vectors = self._dense(torch.from_numpy(vectors).to(self._device)).cpu().numpy()
         return postprocess(vectors, dimensions=dimensions, normalize=normalize)
 
+    # -- bge-m3's sparse and multi-vector heads -------------------------------------------------
+
+    @property
+    def heads(self) -> M3Heads | None:
+        """bge-m3's lexical (sparse_linear) and ColBERT (colbert_linear) heads, when the folder has them."""
+        return self._heads
+
+    def embed_all(
+        self,
+        texts: Sequence[str],
+        *,
+        task: str | Sequence[str | None] | None = None,
+        dimensions: int | None = None,
+        normalize: bool = True,
+        truncate: bool = True,
+        truncation_direction: str = "right",
+    ) -> M3Embeddings:
+        """ONE forward pass per batch -> the dense vectors (as `embed` gives them, same arguments), and the
+        lexical weights and ColBERT multi-vectors of every head the model has (see embedkit.models.bge_m3).
+        InputError as `embed`."""
+        texts = validate_texts(texts)
+        check_embed_args(normalize=normalize, truncate=truncate, dimensions=dimensions)
+        check_dimensions(dimensions, self._dimension, self._matryoshka)
+        heads = self._heads
+        dense, lexical, multivector = self._run_heads(
+            texts, task, truncate, truncation_direction,
+            lexical=heads is not None and heads.sparse is not None,
+            multivector=heads is not None and heads.colbert is not None,
+        )  # fmt: skip
+        return M3Embeddings(postprocess(dense, dimensions=dimensions, normalize=normalize), lexical, multivector)
+
+    def embed_multivector(
+        self,
+        texts: Sequence[str],
+        *,
+        task: str | Sequence[str | None] | None = None,
+        truncate: bool = True,
+        truncation_direction: str = "right",
+    ) -> list[np.ndarray]:
+        """One float32 [n_tokens - 1, D] array of L2-normalised ColBERT vectors per text (every token but the
+        first, the end token included), in input order: bge-m3's `colbert_linear` head. Compare with MaxSim
+        (`embedkit.models.bge_m3.maxsim`, Qdrant's multivector comparator) or its mean form `colbert_score`.
+        InputError for a model without the head, and as `embed`."""
+        self._require_head("colbert")
+        texts = validate_texts(texts)
+        check_embed_args(normalize=True, truncate=truncate)
+        _, _, vectors = self._run_heads(texts, task, truncate, truncation_direction, lexical=False, multivector=True)
+        assert vectors is not None
+        return vectors
+
+    def embed_lexical(
+        self,
+        texts: Sequence[str],
+        *,
+        task: str | Sequence[str | None] | None = None,
+        truncate: bool = True,
+        truncation_direction: str = "right",
+    ) -> list[dict[int, float]]:
+        """bge-m3's lexical weights per text, in input order: {token id: weight > 0}, the max over repeated
+        tokens, special tokens left out (`sparse_linear`; embedkit.sparse.bge_m3 makes SparseVectors of
+        them). InputError for a model without the head, and as `embed`."""
+        self._require_head("sparse")
+        texts = validate_texts(texts)
+        check_embed_args(normalize=True, truncate=truncate)
+        _, weights, _ = self._run_heads(texts, task, truncate, truncation_direction, lexical=True, multivector=False)
+        assert weights is not None
+        return weights
+
+    def _require_head(self, name: str) -> None:
+        if self._heads is None or getattr(self._heads, name) is None:
+            file = {"sparse": "sparse_linear.pt", "colbert": "colbert_linear.pt"}[name]
+            raise InputError(f"{self._model_id} has no {name} head ({file} beside the weights, as bge-m3 ships it)")
+
+    @torch.inference_mode()
+    def _run_heads(
+        self,
+        texts: list[str],
+        task: str | Sequence[str | None] | None,
+        truncate: bool,
+        direction: str,
+        *,
+        lexical: bool,
+        multivector: bool,
+    ) -> tuple[np.ndarray, list[dict[int, float]] | None, list[np.ndarray] | None]:
+        """Raw pooled vectors, lexical weights and multi-vectors of `texts`, input order, one pass per batch."""
+        plan = self._plan(task, len(texts))
+        limit = self.max_input_tokens if truncate else None
+        ids = self._encoder.encode(texts, plan.prefixes, max_length=limit, direction=direction, name="texts")
+        self._encoder.check_lengths(ids, "texts")
+        batches = pack(
+            ids,
+            batch_tokens=self.batch_tokens,
+            max_batch_size=self.max_batch_size,
+            adapter_ids=plan.adapter_ids,
+            prompt_lengths=plan.prompt_lengths,
+            pad_id=self._encoder.pad_id,
+        )
+        dense = np.empty((len(ids), self._dimension), dtype=np.float32)
+        weights: list[dict[int, float]] = [{} for _ in ids]
+        vectors: list[np.ndarray] = [np.empty(0) for _ in ids]
+        for batch in batches:
+            batch = batch.to(self._device)
+            states = self._model(batch)  # [N, H]
+            rows = list(batch.indices)
+            dense[rows] = self._project(pool_packed(states, batch, self._pooling)).float().cpu().numpy()
+            lengths = list(batch.lengths)
+            if lexical:
+                assert self._heads is not None
+                for row, value in zip(rows, self._heads.lexical_weights(states, batch.input_ids, lengths), strict=True):
+                    weights[row] = value
+            if multivector:
+                assert self._heads is not None
+                for row, array in zip(rows, self._heads.multivectors(states, lengths), strict=True):
+                    vectors[row] = array
+        return dense, weights if lexical else None, vectors if multivector else None
+
     # -- tokens ---------------------------------------------------------------------------------
 
     @property
@@ -449,5 +581,8 @@ class LocalEmbedder(EmbedderBase):
     def _pooled(self, batch: TokenBatch) -> torch.Tensor:
         """[B, dimension] pooled states of a batch already on the device, rows in batch order, through the
         pipeline's Dense modules when it has any."""
-        pooled = pool_packed(self._model(batch), batch, self._pooling)  # states [N, H]; adapter ids on the host
+        return self._project(pool_packed(self._model(batch), batch, self._pooling))  # states [N, H]
+
+    def _project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled vectors [B, H * modes] through the pipeline's Dense modules, when it has any."""
         return pooled if self._dense is None else self._dense(pooled)

@@ -23,6 +23,7 @@ from embedkit.local.batching import DEFAULT_BATCH_TOKENS, DEFAULT_CPU_BATCH_TOKE
 from embedkit.local.embedder import LocalEmbedder
 from embedkit.local.tokenizer import load_model_tokenizer
 from embedkit.models.base import EmbeddingModel, EncoderModel
+from embedkit.models.bge_m3 import load_m3_heads
 from embedkit.models.dense import load_dense
 from embedkit.models.loading import assign_weights
 from embedkit.models.registry import detect_family
@@ -118,6 +119,11 @@ def load(
     max_seq_length = max_input_tokens(pipeline, module, model_dir)
     pooled_size = module.hidden_size * len(pipeline.pooling_modes or family.default_pooling)
     dense = load_dense(pipeline.dense, pooled_size, allow_pickle=allow_pickle, device=torch_device)
+    # bge-m3's sparse_linear / colbert_linear beside the weights: run in torch (fp32) on the token states
+    heads = load_m3_heads(model_dir, module.hidden_size, tokenizer.token_to_id)
+    if heads is not None:
+        heads = heads.to(torch_device)
+        log.info("%s: bge-m3 heads %s", model_dir, ", ".join(sorted(heads.files)))
     runner: EmbeddingModel = module
     if chosen == "onnx":
         runner = onnx_runner(
@@ -138,6 +144,7 @@ def load(
         default_task=default_task,
         batch_tokens=DEFAULT_CPU_BATCH_TOKENS if torch_device.type == "cpu" else DEFAULT_BATCH_TOKENS,
         dense=dense,
+        heads=heads,
     )
 
 

@@ -23,6 +23,8 @@ class Point:
     vector: Sequence[float]
     payload: dict[str, Any]
     sparse: SparseVector | None = None  # stored beside the dense vector when the collection has a sparse one
+    # [n, D] late-interaction rows (bge-m3's ColBERT vectors), when the collection has a multivector
+    multivector: Sequence[Sequence[float]] | None = None
 
 
 @dataclass(frozen=True)

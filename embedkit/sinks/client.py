@@ -136,6 +136,19 @@ def _theirs(vector: Any) -> Any:
     return vector
 
 
+def _vector_params(config: VectorConfig) -> models.VectorParams:
+    """A dense vector's parameters; a MaxSim multivector gets no HNSW graph (m=0): it only reranks candidates
+    the other vectors found (as Qdrant advises for ColBERT vectors)."""
+    if not config.multivector:
+        return models.VectorParams(size=config.size, distance=models.Distance(config.distance))
+    return models.VectorParams(
+        size=config.size,
+        distance=models.Distance(config.distance),
+        multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
+        hnsw_config=models.HnswConfigDiff(m=0),
+    )
+
+
 def _modifier(config: SparseConfig) -> models.SparseVectorParams:
     return models.SparseVectorParams(modifier=models.Modifier.IDF if config.modifier == "idf" else None)
 
@@ -268,7 +281,9 @@ class ClientSink(QdrantSink):
     def vectors(self) -> dict[str, VectorConfig]:
         params = self._config().params.vectors
         named = params if isinstance(params, dict) else {"": params} if params is not None else {}
-        return {name: VectorConfig(p.size, p.distance.value) for name, p in named.items()}
+        return {
+            name: VectorConfig(p.size, p.distance.value, p.multivector_config is not None) for name, p in named.items()
+        }
 
     def sparse_vectors(self) -> dict[str, SparseConfig]:
         params = self._config().params.sparse_vectors or {}
@@ -277,9 +292,7 @@ class ClientSink(QdrantSink):
     def _create(
         self, vectors: dict[str, VectorConfig], sparse: dict[str, SparseConfig], metadata: dict[str, Any]
     ) -> None:
-        params = {
-            name: models.VectorParams(size=c.size, distance=models.Distance(c.distance)) for name, c in vectors.items()
-        }
+        params = {name: _vector_params(c) for name, c in vectors.items()}
         self._call(
             self._client.create_collection,
             self.collection,
@@ -354,6 +367,15 @@ class ClientSink(QdrantSink):
     def _query(self, query: Query) -> list[SearchHit]:
         dense_name = self.vector_name
         options: dict[str, Any] = {"query_filter": query.filter, "search_params": query.params}
+        if query.multivector is not None:
+            # the search as one prefetch of `fetch_k` candidates, reordered by MaxSim over the multivectors
+            options = {
+                "prefetch": [self._first_stage(query)],
+                "query": query.multivector,
+                "using": self.multivector_name,
+                "query_filter": query.filter,
+            }
+            return self._points(query, options, threshold=False)
         if query.dense is not None and query.sparse is not None:
             branches = [
                 models.Prefetch(
@@ -373,12 +395,41 @@ class ClientSink(QdrantSink):
             options.update(query=_theirs(query.sparse), using=self.sparse_vector_name)
         else:
             options.update(query=query.dense, using=dense_name)
+        return self._points(query, options, threshold=True)
+
+    def _points(self, query: Query, options: dict[str, Any], *, threshold: bool) -> list[SearchHit]:
         response = self._call(
             self._client.query_points,
             self.collection,
             limit=query.k,
-            score_threshold=query.score_threshold,
+            score_threshold=query.score_threshold if threshold else None,
             with_payload=True,
             **options,
         )
         return [SearchHit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+
+    def _first_stage(self, query: Query) -> models.Prefetch:
+        """The dense, sparse or fused search of `query` as a prefetch of its `fetch_k` best."""
+        limit, where, threshold = query.fetch_k, query.filter, query.score_threshold
+        if query.dense is not None and query.sparse is not None:
+            branches = [
+                models.Prefetch(
+                    query=query.dense, using=self.vector_name, limit=limit, filter=where, params=query.params
+                ),
+                models.Prefetch(query=_theirs(query.sparse), using=self.sparse_vector_name, limit=limit, filter=where),
+            ]
+            fused: Any = (
+                models.RrfQuery(rrf=models.Rrf(k=query.rrf_k, weights=list(query.weights) if query.weights else None))
+                if query.fusion == "rrf"
+                else models.FusionQuery(fusion=models.Fusion.DBSF)
+            )
+            return models.Prefetch(prefetch=branches, query=fused, limit=limit, score_threshold=threshold)
+        if query.sparse is not None:
+            return models.Prefetch(
+                query=_theirs(query.sparse), using=self.sparse_vector_name, limit=limit, filter=where,
+                score_threshold=threshold,
+            )  # fmt: skip
+        return models.Prefetch(
+            query=query.dense, using=self.vector_name, limit=limit, filter=where, params=query.params,
+            score_threshold=threshold,
+        )  # fmt: skip

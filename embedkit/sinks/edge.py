@@ -419,7 +419,7 @@ class EdgeSink(QdrantSink):
 
     def vectors(self) -> dict[str, VectorConfig]:
         return {
-            name: VectorConfig(int(params["size"]), str(params["distance"]))
+            name: VectorConfig(int(params["size"]), str(params["distance"]), bool(params.get("multivector", False)))
             for name, params in self._record()["vectors"].items()
         }
 
@@ -434,7 +434,8 @@ class EdgeSink(QdrantSink):
         if unknown:
             raise StoreError(f"Qdrant Edge has no {unknown[0]} distance (it has {', '.join(_DISTANCES)})")
         params = {
-            name: qe.EdgeVectorParams(size=c.size, distance=_DISTANCES[c.distance]) for name, c in vectors.items()
+            name: qe.EdgeVectorParams(size=c.size, distance=_DISTANCES[c.distance], **_multivector_params(c))
+            for name, c in vectors.items()
         }
         optimizers = (
             qe.EdgeOptimizersConfig(indexing_threshold=self.indexing_threshold_kb)
@@ -454,7 +455,10 @@ class EdgeSink(QdrantSink):
     @staticmethod
     def _vector_record(vectors: dict[str, VectorConfig], sparse: dict[str, SparseConfig]) -> dict[str, Any]:
         return {
-            "vectors": {name: {"size": c.size, "distance": c.distance} for name, c in vectors.items()},
+            "vectors": {
+                name: {"size": c.size, "distance": c.distance, **({"multivector": True} if c.multivector else {})}
+                for name, c in vectors.items()
+            },
             "sparse_vectors": {name: {"modifier": c.modifier} for name, c in sparse.items()},
         }
 
@@ -607,7 +611,12 @@ class EdgeSink(QdrantSink):
     def _query(self, query: Query) -> list[SearchHit]:
         params = qe.SearchParams(hnsw_ef=query.params.hnsw_ef, exact=bool(query.params.exact))
         where = edge_filter(query.filter)
-        if query.dense is not None and query.sparse is not None:
+        if query.multivector is not None:
+            # the search as one prefetch of `fetch_k` candidates, reordered by MaxSim over the multivectors
+            first = self._first_stage(query, params, where)
+            rerank = qe.Query.Nearest(query.multivector, using=self.multivector_name)
+            request = qe.QueryRequest(limit=query.k, prefetches=[first], query=rerank, filter=where, with_payload=True)
+        elif query.dense is not None and query.sparse is not None:
             branches = [
                 qe.Prefetch(
                     query.fetch_k, qe.Query.Nearest(query.dense, using=self.vector_name), params=params, filter=where
@@ -637,3 +646,35 @@ class EdgeSink(QdrantSink):
             )  # fmt: skip
         points = self._call("query", lambda shard: shard.query(request))
         return [SearchHit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+
+    def _first_stage(self, query: Query, params: Any, where: Any) -> Any:
+        """The dense, sparse or fused search of `query` as a prefetch of its `fetch_k` best."""
+        dense = qe.Query.Nearest(query.dense or [], using=self.vector_name)
+        sparse = (
+            qe.Query.Nearest(_theirs(query.sparse), using=self.sparse_vector_name) if query.sparse is not None else None
+        )
+        if query.dense is not None and sparse is not None:
+            branches = [
+                qe.Prefetch(query.fetch_k, dense, params=params, filter=where),
+                qe.Prefetch(query.fetch_k, sparse, filter=where),
+            ]
+            fused: Any = (
+                qe.Fusion.Rrf(k=query.rrf_k, weights=list(query.weights) if query.weights else None)
+                if query.fusion == "rrf"
+                else qe.Fusion.Dbsf()
+            )
+            return qe.Prefetch(query.fetch_k, fused, prefetches=branches, score_threshold=query.score_threshold)
+        if sparse is not None:
+            return qe.Prefetch(query.fetch_k, sparse, filter=where, score_threshold=query.score_threshold)
+        return qe.Prefetch(query.fetch_k, dense, params=params, filter=where, score_threshold=query.score_threshold)
+
+
+def _multivector_params(config: VectorConfig) -> dict[str, Any]:
+    """A MaxSim multivector's extra parameters: the comparator, and no HNSW graph (m=0), since it only reranks
+    candidates the other vectors found (as Qdrant advises for ColBERT vectors)."""
+    if not config.multivector:
+        return {}
+    return {
+        "multivector_config": qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+        "hnsw_config": qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
+    }

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypedDict
 
+import numpy as np
 from qdrant_client import models
 
 from embedkit.errors import InputError, StoreError
@@ -30,6 +31,7 @@ from embedkit.sinks.filters import OWN_FIELDS, doc_filter, has_field, metadata_c
 from embedkit.sparse.base import SparseVector
 
 __all__ = [
+    "DEFAULT_MULTIVECTOR_NAME",
     "DEFAULT_SPARSE_NAME",
     "ENGINES",
     "FINGERPRINT_KEY",
@@ -54,6 +56,9 @@ FINGERPRINT_KEY = "embedkit"  # collection metadata key holding the embedder fin
 PROBES_KEY = "embedkit_probes"  # ... and the probe texts' vectors that decide who may write (ingestion.records)
 SPARSE_KEY = "embedkit_sparse"  # ... and the sparse encoder's fingerprint, in a collection with sparse vectors
 DEFAULT_SPARSE_NAME = "sparse"
+DEFAULT_MULTIVECTOR_NAME = (
+    "colbert"  # the late-interaction multivector (bge-m3's ColBERT head), when a collection has one
+)
 # (dense, sparse) vector names other frameworks give a hybrid collection: write one they read as it is
 VECTOR_NAME_PRESETS = {
     "embedkit": (None, DEFAULT_SPARSE_NAME),
@@ -72,6 +77,9 @@ OWN_INDEXES = {DOC_ID: "keyword", SOURCE: "keyword", CHUNK_INDEX: "integer"}
 class VectorConfig:
     size: int
     distance: str  # Qdrant's name: "Cosine", "Dot", "Euclid", "Manhattan"
+    # a multivector (a [n, size] matrix per point) compared by Qdrant's MaxSim: sum over the query's vectors of
+    # the best similarity among the point's. Not HNSW-indexed: it reranks candidates the other vectors found
+    multivector: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,9 @@ class Query:
     filter: models.Filter | None
     score_threshold: float | None
     params: models.SearchParams
+    # the late-interaction stage: the query's vectors [m, D]; the search above keeps `fetch_k` candidates and
+    # MaxSim against the stored multivectors (`multivector_name`) picks the `k` best of them
+    multivector: list[list[float]] | None = None
 
 
 def _floats(vector: Any) -> list[float]:
@@ -190,9 +201,12 @@ class QdrantSink:
     `vector_name`), payload `page_content` + `metadata` as langchain-qdrant reads them, plus doc_id,
     chunk_index, chunk_count, start, end, headings and content_hash (embedkit.ingestion.records.chunk_payload).
 
-    A collection may also hold a sparse vector per point (`sparse_vector_name`, BM25 or SPLADE; see
-    embedkit.sparse), searched alone or fused with the dense one (`search(mode=...)`); `VECTOR_NAME_PRESETS`
-    names the vectors as langchain-qdrant or LlamaIndex do, so they read the collection as it is.
+    A collection may also hold a sparse vector per point (`sparse_vector_name`, BM25, SPLADE or bge-m3's lexical
+    weights; see embedkit.sparse), searched alone or fused with the dense one (`search(mode=...)`);
+    `VECTOR_NAME_PRESETS` names the vectors as langchain-qdrant or LlamaIndex do, so they read the collection
+    as it is. And a multivector per point (`multivector_name`, bge-m3's ColBERT vectors; `prepare(...,
+    multivector=D)`), compared by Qdrant's MaxSim to rerank what the dense/sparse/hybrid search found
+    (`search(multivector=...)`).
 
     Exactly one of `path` (the embedded store: Qdrant Edge, or qdrant-client's local mode with
     `engine="client-local"`), `url` (+ `api_key`) of a server, `location` (":memory:") or a qdrant-client
@@ -228,6 +242,7 @@ class QdrantSink:
         batch_size: int = 256,
         vector_name: str | None = None,
         sparse_vector_name: str = DEFAULT_SPARSE_NAME,
+        multivector_name: str = DEFAULT_MULTIVECTOR_NAME,
         retry_attempts: int = 5,
         index_fields: Mapping[str, str] | None = None,
         hnsw_ef: int | None = None,
@@ -253,10 +268,18 @@ class QdrantSink:
                 f"sparse_vector_name must be a non-empty name other than the dense one's, got {sparse_vector_name!r}"
             )
         self.sparse_vector_name = sparse_vector_name
+        taken = (vector_name, sparse_vector_name)
+        if not multivector_name or not isinstance(multivector_name, str) or multivector_name in taken:
+            raise InputError(
+                "multivector_name must be a non-empty name other than the dense and sparse vectors' names, "
+                f"got {multivector_name!r}"
+            )
+        self.multivector_name = multivector_name
         self.retry_attempts = retry_attempts
         self.hnsw_ef = hnsw_ef
         self.exact = exact
         self._closed = False
+        self._lone_vector: bool | None = None  # the collection has one dense vector, unnamed (cached: _vectors)
         self._where = str(path or url or location or "client")
         self._connect(
             path=path,
@@ -404,19 +427,33 @@ class QdrantSink:
         probes: dict[str, Any] | None = None,
         rewrite: bool = False,
         sparse: SparseConfig | None = None,
+        multivector: int | None = None,
     ) -> None:
         """Create the collection for `dimension`-d cosine vectors recording `fingerprint` and `probes` (and a
-        sparse vector `sparse_vector_name` when `sparse` is given), or check that the existing one holds such
+        sparse vector `sparse_vector_name` when `sparse` is given, a MaxSim multivector `multivector_name` of
+        `multivector`-d rows, dot product, when that is given), or check that the existing one holds such
         vectors (StoreError naming both when not); `rewrite` records `fingerprint` and `probes` over what an
         existing collection holds. Whether an embedder may write here is decided by the caller
         (embedkit.ingestion.records.open_collection); an existing collection gains its sparse vector through
         `add_sparse_vector`."""
         metadata = {FINGERPRINT_KEY: fingerprint, PROBES_KEY: probes}
+        if multivector is not None and (
+            isinstance(multivector, bool) or not isinstance(multivector, int) or multivector < 1
+        ):
+            raise InputError(
+                f"multivector must be the width of a multivector's rows (an int >= 1), got {multivector!r}"
+            )
         if not self.exists():
             named = {self.sparse_vector_name: sparse} if sparse is not None else {}
-            self.create({self.vector_name or "": VectorConfig(dimension, "Cosine")}, metadata, sparse=named)
+            vectors = {self.vector_name or "": VectorConfig(dimension, "Cosine")}
+            if multivector is not None:
+                # dot product: the rows are unit vectors already (FlagEmbedding's colbert_score is over dots)
+                vectors[self.multivector_name] = VectorConfig(multivector, "Dot", multivector=True)
+            self.create(vectors, metadata, sparse=named)
             return
         self._check_vectors(dimension)
+        if multivector is not None:
+            self._check_multivector(multivector)
         self.ensure_indexes()
         if rewrite:
             self._write_metadata({**self._metadata(), **metadata})
@@ -430,6 +467,7 @@ class QdrantSink:
     ) -> None:
         """Create the collection with these dense (and sparse) vectors, metadata and the payload indexes
         (embedkit's own and `index_fields`): what `prepare` does for an embedder, and `push` for a copy."""
+        self._lone_vector = None
         self._create(vectors, dict(sparse or {}), metadata)
         self.ensure_indexes()
 
@@ -517,6 +555,19 @@ class QdrantSink:
                 f"distance; this embedder gives {dimension}-d vectors for cosine distance. Use another collection."
             )
 
+    def _check_multivector(self, size: int) -> None:
+        params = self.vectors().get(self.multivector_name)
+        if params is None or not params.multivector:
+            raise StoreError(
+                f"collection {self.collection!r} has no multivector {self.multivector_name!r} (it was created "
+                "without one); write the multivectors to a new collection"
+            )
+        if params.size != size:
+            raise StoreError(
+                f"collection {self.collection!r} holds {params.size}-d multivector rows in {self.multivector_name!r}; "
+                f"these are {size}-d. Use another collection."
+            )
+
     def info(self) -> CollectionInfo:
         """Counts, vector configs, payload indexes and the fingerprint; StoreError if there is no collection."""
         self._require()
@@ -525,7 +576,10 @@ class QdrantSink:
             engine=self.engine,
             location=self._where,
             points=self.count(),
-            vectors={name: {"size": c.size, "distance": c.distance} for name, c in self.vectors().items()},
+            vectors={
+                name: {"size": c.size, "distance": c.distance, **({"multivector": "max_sim"} if c.multivector else {})}
+                for name, c in self.vectors().items()
+            },
             sparse_vectors={name: {"modifier": c.modifier} for name, c in self.sparse_vectors().items()},
             sparse_encoder=self.sparse_encoder(),
             payload_indexes=self.payload_indexes(),
@@ -552,9 +606,19 @@ class QdrantSink:
     def _vectors(self, point: Point) -> dict[str, Any] | list[float]:
         """The point's vectors as the collection names them (the engine turns a SparseVector into its own)."""
         dense = _floats(point.vector)
-        if point.sparse is None:
-            return {self.vector_name: dense} if self.vector_name else dense
-        return {self.vector_name or "": dense, self.sparse_vector_name: point.sparse}
+        if point.sparse is None and point.multivector is None:
+            if self.vector_name:
+                return {self.vector_name: dense}
+            if self._lone_vector is None:
+                self._lone_vector = set(self.vectors()) == {""}
+            # beside a multivector, qdrant-client refuses an unnamed dense vector: name it "" there
+            return dense if self._lone_vector else {"": dense}
+        named: dict[str, Any] = {self.vector_name or "": dense}
+        if point.sparse is not None:
+            named[self.sparse_vector_name] = point.sparse
+        if point.multivector is not None:
+            named[self.multivector_name] = [_floats(row) for row in point.multivector]
+        return named
 
     def page(self, offset: Any = None, limit: int = 256) -> tuple[list[StoredPoint], Any]:
         """One page of at most `limit` points with payloads and vectors, in id order from `offset` (None: the
@@ -651,9 +715,10 @@ class QdrantSink:
         exact: bool | None = None,
         reranker: Any = None,
         query_text: str | None = None,
+        multivector: Any = None,
     ) -> list[SearchHit]:
         """The `k` best chunks, best first, by the dense `vector`, the `sparse_vector`, or both fused, and
-        optionally reordered by a `reranker`.
+        optionally reordered by a `reranker` or by late interaction with the query's `multivector`.
 
         `mode`: "dense", "sparse" or "hybrid" (default: whichever the given vectors allow). Hybrid runs both
         searches in Qdrant's Query API, each keeping its `fetch_k` best (default max(4k, 20)), and fuses them:
@@ -674,8 +739,21 @@ class QdrantSink:
         the `k` best by the reranker come back in its order, `score` being the reranker's and
         `retrieval_score` the vector search's (`score_threshold` applies to the latter). Raises InputError
         without `query_text`, StoreError for a candidate with no text to rerank.
+
+        Late interaction: with `multivector` (the query's ColBERT vectors, [m, D], e.g. bge-m3's
+        `LocalEmbedder.embed_multivector`) the search above keeps `fetch_k` candidates (default max(4k, 20);
+        `score_threshold` applies to them) and Qdrant reorders them by MaxSim against each point's stored
+        multivector (`multivector_name`), in one query. `score` is Qdrant's MaxSim, sum_i max_j q_i . d_j;
+        FlagEmbedding's ColBERT score is that divided by m (the same order: m is the query's). A candidate
+        without a stored multivector is dropped. StoreError when the collection has no such multivector or its
+        rows are of another width; InputError for a malformed matrix, or with a `reranker` too.
         """
         self._require()
+        rows = None
+        if multivector is not None:
+            if reranker is not None:
+                raise InputError("a search reranks by multivector= (late interaction in Qdrant) or reranker=, not both")
+            rows = self._query_multivector(multivector)
         if reranker is not None:
             return self._reranked(vector, k, reranker, query_text, fetch_k, mode, sparse_vector, fusion, rrf_k,
                                   weights, metadata_filter, score_threshold, hnsw_ef, exact)  # fmt: skip
@@ -684,10 +762,25 @@ class QdrantSink:
         params = models.SearchParams(
             hnsw_ef=self.hnsw_ef if hnsw_ef is None else hnsw_ef, exact=self.exact if exact is None else exact
         )
-        hits = self._query(Query(**query, filter=condition, score_threshold=score_threshold, params=params))
+        hits = self._query(
+            Query(**query, filter=condition, score_threshold=score_threshold, params=params, multivector=rows)
+        )
         if not hits and condition is not None and metadata_filter:
             self._check_keys_exist(list(metadata_filter))
         return hits
+
+    def _query_multivector(self, multivector: Any) -> list[list[float]]:
+        """The query's multivector as rows of floats, checked against the collection's."""
+        try:
+            matrix = np.asarray(multivector, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"multivector must be a [m, D] matrix of numbers: {exc}") from exc
+        if matrix.ndim != 2 or matrix.shape[0] < 1 or matrix.shape[1] < 1:
+            raise InputError(f"multivector must be a [m, D] matrix with at least one row, got shape {matrix.shape}")
+        if not np.isfinite(matrix).all():
+            raise InputError("multivector holds NaN or Inf")
+        self._check_multivector(matrix.shape[1])
+        return matrix.tolist()
 
     def _reranked(
         self,

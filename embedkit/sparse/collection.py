@@ -12,7 +12,7 @@ __all__ = ["encoder_for_collection"]
 
 
 def encoder_for_collection(sink: Any) -> SparseEncoder:
-    """The SparseEncoder `sink`'s collection records (BM25 with its parameters, or the SPLADE model).
+    """The SparseEncoder `sink`'s collection records (BM25 with its parameters, the SPLADE or bge-m3 model).
 
     Raises StoreError when the collection records none (it has no sparse vectors, or another tool wrote them:
     pass the encoder yourself then), and what loading the encoder raises (ModelLoadError, ...).
@@ -27,6 +27,10 @@ def encoder_for_collection(sink: Any) -> SparseEncoder:
         from embedkit.sparse import load_sparse
 
         return load_sparse(recorded["name"], max_active_dims=recorded.get("max_active_dims"))
+    if kind == "bge-m3-sparse" and recorded.get("name"):
+        from embedkit.sparse import load_sparse
+
+        return load_sparse(recorded["name"], task=recorded.get("task"))
     raise StoreError(
         f"collection {sink.collection!r} records no sparse encoder embedkit can rebuild ({recorded!r}): it has no "
         "sparse vectors of embedkit's; ingest with --sparse bm25, or give the sparse encoder to use for queries"

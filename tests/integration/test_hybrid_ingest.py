@@ -121,3 +121,30 @@ def test_cli_sparse_ingest_and_search_modes(tmp_path: Path, corpus: Path, capsys
     assert main(["search", "bees", "--mode", "hybrid", "--collection", "kb", "--qdrant-path", store,
                  "--vector-names", "llamaindex"]) == 1  # fmt: skip
     assert "has no sparse vector 'text-sparse-new'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine", ["edge", "client-local"])
+def test_bge_m3_lexical_weights_are_the_sparse_side(tmp_path: Path, minilm_dir: Path, engine: str) -> None:
+    """bge-m3's sparse head through load_sparse: ingest stores its vectors unchanged, a collection rebuilds the
+    encoder from its record, and a word only one document has is found by the sparse and hybrid searches."""
+    from embedkit import load
+    from embedkit.sparse import encoder_for_collection, load_sparse
+
+    from ..models.test_bge_m3 import write_tiny_bge_m3
+
+    model_dir = write_tiny_bge_m3(tmp_path / "m3", minilm_dir, seed=11, sparse_bias=2.0)
+    dense, sparse = load(model_dir, device="cpu"), load_sparse(model_dir, device="cpu")
+    docs = [Document("bees", "Honeybees shiver in winter."), Document("violin", "A violin has four strings."),
+            Document("rock", "Granite is an igneous rock.")]  # fmt: skip
+    with QdrantSink("kb", path=tmp_path / "q", engine=engine) as sink:
+        ingest(docs, dense, sink, progress=False, sparse=sparse)
+        for payload, _, vector in stored(sink).values():
+            alone = sparse.embed_documents([payload["page_content"]])[0]  # ingest batched it with others
+            assert vector.indices == alone.indices and np.allclose(vector.values, alone.values, atol=1e-6)
+        assert sink.sparse_encoder() == sparse.fingerprint() == encoder_for_collection(sink).fingerprint()
+        query = sparse.embed_query("violin")
+        assert query.indices  # the word's tokens weigh something
+        assert sink.search(None, 3, sparse_vector=query)[0].payload["doc_id"] == "violin"
+        assert len(sink.search(None, 3, sparse_vector=query)) == 1  # no other document has its tokens
+        hybrid = sink.search(dense.embed_query("violin"), 3, sparse_vector=query)
+        assert "violin" in [hit.payload["doc_id"] for hit in hybrid]
