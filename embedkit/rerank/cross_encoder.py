@@ -58,9 +58,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# a cross-encoder's pairs are long (a query and a whole passage): larger passes than the embedder's 2048
-# padded tokens keep the CPU's matmuls wide; on a GPU the embedder's budget
-DEFAULT_CPU_PAIR_TOKENS = 8192
+# on a CPU a pass's activations must stay in cache, however long each pair is: MiniLM-L6 cross-encoder,
+# 100 pairs of 100-300 tokens, quiet 2-core AVX-512 machine (pairs/s, torch / ONNX fp32): 1024 tokens
+# 31.1 / 26.0, 2048 28.4 / 23.2, 4096 29.3 / 19.7, 8192 22.1 / 17.9 (benchmarks/RESULTS.md)
+DEFAULT_CPU_PAIR_TOKENS = 1024
 DEFAULT_GPU_PAIR_TOKENS = 16384
 
 # the activations embedkit applies, by the class name sentence-transformers records (under `torch.`)
