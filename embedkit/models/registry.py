@@ -88,6 +88,7 @@ FAMILIES: dict[str, Family] = {
     "jina_v3": _family("jina_v3", ("mean",), "default_prompts"),
     "qwen": _family("qwen", ("lasttoken",), "prepare_tokenizer", "default_prompts"),
     "distilbert": _family("distilbert", ("mean",), "masked_lm"),
+    "mpnet": _family("mpnet", ("mean",)),
 }
 
 
@@ -129,6 +130,13 @@ _CONFIG_RULES: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
         lambda c: c.get("model_type") == "distilbert" or any(a.startswith("DistilBert") for a in _architectures(c)),
         "model_type/architectures name DistilBERT",
     ),
+    # model_type "mpnet" and MPNet* classes belong to no other family; before the BERT-likes below,
+    # which MPNet's BERT-shaped config keys must not reach
+    (
+        "mpnet",
+        lambda c: c.get("model_type") == "mpnet" or any(a.startswith("MPNet") for a in _architectures(c)),
+        "model_type/architectures name MPNet",
+    ),
     (
         "xlm_roberta",
         lambda c: (
@@ -155,6 +163,9 @@ _TENSOR_SIGNS: list[tuple[frozenset[str], str]] = [
     (frozenset({"jina_bert"}), "encoder.layer.0.mlp.up_gated_layer.weight"),
     (frozenset({"qwen"}), "layers.0.self_attn.q_proj.weight"),
     (frozenset({"distilbert"}), "transformer.layer.0.attention.q_lin.weight"),
+    # before BERT's sign: an MPNet checkpoint also holds `intermediate.dense`
+    (frozenset({"mpnet"}), "encoder.relative_attention_bias.weight"),
+    (frozenset({"mpnet"}), "encoder.layer.0.attention.attn.q.weight"),
     (frozenset({"bert", "xlm_roberta"}), "encoder.layer.0.intermediate.dense.weight"),
 ]
 
