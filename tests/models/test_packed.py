@@ -24,6 +24,7 @@ from ..conftest import write_tiny_bert
 from .modules import load_module
 from .test_gte import write_gte
 from .test_jina_bert import write_tiny_jina
+from .test_mpnet import write_mpnet
 from .test_qwen import QWEN2_CONFIG, QWEN3_CONFIG, write_qwen
 from .test_xlm_roberta import write_tiny_xlm_roberta
 
@@ -49,6 +50,7 @@ WRITERS: dict[str, Callable[[Path, Path], Path]] = {
     "qwen3": lambda t, tok: write_qwen(t, QWEN3_CONFIG, seed=2),  # RoPE, GQA, causal, q/k norm
     "qwen3_bidirectional": lambda t, tok: write_qwen(t, {**QWEN3_CONFIG, "use_bidirectional_attention": True}),
     "jina_v3": write_jina_v3,  # RoPE, per-row LoRA
+    "mpnet": lambda t, tok: write_mpnet(t, tok, seed=7),  # learned relative-position bias, positions from 2
 }
 
 

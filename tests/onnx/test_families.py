@@ -19,6 +19,7 @@ from ..conftest import write_tiny_bert
 from ..models.test_gte import write_gte
 from ..models.test_jina_bert import write_tiny_jina
 from ..models.test_jina_v3 import FIXTURE_MODEL, TASKS, write_original
+from ..models.test_mpnet import write_mpnet
 from ..models.test_qwen import QUERY_INSTRUCTION, QWEN2_CONFIG, QWEN3_CONFIG, write_qwen
 from ..models.test_xlm_roberta import write_tiny_xlm_roberta
 
@@ -57,6 +58,7 @@ WRITERS = {
     "Qwen3 (causal)": lambda target, _: write_qwen(
         target, QWEN3_CONFIG, seed=2, prompts={"query": QUERY_INSTRUCTION, "document": ""}
     ),
+    "mpnet (relative position bias)": lambda target, tok: write_mpnet(target, tok, seed=8),
 }
 
 
