@@ -2,6 +2,7 @@
 
     python benchmarks/cpu.py                 # all-MiniLM-L6-v2, 1024 mixed-length texts
     python benchmarks/cpu.py --texts 2048 --max-tokens 512
+    python benchmarks/cpu.py --model mpnet-base-random --texts 256   # all-mpnet-base-v2's shape, random weights
 
 Rows: sentence-transformers fp32 (the baseline), fastembed on embedkit's exported ONNX graph (when
 fastembed is installed; its own ONNX Runtime loop, batches in input order), embedkit torch,
@@ -11,7 +12,9 @@ vectors are compared with the baseline's (min cosine) before any figure is print
 Throughput corpus: log-uniform lengths (--min-tokens .. --max-tokens words) from examples/docs, as
 in throughput.py. Quality corpus for int8: natural English, the docstrings of Python's standard
 library — each summary line is a query, the rest of its docstring the passage it should find;
-recall@10 = share of queries whose own passage ranks in the top 10 of all passages.
+recall@10 = share of queries whose own passage ranks in the top 10 of all passages. With random weights
+(--model mpnet-base-random: all-mpnet-base-v2's size and layout, written by throughput.py's writer; weights
+do not change speed) there is no quality to measure, so that part is skipped.
 
 Also printed: the machine's fp32 matmul rate (torch, a 2048^2 GEMM on the same threads) and each
 row's achieved model FLOP rate, which says how much room a faster fp32 engine could have at all.
@@ -37,9 +40,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import Run, corpus, minilm_dir, model_flops, timed
+from throughput import Run, corpus, minilm_dir, model_flops, mpnet_base_dir, timed
 
 import embedkit
+
+# --model name -> (writer(workdir) -> model folder, what it is, real weights?)
+MODELS = {
+    "minilm": (minilm_dir, "all-MiniLM-L6-v2", True),
+    "mpnet-base-random": (mpnet_base_dir, "MPNet-base (all-mpnet-base-v2's shape, random weights)", False),
+}
 
 STDLIB_MODULES = (
     "argparse asyncio.tasks base64 bisect calendar collections concurrent.futures contextlib copy csv dataclasses "
@@ -108,6 +117,7 @@ def fastembed_dir(model_dir: Path, graph: Path, workdir: Path, max_length: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=list(MODELS), default="minilm")
     parser.add_argument("--texts", type=int, default=1024)
     parser.add_argument("--min-tokens", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=256)
@@ -118,13 +128,14 @@ def main() -> None:
 
     threads = torch.get_num_threads()
     os.environ.setdefault("EMBEDKIT_NUM_THREADS", str(threads))  # ONNX Runtime on the same threads as torch
-    model_dir = minilm_dir(Path())
     texts = corpus(args.texts, args.min_tokens, args.max_tokens, args.seed)
     workdir = Path(tempfile.mkdtemp(prefix="embedkit-cpu-bench-"))
+    writer, model_name, real_weights = MODELS[args.model]
+    model_dir = writer(workdir)
     cache = workdir / "onnx-cache"
     print(
         f"# {datetime.date.today()} {platform.processor() or platform.machine()}, {threads} threads, "
-        f"torch {torch.__version__}; all-MiniLM-L6-v2 over {len(texts)} texts of {args.min_tokens}..{args.max_tokens} "
+        f"torch {torch.__version__}; {model_name} over {len(texts)} texts of {args.min_tokens}..{args.max_tokens} "
         "words"
     )
 
@@ -154,20 +165,23 @@ def main() -> None:
         from fastembed import TextEmbedding
         from fastembed.common.model_description import ModelSource, PoolingType
 
-        graph = next(cache.glob("bert-base-none-*")) / "model.onnx"
+        graph = next(cache.glob(f"{eager.family}-base-none-*")) / "model.onnx"
         local = fastembed_dir(model_dir, graph, workdir, eager.max_input_tokens)
+        fast_name = f"embedkit/{args.model}-onnx"
         TextEmbedding.add_custom_model(
-            "embedkit/all-MiniLM-L6-v2-onnx",
-            pooling=PoolingType.MEAN,
+            fast_name,
+            pooling=PoolingType.MEAN,  # both models pool the mean
             normalization=True,
-            sources=ModelSource(hf="embedkit/all-MiniLM-L6-v2-onnx"),
+            sources=ModelSource(hf=fast_name),
             dim=eager.dimension,
             model_file="model.onnx",
         )
-        fast = TextEmbedding("embedkit/all-MiniLM-L6-v2-onnx", specific_model_path=str(local), threads=threads)
+        fast = TextEmbedding(fast_name, specific_model_path=str(local), threads=threads)
         runs.append(timed("fastembed (same ONNX graph)", "cpu", runner(lambda t: np.stack(list(fast.embed(t))))))
     except ImportError:
         print("fastembed is not installed: its row is left out (pip install fastembed)")
+    except ValueError as exc:  # ONNX Runtime refusing fastembed's feed: this fastembed omits position_ids
+        print(f"fastembed cannot run embedkit's graph, its row is left out ({exc})")
     runs += [
         timed("embedkit torch", "cpu", runner(eager.embed)),
         timed("embedkit onnx fp32", "cpu", runner(fp32.embed)),
@@ -188,6 +202,9 @@ def main() -> None:
             f"{base.seconds / run.seconds:8.2f}x | {flops / run.seconds / 1e9:13.0f} | {cosine:16.5f} |"
         )
 
+    if not real_weights:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
     queries, passages = docstring_pairs(args.pairs)
     p_fp32, p_int8 = fp32.embed(passages), int8.embed(passages)
     recall_fp32 = recall_at_10(fp32.embed(queries), p_fp32)

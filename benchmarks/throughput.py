@@ -85,6 +85,22 @@ def bert_base_dir(workdir: Path) -> Path:
     return _with_st_files(target, 768, "mean", 512, minilm_dir(workdir))
 
 
+def mpnet_base_dir(workdir: Path) -> Path:
+    """all-mpnet-base-v2's shape (12 layers, 768 wide, 12 heads, 3072 MLP, 514 positions, 384 tokens, mean +
+    Normalize), random weights, saved by transformers' MPNetModel; the tokenizer is transformers' MPNetTokenizer
+    over mpnet-base's id layout (<s> <pad> </s> <unk>, BERT's uncased WordPiece vocabulary, <mask>)."""
+    from transformers import MPNetConfig, MPNetModel, MPNetTokenizer
+
+    target = workdir / "mpnet-base"
+    config = MPNetConfig(vocab_size=30527, max_position_embeddings=514, layer_norm_eps=1e-5)
+    MPNetModel(config, add_pooling_layer=False).save_pretrained(target)
+    bert_vocab = (minilm_dir(workdir) / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    tokens = ["<s>", "<pad>", "</s>", "<unk>", *bert_vocab, "<mask>"]
+    tokenizer = workdir / "mpnet-tokenizer"
+    MPNetTokenizer(vocab={t: i for i, t in enumerate(tokens)}, model_max_length=512).save_pretrained(str(tokenizer))
+    return _with_st_files(target, 768, "mean", 384, tokenizer)
+
+
 def jina_v3_dir(workdir: Path) -> Path:
     from transformers import JinaEmbeddingsV3Config, JinaEmbeddingsV3Model
 
@@ -142,7 +158,13 @@ def _qwen_tokenizer() -> Path:
     return tokenizers_built.qwen_like(Path(tempfile.gettempdir()) / "embedkit-bench-tokenizers" / "qwen")
 
 
-MODELS = {"minilm": minilm_dir, "bert-base": bert_base_dir, "jina-v3": jina_v3_dir, "qwen3-0.6b": qwen3_dir}
+MODELS = {
+    "minilm": minilm_dir,
+    "bert-base": bert_base_dir,
+    "jina-v3": jina_v3_dir,
+    "qwen3-0.6b": qwen3_dir,
+    "mpnet-base-random": mpnet_base_dir,
+}
 
 
 # -- corpus -------------------------------------------------------------------------------------------

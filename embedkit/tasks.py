@@ -180,6 +180,11 @@ KNOWN_PROMPTS: dict[str, KnownPrompts] = {
     "sentence-transformers/all-MiniLM-L6-v2": _SYMMETRIC,
     "sentence-transformers/all-MiniLM-L12-v2": _SYMMETRIC,
     "sentence-transformers/all-mpnet-base-v2": _SYMMETRIC,
+    "sentence-transformers/multi-qa-mpnet-base-*-v1": KnownPrompts(
+        {},
+        "multi-qa-mpnet-base-dot-v1 / -cos-v1 model cards: query and documents both encoded as they are "
+        "(model.encode(query), model.encode(docs)), no prefix",
+    ),
 }
 
 

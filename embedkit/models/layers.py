@@ -9,7 +9,8 @@ Attention is written once here, for both shapes a batch comes in (`embedkit.loca
 
 Both take q [..., nh, d] and k, v [..., n_kv, d] in the token layout and return [..., nh, d], so a
 family's layers are written once and never see which shape they run on. Masks (padding, causal,
-ALiBi) are built once per forward, when the attention object is made.
+ALiBi) are built once per forward, when the attention object is made; a family whose scores take a learned
+per-head bias (MPNet's relative positions) hands it over once per forward with `with_bias`.
 """
 
 from __future__ import annotations
@@ -182,14 +183,21 @@ class PaddedAttention:
     """Attention over right- (or left-) padded rows: token tensors [B, T, ...].
 
     The mask is built here, once per forward: bool [B, 1, 1, T] (padding keys out), with the causal
-    triangle [B, 1, T, T] when `causal`, or an additive [B, nh, T, T] ALiBi bias when `alibi` gives
-    the per-head slopes.
+    triangle [B, 1, T, T] when `causal`, or an additive [B, nh, T, T] bias when `alibi` gives the per-head
+    slopes or `extra_bias` a per-head [nh, T, T] bias on the scores (T = `length`).
     """
 
     def __init__(
-        self, attention_mask: torch.Tensor, *, causal: bool = False, alibi: Sequence[float] | None = None
+        self,
+        attention_mask: torch.Tensor,
+        *,
+        causal: bool = False,
+        alibi: Sequence[float] | None = None,
+        extra_bias: torch.Tensor | None = None,
     ) -> None:
         self.attention_mask = attention_mask  # [B, T] bool
+        self.causal = causal
+        self.extra_bias = extra_bias  # [nh, T, T] float, added to every row's scores
         keys = attention_mask[:, None, None, :]  # [B, 1, 1, T]: every query sees the real keys
         T = attention_mask.shape[1]
         if causal:
@@ -202,14 +210,27 @@ class PaddedAttention:
         self.alibi = alibi
         self._biases: dict[torch.dtype, torch.Tensor] = {}
 
+    @property
+    def length(self) -> int:
+        """T, the padded length the mask (and an `extra_bias`) covers."""
+        return self.attention_mask.shape[1]  # no int(): under torch.export it stays symbolic
+
+    def with_bias(self, extra_bias: torch.Tensor) -> PaddedAttention:
+        """The same attention with a per-head bias [nh, T, T] (T = `length`) added to its scaled scores."""
+        return PaddedAttention(self.attention_mask, causal=self.causal, alibi=self.alibi, extra_bias=extra_bias)
+
     def bias(self, dtype: torch.dtype) -> torch.Tensor:
-        """The mask as SDPA takes it: bool, or [B, nh, T, T] additive ALiBi with padded keys at -inf
-        (built at the first layer, shared by the rest)."""
-        if self.alibi is None:
+        """The mask as SDPA takes it: bool, or [B, nh, T, T] additive (ALiBi and/or `extra_bias`) with
+        padded keys at the dtype's minimum (built at the first layer, shared by the rest)."""
+        if self.alibi is None and self.extra_bias is None:
             return self.mask
         if dtype not in self._biases:
-            T = self.attention_mask.shape[1]
-            bias = alibi_bias(self.alibi, T, self.attention_mask.device).to(dtype)  # [nh, T, T]
+            device = self.attention_mask.device
+            bias = torch.zeros((), dtype=dtype, device=device)  # grows to [nh, T, T] below
+            if self.extra_bias is not None:
+                bias = bias + self.extra_bias.to(dtype)
+            if self.alibi is not None:
+                bias = bias + alibi_bias(self.alibi, self.length, device).to(dtype)
             self._biases[dtype] = bias.unsqueeze(0).masked_fill(~self.mask, torch.finfo(dtype).min)
         return self._biases[dtype]
 
@@ -288,9 +309,9 @@ class PackedAttention:
     """Attention over packed rows: token tensors [N, ...], row i = tokens cu_seqlens[i]:cu_seqlens[i + 1].
 
     On CUDA in fp16/bf16 the varlen flash kernel runs it over the N real tokens. Elsewhere (CPU,
-    fp32, ALiBi, which the kernel has no bias input for) a stand-in scatters the rows into [B, T],
-    runs `PaddedAttention` and gathers them back, with index tensors only, so it never waits on the
-    device either.
+    fp32, ALiBi or an `extra_bias`, which the kernel has no bias input for) a stand-in scatters the rows
+    into [B, T], runs `PaddedAttention` and gathers them back, with index tensors only, so it never
+    waits on the device either. An `extra_bias` [nh, T, T] is over that padded view (T = `length`).
     """
 
     def __init__(
@@ -301,16 +322,36 @@ class PackedAttention:
         tokens: int,
         causal: bool = False,
         alibi: Sequence[float] | None = None,
+        extra_bias: torch.Tensor | None = None,
     ) -> None:
         self.cu_seqlens = cu_seqlens  # int32 [B + 1], on the tokens' device
         self.max_length = max_length
+        self.tokens = tokens
         self.causal = causal
         self.alibi = alibi
+        self.extra_bias = extra_bias
         self.size = cu_seqlens.shape[0] - 1  # B
         self.lengths = cu_seqlens.diff()  # [B] int32
         # the row of each token, [N]; output_size keeps repeat_interleave from reading the lengths back
         self.rows = torch.repeat_interleave(
             torch.arange(self.size, device=cu_seqlens.device), self.lengths, output_size=tokens
+        )
+
+    @property
+    def length(self) -> int:
+        """T, the longest row: the padded length of the stand-in's view (and of an `extra_bias`)."""
+        return self.max_length
+
+    def with_bias(self, extra_bias: torch.Tensor) -> PackedAttention:
+        """The same attention with a per-head bias [nh, T, T] (T = `length`) added to its scaled scores;
+        each row reads its top-left [nh, L, L] corner, as in the padded view."""
+        return PackedAttention(
+            self.cu_seqlens,
+            self.max_length,
+            tokens=self.tokens,
+            causal=self.causal,
+            alibi=self.alibi,
+            extra_bias=extra_bias,
         )
 
     def per_token(self, values: torch.Tensor) -> torch.Tensor:
@@ -324,7 +365,7 @@ class PackedAttention:
         starts = self.cu_seqlens[:-1].long()
         slots = torch.arange(self.rows.shape[0], device=device) - starts[self.rows] + self.rows * T
         mask = torch.arange(T, device=device)[None, :] < self.lengths[:, None]  # [B, T]
-        return slots, PaddedAttention(mask, causal=self.causal, alibi=self.alibi)
+        return slots, PaddedAttention(mask, causal=self.causal, alibi=self.alibi, extra_bias=self.extra_bias)
 
     @property
     def padded_attention(self) -> PaddedAttention:
@@ -344,7 +385,7 @@ class PackedAttention:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [N, nh, d], k, v [N, n_kv, d] -> [N, nh, d]."""
-        if varlen_serves(q, self.alibi):
+        if self.extra_bias is None and varlen_serves(q, self.alibi):
             return varlen_attention(q, k, v, self.cu_seqlens, self.max_length, causal=self.causal)
         return self.stand_in(q, k, v)
 

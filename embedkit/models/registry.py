@@ -92,6 +92,7 @@ FAMILIES: dict[str, Family] = {
     "gemma3": _family("gemma3", ("mean",), "prepare_tokenizer"),
     # mean: what sentence-transformers pools a checkpoint without 1_Pooling with (gte-modernbert's says cls)
     "modernbert": _family("modernbert", ("mean",), "sequence_classifier"),
+    "mpnet": _family("mpnet", ("mean",)),
 }
 
 
@@ -155,6 +156,13 @@ _CONFIG_RULES: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
         lambda c: c.get("model_type") == "distilbert" or any(a.startswith("DistilBert") for a in _architectures(c)),
         "model_type/architectures name DistilBERT",
     ),
+    # model_type "mpnet" and MPNet* classes belong to no other family; before the BERT-likes below,
+    # which MPNet's BERT-shaped config keys must not reach
+    (
+        "mpnet",
+        lambda c: c.get("model_type") == "mpnet" or any(a.startswith("MPNet") for a in _architectures(c)),
+        "model_type/architectures name MPNet",
+    ),
     (
         "xlm_roberta",
         lambda c: (
@@ -189,6 +197,9 @@ _TENSOR_SIGNS: list[tuple[frozenset[str], str]] = [
     (frozenset({"gemma3"}), "layers.0.pre_feedforward_layernorm.weight"),
     (frozenset({"qwen"}), "layers.0.self_attn.q_proj.weight"),
     (frozenset({"distilbert"}), "transformer.layer.0.attention.q_lin.weight"),
+    # before BERT's sign: an MPNet checkpoint also holds `intermediate.dense`
+    (frozenset({"mpnet"}), "encoder.relative_attention_bias.weight"),
+    (frozenset({"mpnet"}), "encoder.layer.0.attention.attn.q.weight"),
     (frozenset({"bert", "xlm_roberta"}), "encoder.layer.0.intermediate.dense.weight"),
 ]
 

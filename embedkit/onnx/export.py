@@ -70,7 +70,10 @@ def export_graph(model: EncoderModel, path: Path) -> None:
     example_mask = (example_ids != 0).long()
     example_positions = (example_mask.cumsum(dim=1) - 1) * example_mask
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    with quiet_tools():
+    # no autograd: an attention bias computed from a parameter (MPNet's relative positions) would otherwise
+    # require grad, the tracer would see another SDPA kernel than inference runs, and record a view of its
+    # output that the exporter's decomposed attention cannot take
+    with quiet_tools(), torch.no_grad():
         program = torch.onnx.export(
             _Exportable(model).eval(),
             (example_ids, example_mask, example_positions),

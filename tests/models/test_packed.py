@@ -26,6 +26,7 @@ from .test_gemma3 import write_gemma3
 from .test_gte import write_gte
 from .test_jina_bert import write_tiny_jina
 from .test_modernbert import write_modernbert
+from .test_mpnet import write_mpnet
 from .test_nomic_bert import write_nomic
 from .test_qwen import QWEN2_CONFIG, QWEN3_CONFIG, write_qwen
 from .test_xlm_roberta import write_tiny_xlm_roberta
@@ -56,6 +57,7 @@ WRITERS: dict[str, Callable[[Path, Path], Path]] = {
     "gemma3": lambda t, tok: write_gemma3(t, seed=2),  # two RoPE bases, symmetric sliding window (4 each side), GQA
     # global and sliding-window layers (window +-4 < the 13-token rows), two RoPE thetas
     "modernbert": lambda t, tok: write_modernbert(t, tok, seed=1),
+    "mpnet": lambda t, tok: write_mpnet(t, tok, seed=7),  # learned relative-position bias, positions from 2
 }
 
 

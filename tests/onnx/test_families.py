@@ -21,6 +21,7 @@ from ..models.test_gte import write_gte
 from ..models.test_jina_bert import write_tiny_jina
 from ..models.test_jina_v3 import FIXTURE_MODEL, TASKS, write_original
 from ..models.test_modernbert import write_modernbert
+from ..models.test_mpnet import write_mpnet
 from ..models.test_nomic_bert import write_nomic
 from ..models.test_qwen import QUERY_INSTRUCTION, QWEN2_CONFIG, QWEN3_CONFIG, write_qwen
 from ..models.test_xlm_roberta import write_tiny_xlm_roberta
@@ -65,6 +66,7 @@ WRITERS = {
     "modernbert (sliding window, prompts)": lambda target, tok: write_modernbert(
         target, tok, seed=8, pooling="mean", prompts={"query": "search_query: ", "document": "search_document: "}
     ),
+    "mpnet (relative position bias)": lambda target, tok: write_mpnet(target, tok, seed=8),
 }
 
 

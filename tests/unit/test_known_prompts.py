@@ -24,6 +24,9 @@ JINA_V3_CONFIG = Path(__file__).resolve().parents[2].parent / "shared" / "fixtur
         ("intfloat/multilingual-e5-large", "query: "),
         ("BAAI/bge-small-en-v1.5", "Represent this sentence for searching relevant passages: "),
         ("sentence-transformers/all-MiniLM-L6-v2", ""),
+        ("sentence-transformers/all-mpnet-base-v2", ""),
+        ("sentence-transformers/multi-qa-mpnet-base-dot-v1", ""),
+        ("sentence-transformers/multi-qa-mpnet-base-cos-v1", ""),
     ],
 )
 def test_query_prefix_agrees_with_the_local_families(model_id: str, query: str) -> None:
