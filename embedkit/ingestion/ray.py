@@ -37,6 +37,7 @@ from embedkit.ingestion.records import (
     content_hash,
     fingerprint,
     open_collection,
+    open_multivector,
     open_sparse,
     probe_vectors,
 )
@@ -94,6 +95,7 @@ def ingest_ray(
     text_field: str = "text",
     metadata_field: str | None = "metadata",
     sparse: SparseEncoder | None = None,
+    multivector: bool = False,
 ) -> IngestReport:
     """Ingest `source` into `sink` on a Ray cluster; the same points and report as `embedkit.ingest`
     (embedkit.ingestion.pipeline).
@@ -113,7 +115,16 @@ def ingest_ray(
     `prepare_actors` chunk and hash (default: one per embed actor). `ray_address` connects to a
     cluster (default: the one this process is connected to, else a local one started and stopped
     here). The other keywords are embedkit.ingest's and the Chunker's.
+
+    `multivector=True` (ColBERT multivectors) is not supported here yet: InputError; embedkit.ingest stores
+    them. A collection that stores multivectors is refused (StoreError) before any write, as embedkit.ingest
+    refuses a run without them: the docs rewritten here would lose theirs.
     """
+    if multivector is not False:
+        raise InputError(
+            "ingest_ray does not store ColBERT multivectors (multivector=True) yet: ingest with embedkit.ingest "
+            "(embedkit ingest --colbert without --engine ray)"
+        )
     _check_options(on_error, num_gpus, num_actors, cpus_per_actor, prepare_actors, batch_docs)
     ray = _import_ray()
     source_override = source_name
@@ -149,6 +160,7 @@ def ingest_ray(
         embedder = _Embedder(model, dict(load_options or {}), task, dimensions, normalize, threads=cpus)
         plan = _describe(ray, embedder, gpus, cpus, chunk_tokens, overlap_tokens, strategy)
         # a mismatch fails before any work; hashes use the fingerprint the collection accepts
+        open_multivector(sink, None, reembed=reembed)
         print_ = open_collection(sink, plan["fingerprint"], lambda: plan["probes"], reembed=reembed)
         filled = open_sparse(sink, sparse, reembed=reembed) if sparse is not None else 0
         # the token budget (the tokenizer) and the snapshot of complete docs, put once for every prepare actor
