@@ -331,9 +331,11 @@ def open_multivector(sink: Sink, wanted: dict[str, Any] | None, *, reembed: bool
     StoreError when:
     - the run writes none but the collection records a multivector head: the docs this run rewrites would lose
       theirs (a late-interaction search drops a point without one);
-    - the sink cannot hold multivectors (not a QdrantSink), or the existing collection has no multivector. A
-      vector cannot be added to an existing Qdrant Edge shard (embedkit copies the shard to add a sparse one),
-      and filling it would run the model over every stored chunk again: a new collection is the same work;
+    - the sink cannot hold multivectors (not a QdrantSink), or the existing collection has no multivector.
+      Qdrant could add the named multivector in place (qdrant-edge-py 0.9's UpdateOperation.create_dense_vector,
+      a server's create_vector_name from 1.18, qdrant-client's local mode), but filling it means a forward pass
+      over every stored chunk's embedded text (its heading path and text; only the text is stored): the work of
+      a fresh ingest, so the fix named is a new collection;
     - its multivectors were made by another head (other weights, another colbert_linear), unless `reembed`:
       the head is part of every content hash, so every doc of the run is embedded again.
     """
@@ -352,8 +354,9 @@ def open_multivector(sink: Sink, wanted: dict[str, Any] | None, *, reembed: bool
     if sink.exists() and not sink.has_multivector():  # type: ignore[attr-defined]
         raise StoreError(
             f"{label} was created without a multivector {sink.multivector_name!r} "  # type: ignore[attr-defined]
-            "and one cannot be added in place (Qdrant Edge fixes a shard's vectors when it is made; filling one "
-            "would re-run the model over every chunk anyway). Ingest with --colbert into a new collection, or "
+            "and embedkit does not add one: filling it would run the model over every stored chunk again (the text "
+            "it embedded, heading path and chunk, is not stored), which is what a fresh ingest does. Ingest with "
+            "--colbert into a new collection, or "
             f"drop this one first (embedkit collections drop {sink.collection})"
         )
     if recorded is None or reembed:
