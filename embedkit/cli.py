@@ -489,8 +489,6 @@ def _ingest_ray(args: argparse.Namespace, patterns: Sequence[str]) -> int:
             "--engine ray embeds and counts tokens with a local model in each actor; drop --tei-url / --tokenizer "
             "or the engine"
         )
-    if args.colbert:
-        raise InputError("--colbert is not supported with --engine ray yet: drop --engine ray (or --colbert)")
     sparse = _sparse_encoder(args.sparse)
     sink = _sink(args, index_fields=dict(args.index_field), **_named_vectors(args))
     try:
@@ -514,6 +512,7 @@ def _ingest_ray(args: argparse.Namespace, patterns: Sequence[str]) -> int:
             ray_address=args.ray_address,
             progress=False if args.quiet else None,
             sparse=sparse,
+            multivector=args.colbert,
         )
         _print_report(args, report, sink)
     finally:

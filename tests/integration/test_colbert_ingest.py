@@ -18,7 +18,7 @@ import embedkit
 from embedkit.chunking import default_chunker
 from embedkit.cli import main
 from embedkit.errors import InputError, StoreError
-from embedkit.ingestion import Document, ingest, ingest_ray
+from embedkit.ingestion import Document, ingest
 from embedkit.ingestion.records import PROBE_TEXTS
 from embedkit.models.bge_m3 import maxsim
 from embedkit.sinks import QdrantSink
@@ -191,9 +191,6 @@ def test_collections_and_embedders_that_cannot_take_multivectors(tmp_path: Path,
         ingest(docs, m3, sink, progress=False, multivector=True)
         with pytest.raises(StoreError, match=r"stores ColBERT multivectors .*--colbert"):
             ingest(docs, m3, sink, progress=False, reembed=True)
-    with QdrantSink("kb", path=tmp_path / "ray") as sink:
-        with pytest.raises(InputError, match="does not store ColBERT multivectors"):
-            ingest_ray([str(tmp_path)], sink, multivector=True)
 
 
 def test_a_crash_mid_run_leaves_nothing_half_written(tmp_path: Path, m3) -> None:
