@@ -124,6 +124,7 @@ class CollectionInfo(TypedDict):
     vectors: dict[str, dict[str, Any]]  # name ("" unnamed) -> {"size", "distance"}
     sparse_vectors: dict[str, dict[str, Any]]  # name -> {"modifier"}
     sparse_encoder: dict[str, Any] | None  # the sparse encoder's fingerprint
+    multivector_encoder: dict[str, Any] | None  # the ColBERT head's fingerprint (ingest(multivector=True))
     payload_indexes: dict[str, str]  # field -> type
     indexed_vectors: int | None  # HNSW-indexed vectors, where the engine says
     fingerprint: dict[str, Any] | None
@@ -599,6 +600,7 @@ class QdrantSink:
             },
             sparse_vectors={name: {"modifier": c.modifier} for name, c in self.sparse_vectors().items()},
             sparse_encoder=self.sparse_encoder(),
+            multivector_encoder=self.multivector_encoder(),
             payload_indexes=self.payload_indexes(),
             indexed_vectors=self.indexed_vectors(),
             fingerprint=self.recorded_fingerprint(),

@@ -132,6 +132,7 @@ def test_one_pass_stores_dense_multivector_and_lexical_and_a_rerun_embeds_nothin
         assert report.embedded == 6 and len(points) == report.chunks
         assert sink.multivector_encoder()["head_digest"] == m3.heads.digest
         assert sink.info()["vectors"]["colbert"] == {"size": 32, "distance": "Dot", "multivector": "max_sim"}
+        assert sink.info()["multivector_encoder"] == sink.multivector_encoder()  # `collections inspect` shows it
         chunker = default_chunker(m3, task="document")
         embedded = {
             (doc.id, chunk.index): chunk.embedding_text
