@@ -192,6 +192,12 @@ def _parser() -> argparse.ArgumentParser:
         help="also store a sparse vector per chunk for hybrid search: bm25 (Qdrant's BM25, as fastembed's "
         "Qdrant/bm25) or a SPLADE model; a collection without them gains them, its dense vectors kept",
     )
+    ingest.add_argument(
+        "--colbert",
+        action="store_true",
+        help="also store each chunk's ColBERT multivector (bge-m3's colbert_linear head) from the same forward "
+        "pass, for `embedkit search --colbert`; a new collection gets the multivector, an existing one must have it",
+    )
     _add_vector_names_option(ingest)
     ingest.add_argument(
         "--index-field",
@@ -235,6 +241,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="reorder the --fetch-k candidates with this reranker: a model folder or hub id, or the URL of a "
         "server answering /rerank (TEI, `embedkit serve`)",
+    )
+    search.add_argument(
+        "--colbert",
+        action="store_true",
+        help="reorder the --fetch-k candidates by MaxSim of the query's ColBERT vectors (the same bge-m3 model) "
+        "against the stored multivectors (a collection ingested with --colbert)",
     )
     search.add_argument("--fusion", choices=("rrf", "dbsf"), default="rrf", help="hybrid: how to fuse (default rrf)")
     _add_vector_names_option(search)
@@ -435,6 +447,7 @@ def _ingest(args: argparse.Namespace) -> int:
             progress=False if args.quiet else None,
             total=total,
             sparse=sparse,
+            multivector=args.colbert,
         )
         _print_report(args, report, sink)
     finally:
@@ -499,6 +512,7 @@ def _ingest_ray(args: argparse.Namespace, patterns: Sequence[str]) -> int:
             ray_address=args.ray_address,
             progress=False if args.quiet else None,
             sparse=sparse,
+            multivector=args.colbert,
         )
         _print_report(args, report, sink)
     finally:
@@ -555,6 +569,8 @@ def _search(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise InputError(f"-k must be at least 1, got {args.k}")
+    if args.colbert and args.rerank:
+        raise InputError("--colbert and --rerank both reorder the candidates: give one")
     metadata_filter = _filters(args.filter)  # a malformed --filter fails before the model loads
     _require_store(args)
     sink = _sink(args, hnsw_ef=args.hnsw_ef, exact=args.exact, **_named_vectors(args))
@@ -585,6 +601,7 @@ def _search(args: argparse.Namespace) -> int:
             metadata_filter=metadata_filter,
             reranker=_reranker(args),
             query_text=args.query,
+            multivector=_query_multivector(args, sink, embedder),
         )
     finally:
         sink.close()
@@ -598,6 +615,33 @@ def _search(args: argparse.Namespace) -> int:
     if not hits:
         print("no results", file=sys.stderr)
     return 0
+
+
+def _query_multivector(args: argparse.Namespace, sink: Any, embedder: Any) -> Any:
+    """The --colbert query's ColBERT rows [m, D], from the model that wrote the collection's multivectors;
+    None without --colbert. StoreError when the collection records no head or another one."""
+    if not args.colbert:
+        return None
+    from embedkit.ingestion import MULTIVECTOR_COMPARED, multivector_fingerprint
+
+    recorded = sink.multivector_encoder()
+    if recorded is None:
+        raise StoreError(
+            f"collection {args.collection!r} records no ColBERT multivectors; ingest it with --colbert first"
+        )
+    if not hasattr(embedder, "embed_multivector"):
+        raise InputError("--colbert embeds the query with a local bge-m3 model; drop --tei-url")
+    wanted = multivector_fingerprint(embedder, task=recorded.get("task"))
+    if wanted is None:
+        raise InputError(f"{embedder.model_id!r} has no ColBERT head (colbert_linear.pt): --colbert needs bge-m3's")
+    differing = [key for key in MULTIVECTOR_COMPARED if key != "task" and recorded.get(key) != wanted.get(key)]
+    if differing:
+        raise StoreError(
+            f"collection {args.collection!r} holds multivectors of {recorded.get('name')!r}, and "
+            f"{embedder.model_id!r}'s ColBERT head differs ({', '.join(differing)}): its query rows would not "
+            "compare. Search with that model."
+        )
+    return embedder.embed_multivector([args.query], task=embedder.query_task)[0]
 
 
 def _reranker(args: argparse.Namespace) -> Any:

@@ -16,12 +16,14 @@ from __future__ import annotations
 from embedkit.ingestion.pipeline import DEFAULT_BATCH_TOKENS, ingest
 from embedkit.ingestion.ray import DEFAULT_BATCH_DOCS, ingest_ray
 from embedkit.ingestion.records import (
+    MULTIVECTOR_COMPARED,
     NAMESPACE,
     PROBE_AGREEMENT,
     PROBE_TEXTS,
     check_reader,
     chunk_payload,
     fingerprint,
+    multivector_fingerprint,
     open_collection,
     point_id,
     probe_vectors,
@@ -42,6 +44,7 @@ __all__ = [
     "DEFAULT_BATCH_DOCS",
     "DEFAULT_BATCH_TOKENS",
     "DEFAULT_PATTERNS",
+    "MULTIVECTOR_COMPARED",
     "NAMESPACE",
     "PROBE_AGREEMENT",
     "PROBE_TEXTS",
@@ -57,6 +60,7 @@ __all__ = [
     "load_directory",
     "load_jsonl",
     "load_paths",
+    "multivector_fingerprint",
     "open_collection",
     "point_id",
     "probe_vectors",

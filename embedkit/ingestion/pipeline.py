@@ -19,19 +19,24 @@ from embedkit.chunking import Chunk, Chunker, default_chunker
 from embedkit.embedder import Embedder
 from embedkit.errors import InputError
 from embedkit.ingestion.records import (
+    MULTIVECTOR_COMPARED,
     Complete,
     content_hash,
     fingerprint,
+    multivector_fingerprint,
     open_collection,
+    open_multivector,
     open_sparse,
     probe_vectors,
+    record_multivector,
 )
 from embedkit.ingestion.report import IngestReport, Run, progress_bar, show_progress
 from embedkit.ingestion.sources import Document, Unreadable, check_document, qualify
-from embedkit.ingestion.writer import Pending, writing
+from embedkit.ingestion.writer import Extras, Pending, writing
 from embedkit.memory import release_freed_memory
 from embedkit.sinks.base import Sink
 from embedkit.sparse.base import SparseEncoder
+from embedkit.sparse.bge_m3 import M3SparseEncoder
 
 __all__ = ["CHECK_WINDOW", "DEFAULT_BATCH_TOKENS", "chunk_pending", "ingest"]
 
@@ -66,6 +71,7 @@ def ingest(
     progress: bool | None = None,
     total: int | None = None,
     sparse: SparseEncoder | None = None,
+    multivector: bool = False,
 ) -> IngestReport:
     """Embed `docs` into `sink`; re-running on an unchanged corpus chunks and embeds nothing.
 
@@ -91,6 +97,15 @@ def ingest(
     theirs from their page_content, their dense vectors kept (the report's `sparse_filled`). Stored sparse
     vectors of another encoder are refused unless `reembed=True`, which recomputes them all.
 
+    `multivector=True` also stores each chunk's ColBERT multivector (bge-m3's `colbert_linear` head; InputError
+    for an embedder without one) for a MaxSim rerank (`QdrantSink.search(..., multivector=...)`): each batch
+    runs ONE `embed_all` pass for the dense and ColBERT vectors, and for the lexical weights when `sparse` is
+    the same model's M3SparseEncoder with the same prompt (they are then taken from that pass for every chunk
+    whose embedded text is its page_content, the others' from the encoder), all stored in the same upsert.
+    The collection records the head and refuses another head's multivectors unless `reembed=True` (every doc
+    is embedded again), and refuses a run without multivectors once it has them. A collection created without
+    the multivector cannot gain one: StoreError naming the fix (a new collection).
+
     `progress` shows a bar on stderr (default: when it is a terminal) with the documents read out of
     `total` (default: len(docs) when it has one), the rate, chunks stored and tokens/s.
 
@@ -111,7 +126,16 @@ def ingest(
     chunker = chunker or default_chunker(embedder, task=task)
     print_ = fingerprint(embedder, task=task, dimensions=dimensions, normalize=normalize)
     probes = partial(probe_vectors, embedder, task=task, dimensions=dimensions, normalize=normalize)
-    hash_print = open_collection(sink, print_, probes, reembed=reembed)  # a mismatch fails here, before any write
+    colbert = _colbert(embedder, multivector, task)
+    open_multivector(sink, colbert, reembed=reembed)  # before anything is created or written
+    size = None if colbert is None else colbert["size"]
+    # a mismatch fails here, before any write
+    hash_print = open_collection(sink, print_, probes, reembed=reembed, multivector=size)
+    if colbert is not None:
+        record_multivector(sink, colbert)
+        # another head's rows must be written again for every doc (reembed=True): the head is part of the hash
+        hash_print = {**hash_print, "multivector": {key: colbert[key] for key in MULTIVECTOR_COMPARED}}
+    lexical = colbert is not None and _same_lexical(embedder, sparse, task)
     report = IngestReport()
     if sparse is not None:
         report.sparse_filled = open_sparse(sink, sparse, reembed=reembed)
@@ -125,8 +149,11 @@ def ingest(
         nonlocal pending, pending_tokens
         if pending:
             texts = [chunk.embedding_text for item in pending for chunk in item.chunks]
-            vectors = embedder.embed(texts, task=task, dimensions=dimensions, normalize=normalize)
-            writer.put(pending, vectors)
+            if colbert is None:
+                writer.put(pending, embedder.embed(texts, task=task, dimensions=dimensions, normalize=normalize))
+            else:  # one forward pass: the dense vectors, the ColBERT rows and the lexical weights
+                out = embedder.embed_all(texts, task=task, dimensions=dimensions, normalize=normalize)  # type: ignore[attr-defined]
+                writer.put(pending, out.dense, Extras(out.multivector, out.lexical if lexical else None))
             pending, pending_tokens = [], 0
             release_freed_memory()  # keeps a long run's RSS flat (see embedkit.memory)
 
@@ -182,6 +209,49 @@ def ingest(
             show_progress(bar, report)
             bar.refresh()
     return run.finish(sink, delete_missing=delete_missing, force_delete=force_delete, sources=sources, started=started)
+
+
+def _colbert(embedder: Embedder, multivector: bool, task: str | None) -> dict[str, Any] | None:
+    """The multivector head's fingerprint when the run stores multivectors (InputError without a ColBERT head)."""
+    if not isinstance(multivector, bool):
+        raise InputError(f"multivector must be True or False, got {multivector!r}")
+    if not multivector:
+        return None
+    print_ = multivector_fingerprint(embedder, task=task)
+    if print_ is None or not hasattr(embedder, "embed_all"):
+        raise InputError(
+            f"multivector=True needs an embedder with a ColBERT head (colbert_linear.pt beside a local model's "
+            f"weights, as bge-m3 ships it); {embedder.model_id!r} has none"
+        )
+    return print_
+
+
+def _same_lexical(embedder: Embedder, sparse: SparseEncoder | None, task: str | None) -> bool:
+    """Whether `sparse` gives the lexical weights of `embedder`'s own pass: the same model's M3SparseEncoder
+    (weights and head digests) encoding with the same task, so the same prompt, as the dense side."""
+    if not isinstance(sparse, M3SparseEncoder):
+        return False
+    heads = getattr(embedder, "heads", None)
+    print_ = sparse.fingerprint()
+    return (
+        heads is not None
+        and heads.sparse is not None
+        and print_["weights_digest"] == getattr(embedder, "weights_digest", None)
+        and print_["head_digest"] == heads.digest
+        and print_["max_length"] == embedder.max_input_tokens
+        and (print_["task"] == task or _same_prompt(embedder, task, print_["task"]))
+    )
+
+
+def _same_prompt(embedder: Any, task: str | None, other: str | None) -> bool:
+    """Whether both tasks give a text the same model input: the same prompt tokens and no task adapters
+    (bge-m3 has neither: its "document" task and the sparse encoder's None both embed the bare text)."""
+    try:
+        if embedder.describe()["adapters"]:
+            return False
+        return bool(embedder.tokenize(["x"], task=task)[0].ids == embedder.tokenize(["x"], task=other)[0].ids)
+    except InputError:
+        return False
 
 
 def _length(docs: Any) -> int | None:

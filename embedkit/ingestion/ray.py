@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import islice
+from itertools import islice, pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,12 +33,16 @@ from embedkit.chunking import Chunk, Chunker, Strategy, default_chunker
 from embedkit.errors import EmbedkitError, InputError, MissingDependencyError
 from embedkit.ingestion.pipeline import chunk_pending
 from embedkit.ingestion.records import (
+    MULTIVECTOR_COMPARED,
     Complete,
     content_hash,
     fingerprint,
+    multivector_fingerprint,
     open_collection,
+    open_multivector,
     open_sparse,
     probe_vectors,
+    record_multivector,
 )
 from embedkit.ingestion.report import IngestReport, Run, progress_bar, show_progress
 from embedkit.ingestion.sources import (
@@ -52,7 +56,7 @@ from embedkit.ingestion.sources import (
     read_document,
     source_of,
 )
-from embedkit.ingestion.writer import Pending, writing
+from embedkit.ingestion.writer import Extras, Pending, writing
 from embedkit.sinks.base import Sink
 from embedkit.sparse.base import SparseEncoder
 
@@ -94,6 +98,7 @@ def ingest_ray(
     text_field: str = "text",
     metadata_field: str | None = "metadata",
     sparse: SparseEncoder | None = None,
+    multivector: bool = False,
 ) -> IngestReport:
     """Ingest `source` into `sink` on a Ray cluster; the same points and report as `embedkit.ingest`
     (embedkit.ingestion.pipeline).
@@ -113,7 +118,14 @@ def ingest_ray(
     `prepare_actors` chunk and hash (default: one per embed actor). `ray_address` connects to a
     cluster (default: the one this process is connected to, else a local one started and stopped
     here). The other keywords are embedkit.ingest's and the Chunker's.
+
+    `multivector=True` stores each chunk's ColBERT multivector as embedkit.ingest does: each actor runs one
+    `embed_all` pass for the dense and ColBERT vectors, with the same collection checks and crash protocol. A
+    sparse encoder runs in this process's writer over page_content, as without multivectors (bge-m3's
+    lexical weights are not carried from the actors' pass here).
     """
+    if not isinstance(multivector, bool):
+        raise InputError(f"multivector must be True or False, got {multivector!r}")
     _check_options(on_error, num_gpus, num_actors, cpus_per_actor, prepare_actors, batch_docs)
     ray = _import_ray()
     source_override = source_name
@@ -146,10 +158,18 @@ def ingest_ray(
         cpus = cpus_per_actor or (1 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // actors))
         listing = _Listing(patterns, source_override, include_hidden, id_field, text_field, metadata_field)
         docs = _read(ray, source, listing)
-        embedder = _Embedder(model, dict(load_options or {}), task, dimensions, normalize, threads=cpus)
+        embedder = _Embedder(
+            model, dict(load_options or {}), task, dimensions, normalize, threads=cpus, multivector=multivector
+        )
         plan = _describe(ray, embedder, gpus, cpus, chunk_tokens, overlap_tokens, strategy)
         # a mismatch fails before any work; hashes use the fingerprint the collection accepts
-        print_ = open_collection(sink, plan["fingerprint"], lambda: plan["probes"], reembed=reembed)
+        colbert = plan["multivector"]
+        open_multivector(sink, colbert, reembed=reembed)
+        size = None if colbert is None else colbert["size"]
+        print_ = open_collection(sink, plan["fingerprint"], lambda: plan["probes"], reembed=reembed, multivector=size)
+        if colbert is not None:  # as embedkit.ingest: the head is recorded and part of every content hash
+            record_multivector(sink, colbert)
+            print_ = {**print_, "multivector": {key: colbert[key] for key in MULTIVECTOR_COMPARED}}
         filled = open_sparse(sink, sparse, reembed=reembed) if sparse is not None else 0
         # the token budget (the tokenizer) and the snapshot of complete docs, put once for every prepare actor
         shared = [ray.put(plan["budget"]), ray.put(Complete.fold(sink.hashed_points()))]
@@ -176,7 +196,7 @@ def ingest_ray(
             num_cpus=1 if gpus else cpus,
         )
         # sparse vectors are computed in this process's writer thread, beside the writes
-        run = _write(embedded, sink, plan["dimension"], sparse, on_error, show, started)
+        run = _write(embedded, sink, plan["dimension"], sparse, on_error, show, started, size)
         run.report.sparse_filled = filled
         return run.finish(
             sink, delete_missing=delete_missing, force_delete=force_delete, sources=sources, started=started
@@ -245,8 +265,10 @@ class _Embedder:
         dimensions: int | None,
         normalize: bool,
         threads: int,
+        multivector: bool = False,
     ) -> None:
         self.model = None if model is None else os.fspath(model)
+        self.multivector = multivector
         self.load_options = load_options
         self.task = task
         self.dimensions = dimensions
@@ -265,6 +287,11 @@ class _Embedder:
 
     def embed(self, embedder: Any, texts: list[str]) -> np.ndarray:
         return embedder.embed(texts, task=self.task, dimensions=self.dimensions, normalize=self.normalize)
+
+    def embed_all(self, embedder: Any, texts: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One pass: the dense vectors and the ColBERT rows of each text."""
+        out = embedder.embed_all(texts, task=self.task, dimensions=self.dimensions, normalize=self.normalize)
+        return out.dense, out.multivector
 
 
 class _TokenBudget:
@@ -295,7 +322,14 @@ def _describe_on_worker(
     )
     # bad task / dimensions fail here, not mid-run; the probes decide whether the collection accepts us
     probes = probe_vectors(loaded, task=embedder.task, dimensions=embedder.dimensions, normalize=embedder.normalize)
+    colbert = multivector_fingerprint(loaded, task=embedder.task) if embedder.multivector else None
+    if embedder.multivector and (colbert is None or not hasattr(loaded, "embed_all")):
+        raise InputError(
+            "multivector=True needs an embedder with a ColBERT head (colbert_linear.pt beside a local model's "
+            f"weights, as bge-m3 ships it); {loaded.model_id!r} has none"
+        )
     return {
+        "multivector": colbert,
         "fingerprint": fingerprint(
             loaded, task=embedder.task, dimensions=embedder.dimensions, normalize=embedder.normalize
         ),
@@ -546,21 +580,43 @@ class _EmbedActor:
         statuses = zip(batch["status"], batch["chunks"], strict=True)
         chunk_lists = [json.loads(chunks) if status == "pending" else [] for status, chunks in statuses]
         texts = [_chunk(fields).embedding_text for chunks in chunk_lists for fields in chunks]
-        vectors = self._spec.embed(self._embedder, texts) if texts else np.zeros((0, 0), np.float32)
+        rows: list[np.ndarray] = []
+        if not texts:
+            vectors = np.zeros((0, 0), np.float32)
+        elif self._spec.multivector:
+            vectors, rows = self._spec.embed_all(self._embedder, texts)
+        else:
+            vectors = self._spec.embed(self._embedder, texts)
         blobs, cursor = [], 0
+        multivectors, counts = [], []
         for chunks in chunk_lists:
             blobs.append(np.ascontiguousarray(vectors[cursor : cursor + len(chunks)], dtype=np.float32).tobytes())
+            if self._spec.multivector:  # each doc's chunks' rows, concatenated, and how many each chunk has
+                mine = rows[cursor : cursor + len(chunks)]
+                multivectors.append(b"".join(np.ascontiguousarray(m, dtype=np.float32).tobytes() for m in mine))
+                counts.append(json.dumps([len(m) for m in mine]))
             cursor += len(chunks)
-        return {**batch, "vectors": np.array(blobs, dtype=object)}
+        extra = {}
+        if self._spec.multivector:
+            extra = {"multivectors": np.array(multivectors, dtype=object), "rows": np.array(counts, dtype=object)}
+        return {**batch, "vectors": np.array(blobs, dtype=object), **extra}
 
 
 # -- write, in the driver ------------------------------------------------------------------------
 
 
 def _write(
-    embedded: Any, sink: Sink, dimension: int, sparse: SparseEncoder | None, on_error: str, show: bool, started: float
+    embedded: Any,
+    sink: Sink,
+    dimension: int,
+    sparse: SparseEncoder | None,
+    on_error: str,
+    show: bool,
+    started: float,
+    multivector: int | None = None,
 ) -> Run:
-    """Write the embedded documents in source order, with the single-process run's bookkeeping."""
+    """Write the embedded documents in source order, with the single-process run's bookkeeping; `multivector`:
+    the width of the ColBERT rows the actors sent (None: they sent none)."""
     run = Run(on_error, IngestReport())
     report = run.report
     with progress_bar("ingest (ray)", None, show) as bar:
@@ -568,6 +624,7 @@ def _write(
             for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
                 pending: list[Pending] = []
                 vectors: list[np.ndarray] = []
+                multivectors: list[np.ndarray] = []
                 for row in range(len(batch["id"])):
                     report.docs += 1
                     report.chunked += bool(batch["chunked"][row])
@@ -591,8 +648,13 @@ def _write(
                     doc = Document(doc_id, "", metadata, source, where, None, int(batch["offset"][row]))
                     pending.append(Pending(doc, chunks, batch["content_hash"][row]))
                     vectors.append(np.frombuffer(batch["vectors"][row], dtype=np.float32).reshape(-1, dimension))
+                    if multivector is not None:
+                        flat = np.frombuffer(batch["multivectors"][row], dtype=np.float32).reshape(-1, multivector)
+                        bounds = np.cumsum([0, *json.loads(batch["rows"][row])])
+                        multivectors.extend(flat[a:b] for a, b in pairwise(bounds))
                 if pending:
-                    writer.put(pending, np.concatenate(vectors))
+                    extras = Extras(multivectors) if multivector is not None else None
+                    writer.put(pending, np.concatenate(vectors), extras)
                 bar.update(len(batch["id"]))
                 if show:
                     show_progress(bar, report)

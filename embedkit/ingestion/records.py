@@ -48,6 +48,7 @@ __all__ = [
     "HEADINGS",
     "ID_SCHEME",
     "METADATA",
+    "MULTIVECTOR_COMPARED",
     "NAMESPACE",
     "PAGE_CONTENT",
     "PROBE_AGREEMENT",
@@ -61,10 +62,13 @@ __all__ = [
     "content_hash",
     "doc_key",
     "fingerprint",
+    "multivector_fingerprint",
     "open_collection",
+    "open_multivector",
     "open_sparse",
     "point_id",
     "probe_vectors",
+    "record_multivector",
 ]
 
 # -- the payload's field names: the writer, the sink's filters, the CLI and the retriever read these ---------
@@ -211,7 +215,12 @@ def probe_vectors(embedder: Embedder, *, task: str | None, dimensions: int | Non
 
 
 def open_collection(
-    sink: Sink, print_: dict[str, Any], probes: Callable[[], np.ndarray], *, reembed: bool
+    sink: Sink,
+    print_: dict[str, Any],
+    probes: Callable[[], np.ndarray],
+    *,
+    reembed: bool,
+    multivector: int | None = None,
 ) -> dict[str, Any]:
     """Create the collection (recording `print_` and the vectors `probes()` gives) or check that this
     embedder may write to it.
@@ -221,7 +230,10 @@ def open_collection(
     Raises StoreError, before anything is written, when the collection's vectors are not comparable
     with this embedder's (unless `reembed`, which re-records this embedder and so re-embeds every doc).
     `probes` is called only when needed: not when the recorded fingerprint names these very weights.
+    `multivector` (the width of ColBERT rows) creates the collection with a MaxSim multivector, or checks that
+    the existing one has it (see `open_multivector`); only a QdrantSink takes it.
     """
+    extra: dict[str, Any] = {} if multivector is None else {"multivector": multivector}
     recorded = sink.recorded_fingerprint()
     label = f"collection {sink.collection!r}"
     if recorded is not None and recorded.get("id_scheme") != ID_SCHEME:  # re-embedding would not help either
@@ -232,9 +244,9 @@ def open_collection(
     if recorded is None or reembed:  # a new collection, or one another tool made, or re-recorded on purpose
         vectors = np.asarray(probes(), dtype=np.float32)
         record = {"texts": list(PROBE_TEXTS), "vectors": vectors.round(7).tolist()}
-        sink.prepare(print_["dimension"], print_, probes=record, rewrite=True)
+        sink.prepare(print_["dimension"], print_, probes=record, rewrite=True, **extra)
         return print_
-    sink.prepare(print_["dimension"], print_, probes=None, rewrite=False)  # dimension and distance checks
+    sink.prepare(print_["dimension"], print_, probes=None, rewrite=False, **extra)  # dimension and distance checks
     if _same_weights(recorded, print_):
         return recorded  # these very weights, run the same way, wrote it: nothing to probe
     stored = sink.recorded_probes()
@@ -288,6 +300,81 @@ def open_sparse(sink: Sink, encoder: SparseEncoder, *, reembed: bool) -> int:
     if recorded != wanted:
         sink.record_sparse_encoder(wanted)
     return sink.fill_sparse(encoder.embed_documents)
+
+
+# what decides a multivector head's rows (its name is a label: the same folder elsewhere gives the same rows)
+MULTIVECTOR_COMPARED = ("kind", "weights_digest", "head_digest", "size", "max_length", "task")
+
+
+def multivector_fingerprint(embedder: Embedder, *, task: str | None) -> dict[str, Any] | None:
+    """What decides the multivectors `embedder` gives (bge-m3's ColBERT head over its encoder): the weights, the
+    head files' digest, the row width, the token limit and the task. None when it has no ColBERT head."""
+    heads = getattr(embedder, "heads", None)
+    if heads is None or getattr(heads, "colbert", None) is None:
+        return None
+    return {
+        "kind": "bge-m3-colbert",
+        "name": embedder.model_id,
+        "weights_digest": getattr(embedder, "weights_digest", None),
+        "head_digest": heads.digest,
+        "size": heads.multivector_size,
+        "max_length": embedder.max_input_tokens,
+        "task": task,
+    }
+
+
+def open_multivector(sink: Sink, wanted: dict[str, Any] | None, *, reembed: bool) -> None:
+    """Check, before anything is written, that this run's multivectors (`wanted`: `multivector_fingerprint`, None
+    for a run that writes none) may go into the collection. The caller then creates or checks the collection
+    (`open_collection(..., multivector=wanted["size"])`) and records `wanted` (`record_multivector`).
+
+    StoreError when:
+    - the run writes none but the collection records a multivector head: the docs this run rewrites would lose
+      theirs (a late-interaction search drops a point without one);
+    - the sink cannot hold multivectors (not a QdrantSink), or the existing collection has no multivector.
+      Qdrant could add the named multivector in place (qdrant-edge-py 0.9's UpdateOperation.create_dense_vector,
+      a server's create_vector_name from 1.18, qdrant-client's local mode), but filling it means a forward pass
+      over every stored chunk's embedded text (its heading path and text; only the text is stored): the work of
+      a fresh ingest, so the fix named is a new collection;
+    - its multivectors were made by another head (other weights, another colbert_linear), unless `reembed`:
+      the head is part of every content hash, so every doc of the run is embedded again.
+    """
+    label = f"collection {sink.collection!r}"
+    recorded_of = getattr(sink, "multivector_encoder", None)
+    recorded = recorded_of() if recorded_of is not None else None
+    if wanted is None:
+        if recorded is not None:
+            raise StoreError(
+                f"{label} stores ColBERT multivectors of {recorded.get('name')!r}: ingest with multivector=True "
+                "(--colbert) and that model, so that the documents this run rewrites keep theirs"
+            )
+        return
+    if recorded_of is None:
+        raise StoreError(f"{sink!r} cannot store multivectors (it is not a QdrantSink); drop multivector=True")
+    if sink.exists() and not sink.has_multivector():  # type: ignore[attr-defined]
+        raise StoreError(
+            f"{label} was created without a multivector {sink.multivector_name!r} "  # type: ignore[attr-defined]
+            "and embedkit does not add one: filling it would run the model over every stored chunk again (the text "
+            "it embedded, heading path and chunk, is not stored), which is what a fresh ingest does. Ingest with "
+            "--colbert into a new collection, or "
+            f"drop this one first (embedkit collections drop {sink.collection})"
+        )
+    if recorded is None or reembed:
+        return
+    differing = [key for key in MULTIVECTOR_COMPARED if recorded.get(key) != wanted.get(key)]
+    if differing:
+        raise StoreError(
+            f"{label} holds multivectors of {recorded.get('name')!r} and this run's ColBERT head is "
+            f"{wanted.get('name')!r}, which differs in {', '.join(differing)}: mixed, MaxSim would rank nonsense. "
+            "Re-embed everything with reembed=True (--reembed) or use another collection."
+        )
+
+
+def record_multivector(sink: Sink, wanted: dict[str, Any]) -> None:
+    """Record the head this run's multivectors come from (after `open_collection` made or checked the collection)."""
+    recorded = sink.multivector_encoder()  # type: ignore[attr-defined]
+    if recorded is None or any(recorded.get(key) != wanted.get(key) for key in MULTIVECTOR_COMPARED):
+        sink.record_multivector_encoder(wanted)  # type: ignore[attr-defined]
 
 
 def check_reader(sink: Sink, embedder: Embedder) -> None:

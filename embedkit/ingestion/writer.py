@@ -1,7 +1,9 @@
 """The writer thread: stores embedded documents in the sink while the next batch embeds.
 
 Per document, in the order that makes a crash harmless (see records.py): upsert its chunks without a
-content hash, delete its surplus chunks (a changed doc that shrank), then set the hash on its points.
+content hash, delete its surplus chunks (a changed doc that shrank), then set the hash on its points. Every
+vector of a chunk (dense, sparse, ColBERT multivector) goes in the same upsert, so a point never holds some
+of this version's vectors and not the others.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from embedkit.ingestion.records import chunk_payload, point_id
 from embedkit.ingestion.report import IngestReport
 from embedkit.ingestion.sources import Document
 from embedkit.sinks.base import Point, Sink
-from embedkit.sparse.base import SparseEncoder
+from embedkit.sparse.base import SparseEncoder, SparseVector
 
-__all__ = ["Pending", "Writer", "writing"]
+__all__ = ["Extras", "Pending", "Writer", "writing"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,16 @@ class Pending:
     content_hash: str
 
 
+@dataclass(frozen=True)
+class Extras:
+    """What one forward pass gave beside a batch's dense vectors, per chunk in chunk order (`embed_all`)."""
+
+    multivectors: list[np.ndarray] | None = None  # float32 [n_tokens - 1, D] per chunk: stored as the multivector
+    # the lexical weights of each chunk's `embedding_text`, when they are what the sparse encoder would give for
+    # it; used for the chunks whose embedding_text is their page_content (no heading context)
+    lexical: list[dict[int, float]] | None = None
+
+
 class Writer:
     """Writes embedded docs to the sink on its own thread while the next batch embeds.
 
@@ -48,15 +60,16 @@ class Writer:
         self._sink = sink
         self._report = report
         self._sparse = sparse
-        self._queue: queue.Queue[tuple[list[Pending], np.ndarray] | None] = queue.Queue(maxsize=2)
+        self._queue: queue.Queue[tuple[list[Pending], np.ndarray, Extras] | None] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="embedkit-ingest-writer", daemon=True)
         self._thread.start()
 
-    def put(self, batch: list[Pending], vectors: np.ndarray) -> None:
-        """Queue `batch` for writing; `vectors` float32 (total chunks of the batch, dim), in chunk order."""
+    def put(self, batch: list[Pending], vectors: np.ndarray, extras: Extras | None = None) -> None:
+        """Queue `batch` for writing; `vectors` float32 (total chunks of the batch, dim), in chunk order, and
+        what the same pass gave beside them (`extras`)."""
         self._raise()
-        self._queue.put((batch, vectors))
+        self._queue.put((batch, vectors, extras or Extras()))
 
     def close(self) -> None:
         self.stop()
@@ -81,14 +94,29 @@ class Writer:
                 except BaseException as error:  # handed to the caller's thread
                     self._error = error
 
-    def _write(self, batch: list[Pending], vectors: np.ndarray) -> None:
+    def _sparse_vectors(self, chunks: list[Chunk], lexical: list[dict[int, float]] | None) -> list[SparseVector]:
+        """Each chunk's sparse vector as the encoder gives it for its page_content (as fill_sparse recomputes
+        it): from the pass's lexical weights where the model saw exactly that text, the rest in one call."""
+        assert self._sparse is not None
+        out: list[SparseVector | None] = [None] * len(chunks)
+        if lexical is not None:
+            for at, (chunk, weights) in enumerate(zip(chunks, lexical, strict=True)):
+                if chunk.embedding_text == chunk.text:
+                    out[at] = SparseVector(sorted(weights), [float(weights[i]) for i in sorted(weights)])
+        missing = [at for at, vector in enumerate(out) if vector is None]
+        if missing:
+            for at, vector in zip(
+                missing, self._sparse.embed_documents([chunks[at].text for at in missing]), strict=True
+            ):
+                out[at] = vector
+        return [vector for vector in out if vector is not None]
+
+    def _write(self, batch: list[Pending], vectors: np.ndarray, extras: Extras) -> None:
         # the sparse vectors of the whole batch in one call, on this thread: it overlaps the next batch's
-        # dense embedding; each is computed from the chunk's page_content, as fill_sparse recomputes it
-        sparse = (
-            iter(self._sparse.embed_documents([c.text for item in batch for c in item.chunks]))
-            if self._sparse
-            else None
-        )
+        # dense embedding
+        chunks = [c for item in batch for c in item.chunks]
+        sparse = iter(self._sparse_vectors(chunks, extras.lexical)) if self._sparse else None
+        multivectors = extras.multivectors
         cursor = 0
         for item in batch:
             doc, count = item.doc, len(item.chunks)
@@ -98,6 +126,7 @@ class Writer:
                     vectors[cursor + chunk.index].tolist(),
                     chunk_payload(doc, chunk, count),
                     next(sparse) if sparse is not None else None,
+                    multivectors[cursor + chunk.index].tolist() if multivectors is not None else None,
                 )
                 for chunk in item.chunks
             ]

@@ -38,6 +38,7 @@ __all__ = [
     "FUSIONS",
     "INDEX_TYPES",
     "MODES",
+    "MULTIVECTOR_KEY",
     "PROBES_KEY",
     "SPARSE_KEY",
     "VECTOR_NAME_PRESETS",
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 FINGERPRINT_KEY = "embedkit"  # collection metadata key holding the embedder fingerprint
 PROBES_KEY = "embedkit_probes"  # ... and the probe texts' vectors that decide who may write (ingestion.records)
 SPARSE_KEY = "embedkit_sparse"  # ... and the sparse encoder's fingerprint, in a collection with sparse vectors
+MULTIVECTOR_KEY = "embedkit_multivector"  # ... and the multivector head's fingerprint (ingest(multivector=True))
 DEFAULT_SPARSE_NAME = "sparse"
 DEFAULT_MULTIVECTOR_NAME = (
     "colbert"  # the late-interaction multivector (bge-m3's ColBERT head), when a collection has one
@@ -122,6 +124,7 @@ class CollectionInfo(TypedDict):
     vectors: dict[str, dict[str, Any]]  # name ("" unnamed) -> {"size", "distance"}
     sparse_vectors: dict[str, dict[str, Any]]  # name -> {"modifier"}
     sparse_encoder: dict[str, Any] | None  # the sparse encoder's fingerprint
+    multivector_encoder: dict[str, Any] | None  # the ColBERT head's fingerprint (ingest(multivector=True))
     payload_indexes: dict[str, str]  # field -> type
     indexed_vectors: int | None  # HNSW-indexed vectors, where the engine says
     fingerprint: dict[str, Any] | None
@@ -516,6 +519,21 @@ class QdrantSink:
         self._require()
         self._write_metadata({**self._metadata(), SPARSE_KEY: fingerprint})
 
+    def multivector_encoder(self) -> dict[str, Any] | None:
+        """The fingerprint of the head the collection's multivectors were made with (bge-m3's ColBERT), if any."""
+        return self._metadata().get(MULTIVECTOR_KEY) if self.exists() else None
+
+    def record_multivector_encoder(self, fingerprint: dict[str, Any]) -> None:
+        self._require()
+        self._write_metadata({**self._metadata(), MULTIVECTOR_KEY: fingerprint})
+
+    def has_multivector(self) -> bool:
+        """Whether the collection exists with a MaxSim multivector named `multivector_name`."""
+        if not self.exists():
+            return False
+        params = self.vectors().get(self.multivector_name)
+        return params is not None and params.multivector
+
     def update_metadata(self, metadata: dict[str, Any]) -> None:
         """Replace the collection's metadata (a server merges keys: a key is removed by setting it to None)."""
         self._require()
@@ -582,6 +600,7 @@ class QdrantSink:
             },
             sparse_vectors={name: {"modifier": c.modifier} for name, c in self.sparse_vectors().items()},
             sparse_encoder=self.sparse_encoder(),
+            multivector_encoder=self.multivector_encoder(),
             payload_indexes=self.payload_indexes(),
             indexed_vectors=self.indexed_vectors(),
             fingerprint=self.recorded_fingerprint(),
