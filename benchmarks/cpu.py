@@ -149,7 +149,10 @@ def main() -> None:
     started = time.perf_counter()
     int8 = embedkit.load(model_dir, device="cpu", quantize="int8", onnx_cache_dir=cache)
     export_int8 = time.perf_counter() - started
-    print(f"export + cache: fp32 {export_fp32:.1f} s, int8 {export_int8:.1f} s (kept fp32: {int8.model.kept_fp32})")
+    print(
+        f"export + cache: fp32 {export_fp32:.1f} s, int8 {export_int8:.1f} s (exporter: {fp32.model.exporter}; "
+        f"int8 kept fp32: {int8.model.kept_fp32}; CPU batch tokens: torch {eager.batch_tokens}, onnx {fp32.batch_tokens})"
+    )
 
     def runner(embed):
         return lambda warmup: embed(texts[:64] if warmup else texts)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from embedkit.errors import InputError, ModelLoadError
 from embedkit.models.base import EmbeddingModel, EncoderModel
@@ -75,9 +77,12 @@ def onnx_runner(
     quantize: str | None,
     cache_dir: str | os.PathLike[str] | None,
     *,
+    pooling: Sequence[str],
+    dense: nn.Module | None,
     required: bool,
 ) -> EmbeddingModel:
-    """The module wrapped for ONNX Runtime, its first graph ready; unless `required`, torch if it will not export."""
+    """The module wrapped for ONNX Runtime, its first graph ready (pooling with `pooling` and projecting
+    with `dense` inside the graph); unless `required`, torch if it will not export."""
     first_adapter = table.adapter(default_task) if default_task is not None and table.adapters else -1
     try:
         runner = OnnxModel(
@@ -85,6 +90,8 @@ def onnx_runner(
             family=family.name,
             model_dir=model_dir,
             weights_digest=weights_digest(model_dir),
+            pooling=pooling,
+            dense=dense,
             quantize=quantize,
             cache=GraphCache(cache_dir),
         )

@@ -15,11 +15,13 @@ import numpy as np
 import torch
 
 __all__ = [
+    "CPU_BATCH_TOKENS",
     "DEFAULT_BATCH_TOKENS",
     "DEFAULT_CPU_BATCH_TOKENS",
     "DEFAULT_MAX_BATCH_SIZE",
     "PaddedBatch",
     "TokenBatch",
+    "cpu_batch_tokens",
     "pack",
     "token_budget_batches",
 ]
@@ -28,7 +30,15 @@ DEFAULT_BATCH_TOKENS = 16384  # padded tokens per forward pass on a GPU; bounds 
 # on CPU smaller passes stay in cache: all-MiniLM-L6-v2 over 256 mixed texts took 6.7 s at 2048 padded
 # tokens, 7.6 s at 4096 and 9.3 s at 16384 (sentence-transformers, batch 32: 8.1 s)
 DEFAULT_CPU_BATCH_TOKENS = 2048
+# ONNX Runtime wants smaller passes still: its fp32 and int8 matmuls ran fastest at 1024 padded tokens
+# (all-MiniLM-L6-v2, 1024 mixed texts; 2048 was 5-10% slower, 16384 up to 1.5x slower; benchmarks/RESULTS.md)
+CPU_BATCH_TOKENS = {("torch", None): DEFAULT_CPU_BATCH_TOKENS, ("onnx", None): 1024, ("onnx", "int8"): 1024}
 DEFAULT_MAX_BATCH_SIZE = 256
+
+
+def cpu_batch_tokens(backend: str, quantize: str | None = None) -> int:
+    """The padded-token budget of one CPU forward pass for `backend` ("torch" or "onnx") and `quantize`."""
+    return CPU_BATCH_TOKENS.get((backend, quantize), DEFAULT_CPU_BATCH_TOKENS)
 
 
 @dataclass(frozen=True)

@@ -581,6 +581,8 @@ class LocalEmbedder(EmbedderBase):
     def _pooled(self, batch: TokenBatch) -> torch.Tensor:
         """[B, dimension] pooled states of a batch already on the device, rows in batch order, through the
         pipeline's Dense modules when it has any."""
+        if isinstance(self._model, OnnxModel):  # its graph pools and projects: no per-token work here
+            return self._model.sentence_embeddings(batch)
         return self._project(pool_packed(self._model(batch), batch, self._pooling))  # states [N, H]
 
     def _project(self, pooled: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from torch import nn
 from embedkit.errors import InputError, ModelLoadError
 from embedkit.hub import resolve_model_dir
 from embedkit.local.backends import choose_backend, onnx_runner
-from embedkit.local.batching import DEFAULT_BATCH_TOKENS, DEFAULT_CPU_BATCH_TOKENS
+from embedkit.local.batching import DEFAULT_BATCH_TOKENS, cpu_batch_tokens
 from embedkit.local.embedder import LocalEmbedder
 from embedkit.local.tokenizer import load_model_tokenizer
 from embedkit.models.base import EmbeddingModel, EncoderModel
@@ -28,6 +28,7 @@ from embedkit.models.dense import load_dense
 from embedkit.models.loading import assign_weights
 from embedkit.models.registry import detect_family
 from embedkit.models.st_files import PipelineFiles, read_json, read_pipeline_files
+from embedkit.onnx.model import OnnxModel
 from embedkit.rerank.folders import reranker_reason
 from embedkit.tasks import TaskTable
 from embedkit.weights import load_state_dict, tensor_shapes
@@ -125,10 +126,21 @@ def load(
         heads = heads.to(torch_device)
         log.info("%s: bge-m3 heads %s", model_dir, ", ".join(sorted(heads.files)))
     runner: EmbeddingModel = module
+    pooling = pipeline.pooling_modes or family.default_pooling
     if chosen == "onnx":
         runner = onnx_runner(
-            module, family, model_dir, table, default_task, quantize, onnx_cache_dir, required=onnx_required
+            module,
+            family,
+            model_dir,
+            table,
+            default_task,
+            quantize,
+            onnx_cache_dir,
+            pooling=pooling,
+            dense=dense,
+            required=onnx_required,
         )
+    engine = ("onnx", quantize) if isinstance(runner, OnnxModel) else ("torch", None)  # "auto" may fall back
     return LocalEmbedder(
         model=runner,
         tokenizer=tokenizer,
@@ -142,7 +154,7 @@ def load(
         device=torch_device,
         prompts=prompts,
         default_task=default_task,
-        batch_tokens=DEFAULT_CPU_BATCH_TOKENS if torch_device.type == "cpu" else DEFAULT_BATCH_TOKENS,
+        batch_tokens=cpu_batch_tokens(*engine) if torch_device.type == "cpu" else DEFAULT_BATCH_TOKENS,
         dense=dense,
         heads=heads,
     )

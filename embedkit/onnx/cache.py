@@ -1,9 +1,9 @@
 """The on-disk cache of exported graphs: export once, reuse in every later process.
 
 An entry is a directory named by a digest of its key (weights, config, family, adapter, dtype,
-quantisation, embedkit and torch versions, the graph's inputs) holding the graph files and a manifest with each file's
-sha256. An entry is used only when its manifest matches the key and every file its recorded hash;
-anything else is rebuilt. Entries are built in a private staging directory and published with one
+quantisation, embedkit and torch versions, the graph's inputs and outputs) holding the graph files and a
+manifest with each file's sha256. An entry is used only when its manifest matches the key and every file
+its recorded hash; anything else is rebuilt. Entries are built in a private staging directory and published with one
 atomic rename, so two processes exporting at once never see or leave a half-written entry: the
 first rename wins and the other process uses the winner's entry.
 """
@@ -52,6 +52,7 @@ class GraphKey:
     embedkit_version: str
     torch_version: str
     inputs: str  # the graph's input names, comma-separated: a graph reading other inputs is another graph
+    outputs: str  # what it gives: output names, pooling modes, the export layout version (export.GRAPH_LAYOUT)
 
     @property
     def name(self) -> str:

@@ -2,8 +2,10 @@
 
 It implements the same boundary as the torch families (models/base.py `EmbeddingModel`): called with a
 `TokenBatch` it runs the batch's padded view through the graph and gives the packed token states
-[N, H], so the runtime's tokenising, token-budget batching, pooling and normalisation are the same code
-for both backends. A model with task adapters (jina-embeddings-v3) gets one graph per adapter, the
+[N, H], so the runtime's tokenising, token-budget batching and normalisation are the same code for both
+backends. `sentence_embeddings(batch)` reads the graph's other output instead, the vectors pooled (and
+projected by the pipeline's Dense layers) inside the graph, so that the common call runs no per-token
+Python. A model with task adapters (jina-embeddings-v3) gets one graph per adapter, the
 adapter merged into its weights, exported when that task is first used; a batch that mixes tasks runs
 each task's rows through its graph.
 """
@@ -15,16 +17,27 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from embedkit.errors import InputError, MissingDependencyError, ModelLoadError
-from embedkit.models.base import EncoderModel, padded_states
+from embedkit.models.base import EncoderModel
 from embedkit.onnx.cache import GraphCache, GraphKey
-from embedkit.onnx.export import INPUT_NAMES, export_graph, quantize_int8
+from embedkit.onnx.export import (
+    GRAPH_LAYOUT,
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    SentenceGraph,
+    example_inputs,
+    export_graph,
+    probe_inputs,
+    quantize_int8,
+)
 
 if TYPE_CHECKING:
     from embedkit.local.batching import TokenBatch
@@ -72,6 +85,8 @@ class OnnxModel:
         family: str,
         model_dir: Path,
         weights_digest: str,
+        pooling: Sequence[str] = ("mean",),
+        dense: nn.Module | None = None,
         quantize: str | None = None,  # None or "int8", as embedkit.load checked
         cache: GraphCache | None = None,
         threads: int | None = None,
@@ -79,6 +94,8 @@ class OnnxModel:
         self._ort = import_onnxruntime()
         # kept while another task's graph may still be exported from it; dropped once no more can be
         self._module: EncoderModel | None = module.float().cpu().eval()
+        self._pooling = tuple(pooling)
+        self._dense = None if dense is None else copy.deepcopy(dense).float().cpu().eval()
         self._family = family
         self.quantize = quantize
         self._cache = cache or GraphCache()
@@ -98,9 +115,13 @@ class OnnxModel:
             "embedkit_version": _embedkit_version(),
             "torch_version": torch.__version__,
             "inputs": ",".join(INPUT_NAMES),
+            # the graph pools: its pooling modes are part of what it computes (the Dense weights are in
+            # weights_digest), and so is the layout version of the export itself
+            "outputs": f"{','.join(OUTPUT_NAMES)};pooling={'+'.join(self._pooling)};layout={GRAPH_LAYOUT}",
         }
         self._sessions: dict[int, Any] = {}
         self._kept_fp32: list[str] = []
+        self.exporter: str | None = None  # which of torch's exporters wrote the graph in use
         self._lock = threading.Lock()  # one export at a time; sessions themselves are thread-safe
 
     def __repr__(self) -> str:
@@ -117,7 +138,15 @@ class OnnxModel:
 
     def __call__(self, batch: TokenBatch) -> torch.Tensor:
         """batch (on the CPU) -> token states [N, H], packed as `batch.input_ids`."""
-        return padded_states(self, batch)
+        view = batch.padded()
+        states = self._by_adapter(OUTPUT_NAMES[0], batch.adapter_ids, self._feed(view, batch.prompt_lengths))
+        return states[view.attention_mask]
+
+    def sentence_embeddings(self, batch: TokenBatch) -> torch.Tensor:
+        """batch (on the CPU) -> float32 [B, dimension]: pooled as the pipeline pools (prompt tokens left
+        out) and through its Dense layers, in the graph; not normalised."""
+        view = batch.padded()
+        return self._by_adapter(OUTPUT_NAMES[1], batch.adapter_ids, self._feed(view, batch.prompt_lengths))
 
     def forward_padded(
         self,
@@ -128,17 +157,40 @@ class OnnxModel:
     ) -> torch.Tensor:
         """input_ids [B, T], attention_mask [B, T] bool, position_ids [B, T], adapter_ids [B] (-1 = none)
         -> token states [B, T, H]. ValueError for adapter ids the model does not have."""
-        inputs = (input_ids, attention_mask, position_ids)
+        feed = {
+            INPUT_NAMES[0]: input_ids.numpy().astype(np.int64, copy=False),
+            INPUT_NAMES[1]: attention_mask.numpy().astype(np.int64),
+            INPUT_NAMES[2]: position_ids.numpy().astype(np.int64, copy=False),
+            INPUT_NAMES[3]: np.zeros(input_ids.shape[0], dtype=np.int64),
+        }
+        return self._by_adapter(OUTPUT_NAMES[0], adapter_ids, feed)
+
+    @staticmethod
+    def _feed(view: Any, prompt_lengths: torch.Tensor | None) -> dict[str, np.ndarray]:
+        rows = view.input_ids.shape[0]
+        return {
+            INPUT_NAMES[0]: view.input_ids.numpy(),
+            INPUT_NAMES[1]: view.attention_mask.numpy().astype(np.int64),
+            INPUT_NAMES[2]: view.position_ids.numpy(),
+            INPUT_NAMES[3]: np.zeros(rows, dtype=np.int64) if prompt_lengths is None else prompt_lengths.numpy(),
+        }
+
+    def _by_adapter(self, output: str, adapter_ids: torch.Tensor | None, feed: dict[str, np.ndarray]) -> torch.Tensor:
+        """`output` of the graph over `feed`, each row through its adapter's graph, rows in feed order."""
         if adapter_ids is None:
-            return self._run(-1, *inputs)
+            return self._run(-1, output, feed)
         adapters = adapter_ids.tolist()  # on the host: CPU tensors, no device to wait for
         self._check_adapters(adapters)
         if self.merged_adapter is not None or len(set(adapters)) == 1:
-            return self._run(adapters[0], *inputs)
-        out = torch.empty((*input_ids.shape, self.hidden_size))
+            return self._run(adapters[0], output, feed)
+        parts = {}
         for adapter in sorted(set(adapters)):
-            rows = torch.tensor([i for i, a in enumerate(adapters) if a == adapter])
-            out[rows] = self._run(adapter, *(tensor[rows] for tensor in inputs))
+            rows = np.array([i for i, a in enumerate(adapters) if a == adapter])
+            parts[adapter] = (rows, self._run(adapter, output, {name: value[rows] for name, value in feed.items()}))
+        first = next(iter(parts.values()))[1]
+        out = torch.empty((len(adapters), *first.shape[1:]), dtype=first.dtype)
+        for rows, values in parts.values():
+            out[torch.from_numpy(rows)] = values
         return out
 
     def _check_adapters(self, adapters: list[int]) -> None:
@@ -153,18 +205,11 @@ class OnnxModel:
             names = ", ".join(f"{i}={name!r}" for i, name in enumerate(self.adapter_names)) or "none"
             raise ValueError(f"adapter_ids must be -1 (base weights) or an adapter index ({names}); got {adapters}")
 
-    def _run(
-        self, adapter: int, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
-    ) -> torch.Tensor:
+    def _run(self, adapter: int, output: str, feed: dict[str, np.ndarray]) -> torch.Tensor:
         session = self._session(adapter)
-        given = {
-            INPUT_NAMES[0]: input_ids.numpy().astype(np.int64, copy=False),
-            INPUT_NAMES[1]: attention_mask.numpy().astype(np.int64),
-            INPUT_NAMES[2]: position_ids.numpy().astype(np.int64, copy=False),
-        }
         # a family that reads no positions (ALiBi) exports a graph without that input
-        feed = {arg.name: given[arg.name] for arg in session.get_inputs()}
-        return torch.from_numpy(session.run(None, feed)[0])
+        declared = {name: feed[name] for name in (arg.name for arg in session.get_inputs())}
+        return torch.from_numpy(session.run([output], declared)[0])
 
     def _session(self, adapter: int) -> Any:
         if self.merged_adapter is not None:  # the module's weights already carry that adapter
@@ -187,16 +232,20 @@ class OnnxModel:
         key = GraphKey(adapter=name, **self._base_key)
         path, manifest = self._cache.graph(key, lambda target: self._build(adapter, target))
         self._kept_fp32 = manifest.get("kept_fp32", [])
+        self.exporter = manifest.get("exporter")
         if self.quantize:
             log.info("%s int8 graph: matmuls kept fp32 in %s", name, ", ".join(self._kept_fp32) or "none")
+        try:
+            return self._open(path)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelLoadError(f"{path}: ONNX Runtime cannot load the {self._family} graph ({exc})") from exc
+
+    def _open(self, path: Path) -> Any:
         options = self._ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            return self._ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ModelLoadError(f"{path}: ONNX Runtime cannot load the {self._family} graph ({exc})") from exc
+        return self._ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def _build(self, adapter: int, target: Path) -> dict:
         module = self._module
@@ -206,19 +255,21 @@ class OnnxModel:
             module = copy.deepcopy(module)
             module.merge_adapter(adapter)
         plain = target if not self.quantize else target.with_name("fp32.onnx")
+        graph = SentenceGraph(module, self._pooling, self._dense)
+        output_axes = {OUTPUT_NAMES[0]: (0, 1), OUTPUT_NAMES[1]: (0,)}
         try:
-            export_graph(module, plain)
-        except Exception as exc:  # the exporter's many error types all mean the same here
+            exporter = export_graph(graph, example_inputs(), output_axes, plain, self._open, [probe_inputs()])
+        except Exception as exc:  # every exporter failed; the message names each one's error
             raise ModelLoadError(
-                f"the {self._family} model cannot be exported to ONNX ({type(exc).__name__}: {exc}); "
-                "use backend='torch'"
+                f"the {self._family} model cannot be exported to ONNX ({exc}); use backend='torch'"
             ) from exc
+        log.info("%s graph written by torch's %s exporter", self._family, exporter)
         if not self.quantize:
-            return {}
+            return {"exporter": exporter}
         kept = quantize_int8(plain, target)
         for leftover in target.parent.glob("fp32.onnx*"):
             leftover.unlink()
-        return {"kept_fp32": kept}
+        return {"exporter": exporter, "kept_fp32": kept}
 
 
 def _embedkit_version() -> str:

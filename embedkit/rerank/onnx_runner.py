@@ -133,6 +133,7 @@ def onnx_pair_runner(
         embedkit_version=_embedkit_version(),
         torch_version=torch.__version__,
         inputs=",".join(INPUT_NAMES),
+        outputs=OUTPUT_NAME,
     )
 
     def build(target: Path) -> dict:

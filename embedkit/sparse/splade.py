@@ -549,7 +549,19 @@ def _load_mlm_route(
     encoder = Encoder(tokenizer, max_length=limit, lower_case=pipeline.do_lower_case, include_prompt=True)
     runner: EmbeddingModel = module.encoder
     if chosen == "onnx":
-        runner = onnx_runner(module.encoder, family, folder, TaskTable(), None, None, onnx_cache_dir, required=required)
+        # SPLADE reads the token states; the graph's pooled output (the cheapest mode) goes unused
+        runner = onnx_runner(
+            module.encoder,
+            family,
+            folder,
+            TaskTable(),
+            None,
+            None,
+            onnx_cache_dir,
+            pooling=("cls",),
+            dense=None,
+            required=required,
+        )
     return MaskedLMRoute(
         runner=runner,
         head=module.head,

@@ -19,6 +19,7 @@ from embedkit.errors import InputError, MissingDependencyError, ModelLoadError
 from embedkit.ingestion import load_directory
 from embedkit.models.bert import Bert
 from embedkit.onnx.cache import GraphCache, GraphKey
+from embedkit.onnx.export import GRAPH_LAYOUT
 
 from ..conftest import EXAMPLE_DOCS, write_tiny_bert
 
@@ -56,15 +57,19 @@ def test_auto_falls_back_to_torch_when_the_family_cannot_export(
 ) -> None:
     traced = Bert.forward_padded  # what the exporter traces
 
-    def branches_on_values(self, input_ids, attention_mask, position_ids, adapter_ids=None):
-        if attention_mask.sum() > 1:  # a branch on tensor values: torch's exporter cannot trace it
-            return traced(self, input_ids, attention_mask, position_ids, adapter_ids)
-        return traced(self, input_ids, attention_mask, position_ids, adapter_ids) * 1
+    def branches_on_shape(self, input_ids, attention_mask, position_ids, adapter_ids=None):
+        states = traced(self, input_ids, attention_mask, position_ids, adapter_ids)
+        # a Python branch on the batch size: the TorchScript trace records the example's side only, which
+        # the probe on another batch size shows; the dynamo exporter refuses a branch on a dynamic size
+        return states if input_ids.shape[0] == 2 else states + 1
 
-    monkeypatch.setattr(Bert, "forward_padded", branches_on_values)
+    monkeypatch.setattr(Bert, "forward_padded", branches_on_shape)
     with pytest.raises(ModelLoadError, match="bert model cannot be exported to ONNX") as refused:
         onnx_load(tiny_dir, tmp_path)
     assert "backend='torch'" in str(refused.value)
+    # each exporter's reason is named
+    assert "torchscript: ValueError: output 'token_states' differs from torch" in str(refused.value)
+    assert "dynamo: " in str(refused.value)
     assert not [p for p in tmp_path.iterdir()], "a failed export leaves nothing in the cache"
     with caplog.at_level(logging.WARNING, logger="embedkit.local"):
         fallback = embedkit.load(tiny_dir, device="cpu", backend="auto", onnx_cache_dir=tmp_path)
@@ -172,8 +177,10 @@ def test_weights_and_quantisation_are_part_of_the_key(tiny_dir: Path, minilm_dir
     onnx_load(other, tmp_path / "cache")
     keys = [json.loads((e / "manifest.json").read_text())["key"] for e in entries(tmp_path / "cache")]
     assert len(keys) == 3
-    # the graph reads the batch's position ids: a graph of the older (ids, mask) form is another entry
-    assert {k["inputs"] for k in keys} == {"input_ids,attention_mask,position_ids"}
+    # the graph reads position ids and prompt lengths and pools inside: a graph of an older form (no pooling,
+    # ids and mask only, another export layout) is another entry, rebuilt rather than reused
+    assert {k["inputs"] for k in keys} == {"input_ids,attention_mask,position_ids,prompt_lengths"}
+    assert {k["outputs"] for k in keys} == {f"token_states,sentence_embedding;pooling=mean;layout={GRAPH_LAYOUT}"}
     assert sorted(k["quantize"] for k in keys) == ["int8", "none", "none"]
     assert len({k["weights_digest"] for k in keys}) == 2
 
@@ -181,7 +188,7 @@ def test_weights_and_quantisation_are_part_of_the_key(tiny_dir: Path, minilm_dir
 def test_two_builders_racing_publish_one_entry(tmp_path: Path) -> None:
     """Both builders are inside `build` at once; one rename wins, the other uses the winner's entry."""
     cache = GraphCache(tmp_path)
-    key = GraphKey("w" * 64, "c" * 64, "bert", "base", "float32", "none", "0", "0", "input_ids")
+    key = GraphKey("w" * 64, "c" * 64, "bert", "base", "float32", "none", "0", "0", "input_ids", "token_states")
     both_building = threading.Barrier(2, timeout=30)
     results: list[tuple[Path, dict]] = []
 
