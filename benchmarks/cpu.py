@@ -151,7 +151,8 @@ def main() -> None:
     export_int8 = time.perf_counter() - started
     print(
         f"export + cache: fp32 {export_fp32:.1f} s, int8 {export_int8:.1f} s (exporter: {fp32.model.exporter}; "
-        f"int8 kept fp32: {int8.model.kept_fp32}; CPU batch tokens: torch {eager.batch_tokens}, onnx {fp32.batch_tokens})"
+        f"int8 kept fp32: {int8.model.kept_fp32}; CPU batch tokens: torch {eager.batch_tokens}, "
+        f"onnx {fp32.batch_tokens})"
     )
 
     def runner(embed):

@@ -1,12 +1,12 @@
-"""Cross-encoders on ONNX Runtime: the classifier (encoder + head) exported by torch's exporter, cached, and
-optionally int8.
+"""Cross-encoders on ONNX Runtime: the classifier (encoder + head) exported by torch's exporters (TorchScript
+first, then dynamo, each graph checked against torch as embedders' graphs are), cached, and optionally int8.
 
 The graph computes what `SequenceClassifier.forward_padded` computes, logits [B, L], from int64
 `input_ids`, `attention_mask`, `token_type_ids` and `position_ids` [B, T] (dynamic batch and sequence
 axes; a model that reads no token types may export a graph without that input, and the runner feeds what
 the graph declares). Graphs live in the same cache as the embedders' (embedkit/onnx/cache.py), keyed by
 the weights, config, family, quantisation and versions; int8 is embedkit/onnx/export.py's dynamic
-quantisation (per-channel int8 weights, the feed-forward output projections kept fp32).
+quantisation (per-tensor int8 weights, the feed-forward output projections kept fp32).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from embedkit.errors import ModelLoadError
 from embedkit.local.batching import TokenBatch
 from embedkit.models.classifier import SequenceClassifier
 from embedkit.onnx.cache import GraphCache, GraphKey
-from embedkit.onnx.export import quantize_int8, quiet_tools
+from embedkit.onnx.export import GRAPH_LAYOUT, example_inputs, export_graph, quantize_int8
 from embedkit.onnx.model import import_onnxruntime, intra_op_threads
 from embedkit.rerank.cross_encoder import PairRunner
 from embedkit.weights import weights_digest
@@ -55,27 +56,31 @@ class _Exportable(nn.Module):
         return self.model.forward_padded(input_ids, attention_mask.bool(), position_ids, token_type_ids)
 
 
-def export_classifier(model: SequenceClassifier, path: Path) -> None:
-    """Write `model` (eval mode, fp32, CPU) as an ONNX graph at `path`, weights in `path`.data."""
-    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12], [5, 6, 7, 8, 9, 0, 0, 0]])
-    mask = (ids != 0).long()
-    types = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 0, 0, 0]])
-    positions = (mask.cumsum(dim=1) - 1) * mask
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    with quiet_tools():
-        program = torch.onnx.export(
-            _Exportable(model).eval(),
-            (ids, mask, types, positions),
-            dynamo=True,
-            input_names=list(INPUT_NAMES),
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUT_NAMES},
-            optimize=True,
-            verbose=False,
-        )
-    if program is None:  # only the legacy (dynamo=False) exporter returns nothing
-        raise RuntimeError("torch.onnx.export returned no ONNX program")
-    program.save(str(path), external_data=True)
+def pair_inputs(lengths: tuple[int, ...], first_segment: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """A right-padded batch of pairs: rows of `lengths` tokens, the first `first_segment` of each type 0."""
+    inputs = dict(example_inputs(lengths, (0,) * len(lengths)))
+    inputs.pop("prompt_lengths")
+    columns = torch.arange(inputs["input_ids"].shape[1])
+    types = (columns[None, :] >= torch.tensor(first_segment)[:, None]).long() * inputs["attention_mask"]
+    return {
+        "input_ids": inputs["input_ids"],
+        "attention_mask": inputs["attention_mask"],
+        "token_type_ids": types,
+        "position_ids": inputs["position_ids"],
+    }
+
+
+def export_classifier(model: SequenceClassifier, path: Path, open_session: Callable) -> str:
+    """Write `model` (eval mode, fp32, CPU) as an ONNX graph at `path`, weights in `path`.data, with the
+    first of torch's exporters whose graph equals torch (onnx/export.py); returns that exporter's name."""
+    return export_graph(
+        _Exportable(model).eval(),
+        pair_inputs((8, 5), (3, 2)),
+        {OUTPUT_NAME: (0,)},
+        path,
+        open_session,
+        [pair_inputs((13, 1, 6), (4, 1, 6))],
+    )
 
 
 class OnnxPairRunner(PairRunner):
@@ -133,33 +138,35 @@ def onnx_pair_runner(
         embedkit_version=_embedkit_version(),
         torch_version=torch.__version__,
         inputs=",".join(INPUT_NAMES),
-        outputs=OUTPUT_NAME,
+        outputs=f"{OUTPUT_NAME};layout={GRAPH_LAYOUT}",
     )
 
-    def build(target: Path) -> dict:
-        plain = target if not quantize else target.with_name("fp32.onnx")
-        try:
-            export_classifier(module.float().cpu().eval(), plain)
-        except Exception as exc:  # the exporter's many error types all mean the same here
-            raise ModelLoadError(
-                f"the {family} cross-encoder cannot be exported to ONNX ({type(exc).__name__}: {exc}); "
-                "use backend='torch'"
-            ) from exc
-        if not quantize:
-            return {}
-        kept = quantize_int8(plain, target)
-        for leftover in target.parent.glob("fp32.onnx*"):
-            leftover.unlink()
-        return {"kept_fp32": kept}
-
-    try:
-        path, manifest = GraphCache(cache_dir).graph(key, build)
+    def open_session(path: Path) -> Any:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def build(target: Path) -> dict:
+        plain = target if not quantize else target.with_name("fp32.onnx")
         try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            exporter = export_classifier(module.float().cpu().eval(), plain, open_session)
+        except Exception as exc:  # every exporter failed; the message names each one's error
+            raise ModelLoadError(
+                f"the {family} cross-encoder cannot be exported to ONNX ({exc}); use backend='torch'"
+            ) from exc
+        if not quantize:
+            return {"exporter": exporter}
+        kept = quantize_int8(plain, target)
+        for leftover in target.parent.glob("fp32.onnx*"):
+            leftover.unlink()
+        return {"exporter": exporter, "kept_fp32": kept}
+
+    try:
+        path, manifest = GraphCache(cache_dir).graph(key, build)
+        try:
+            session = open_session(path)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load the {family} cross-encoder graph ({exc})") from exc
     except ModelLoadError as exc:
