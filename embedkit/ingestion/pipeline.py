@@ -36,7 +36,6 @@ from embedkit.ingestion.writer import Extras, Pending, writing
 from embedkit.memory import release_freed_memory
 from embedkit.sinks.base import Sink
 from embedkit.sparse.base import SparseEncoder
-from embedkit.sparse.bge_m3 import M3SparseEncoder
 
 __all__ = ["CHECK_WINDOW", "DEFAULT_BATCH_TOKENS", "chunk_pending", "ingest"]
 
@@ -229,7 +228,10 @@ def _colbert(embedder: Embedder, multivector: bool, task: str | None) -> dict[st
 def _same_lexical(embedder: Embedder, sparse: SparseEncoder | None, task: str | None) -> bool:
     """Whether `sparse` gives the lexical weights of `embedder`'s own pass: the same model's M3SparseEncoder
     (weights and head digests) encoding with the same task, so the same prompt, as the dense side."""
-    if not isinstance(sparse, M3SparseEncoder):
+    # looked up, not imported: that module needs torch, which a TEI + BM25 ingest never loads; while it is
+    # not imported, `sparse` cannot be one of its encoders
+    m3 = sys.modules.get("embedkit.sparse.bge_m3")
+    if m3 is None or not isinstance(sparse, m3.M3SparseEncoder):
         return False
     heads = getattr(embedder, "heads", None)
     print_ = sparse.fingerprint()
