@@ -118,8 +118,9 @@ def main() -> None:
         started = time.perf_counter()
         try:
             export_module(graph, example_inputs(), {OUTPUT_NAMES[0]: (0, 1), OUTPUT_NAMES[1]: (0,)}, path, exporter)
+            checked = session(path, levels["ALL"])
             for inputs in (example_inputs(), probe()):
-                check_graph(path, graph, inputs, lambda p: session(p, levels["ALL"]))
+                check_graph(checked, graph, inputs)
         except Exception as exc:
             print(f"{exporter}: no usable graph ({type(exc).__name__}: {exc})")
             continue

@@ -118,7 +118,8 @@ def load(
     if merge_lora:
         merge_adapter(module, table, default_task)
     max_seq_length = max_input_tokens(pipeline, module, model_dir)
-    pooled_size = module.hidden_size * len(pipeline.pooling_modes or family.default_pooling)
+    pooling = pipeline.pooling_modes or family.default_pooling
+    pooled_size = module.hidden_size * len(pooling)
     dense = load_dense(pipeline.dense, pooled_size, allow_pickle=allow_pickle, device=torch_device)
     # bge-m3's sparse_linear / colbert_linear beside the weights: run in torch (fp32) on the token states
     heads = load_m3_heads(model_dir, module.hidden_size, tokenizer.token_to_id)
@@ -126,7 +127,6 @@ def load(
         heads = heads.to(torch_device)
         log.info("%s: bge-m3 heads %s", model_dir, ", ".join(sorted(heads.files)))
     runner: EmbeddingModel = module
-    pooling = pipeline.pooling_modes or family.default_pooling
     if chosen == "onnx":
         runner = onnx_runner(
             module,

@@ -42,7 +42,7 @@ from embedkit.onnx.export import (
 if TYPE_CHECKING:
     from embedkit.local.batching import TokenBatch
 
-__all__ = ["NUM_THREADS_ENV", "OnnxModel", "import_onnxruntime", "intra_op_threads"]
+__all__ = ["NUM_THREADS_ENV", "OnnxModel", "import_onnxruntime", "intra_op_threads", "open_cpu_session"]
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +139,15 @@ class OnnxModel:
     def __call__(self, batch: TokenBatch) -> torch.Tensor:
         """batch (on the CPU) -> token states [N, H], packed as `batch.input_ids`."""
         view = batch.padded()
-        states = self._by_adapter(OUTPUT_NAMES[0], batch.adapter_ids, self._feed(view, batch.prompt_lengths))
-        return states[view.attention_mask]
+        feed = _feed(view.input_ids, view.attention_mask, view.position_ids, batch.prompt_lengths)
+        return self._by_adapter(OUTPUT_NAMES[0], batch.adapter_ids, feed)[view.attention_mask]
 
     def sentence_embeddings(self, batch: TokenBatch) -> torch.Tensor:
         """batch (on the CPU) -> float32 [B, dimension]: pooled as the pipeline pools (prompt tokens left
         out) and through its Dense layers, in the graph; not normalised."""
         view = batch.padded()
-        return self._by_adapter(OUTPUT_NAMES[1], batch.adapter_ids, self._feed(view, batch.prompt_lengths))
+        feed = _feed(view.input_ids, view.attention_mask, view.position_ids, batch.prompt_lengths)
+        return self._by_adapter(OUTPUT_NAMES[1], batch.adapter_ids, feed)
 
     def forward_padded(
         self,
@@ -157,23 +158,7 @@ class OnnxModel:
     ) -> torch.Tensor:
         """input_ids [B, T], attention_mask [B, T] bool, position_ids [B, T], adapter_ids [B] (-1 = none)
         -> token states [B, T, H]. ValueError for adapter ids the model does not have."""
-        feed = {
-            INPUT_NAMES[0]: input_ids.numpy().astype(np.int64, copy=False),
-            INPUT_NAMES[1]: attention_mask.numpy().astype(np.int64),
-            INPUT_NAMES[2]: position_ids.numpy().astype(np.int64, copy=False),
-            INPUT_NAMES[3]: np.zeros(input_ids.shape[0], dtype=np.int64),
-        }
-        return self._by_adapter(OUTPUT_NAMES[0], adapter_ids, feed)
-
-    @staticmethod
-    def _feed(view: Any, prompt_lengths: torch.Tensor | None) -> dict[str, np.ndarray]:
-        rows = view.input_ids.shape[0]
-        return {
-            INPUT_NAMES[0]: view.input_ids.numpy(),
-            INPUT_NAMES[1]: view.attention_mask.numpy().astype(np.int64),
-            INPUT_NAMES[2]: view.position_ids.numpy(),
-            INPUT_NAMES[3]: np.zeros(rows, dtype=np.int64) if prompt_lengths is None else prompt_lengths.numpy(),
-        }
+        return self._by_adapter(OUTPUT_NAMES[0], adapter_ids, _feed(input_ids, attention_mask, position_ids, None))
 
     def _by_adapter(self, output: str, adapter_ids: torch.Tensor | None, feed: dict[str, np.ndarray]) -> torch.Tensor:
         """`output` of the graph over `feed`, each row through its adapter's graph, rows in feed order."""
@@ -183,14 +168,14 @@ class OnnxModel:
         self._check_adapters(adapters)
         if self.merged_adapter is not None or len(set(adapters)) == 1:
             return self._run(adapters[0], output, feed)
-        parts = {}
+        out: torch.Tensor | None = None
         for adapter in sorted(set(adapters)):
             rows = np.array([i for i, a in enumerate(adapters) if a == adapter])
-            parts[adapter] = (rows, self._run(adapter, output, {name: value[rows] for name, value in feed.items()}))
-        first = next(iter(parts.values()))[1]
-        out = torch.empty((len(adapters), *first.shape[1:]), dtype=first.dtype)
-        for rows, values in parts.values():
+            values = self._run(adapter, output, {name: value[rows] for name, value in feed.items()})
+            if out is None:  # the output's shape past the batch axis is known once one part has run
+                out = torch.empty((len(adapters), *values.shape[1:]), dtype=values.dtype)
             out[torch.from_numpy(rows)] = values
+        assert out is not None  # a mixed batch has at least two adapters
         return out
 
     def _check_adapters(self, adapters: list[int]) -> None:
@@ -241,11 +226,7 @@ class OnnxModel:
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load the {self._family} graph ({exc})") from exc
 
     def _open(self, path: Path) -> Any:
-        options = self._ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return self._ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return open_cpu_session(self._ort, path, self.threads)
 
     def _build(self, adapter: int, target: Path) -> dict:
         module = self._module
@@ -270,6 +251,36 @@ class OnnxModel:
         for leftover in target.parent.glob("fp32.onnx*"):
             leftover.unlink()
         return {"exporter": exporter, "kept_fp32": kept}
+
+
+def open_cpu_session(ort: Any, path: Path, threads: int) -> Any:
+    """An ONNX Runtime session over the graph at `path` on the CPU provider: `threads` intra-op threads, one
+    inter-op thread (a graph of one chain of layers), every graph optimisation (the fastest level measured,
+    benchmarks/onnx_export.py)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _feed(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    prompt_lengths: torch.Tensor | None,
+) -> dict[str, np.ndarray]:
+    """A padded batch [B, T] (mask bool) and its rows' prompt lengths [B] (None = 0) as the graph's int64 inputs."""
+    return {
+        INPUT_NAMES[0]: input_ids.numpy().astype(np.int64, copy=False),
+        INPUT_NAMES[1]: attention_mask.numpy().astype(np.int64),
+        INPUT_NAMES[2]: position_ids.numpy().astype(np.int64, copy=False),
+        INPUT_NAMES[3]: (
+            np.zeros(input_ids.shape[0], dtype=np.int64)
+            if prompt_lengths is None
+            else prompt_lengths.numpy().astype(np.int64, copy=False)
+        ),
+    }
 
 
 def _embedkit_version() -> str:

@@ -27,7 +27,7 @@ from embedkit.local.batching import TokenBatch
 from embedkit.models.classifier import SequenceClassifier
 from embedkit.onnx.cache import GraphCache, GraphKey
 from embedkit.onnx.export import GRAPH_LAYOUT, example_inputs, export_graph, quantize_int8
-from embedkit.onnx.model import import_onnxruntime, intra_op_threads
+from embedkit.onnx.model import import_onnxruntime, intra_op_threads, open_cpu_session
 from embedkit.rerank.cross_encoder import PairRunner
 from embedkit.weights import weights_digest
 
@@ -142,11 +142,7 @@ def onnx_pair_runner(
     )
 
     def open_session(path: Path) -> Any:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return open_cpu_session(ort, path, intra_op_threads())
 
     def build(target: Path) -> dict:
         plain = target if not quantize else target.with_name("fp32.onnx")
